@@ -1,0 +1,91 @@
+"""The one interface every engine adapter implements.
+
+The runner owns warm-up, repeats, timing, OOM handling and telemetry; an adapter only
+loads a model and generates. Adapters are imported inside worker processes only, so a
+module here may import torch at the top; this module itself must not.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether an engine configuration can run here, and what to do if not."""
+
+    ok: bool
+    reason: str = ""
+    hint: str = ""  # the exact command that fixes it, e.g. pip install "codebench-tui[hf]"
+
+    @classmethod
+    def yes(cls) -> "Availability":
+        return cls(True)
+
+    @classmethod
+    def no(cls, reason: str, hint: str = "") -> "Availability":
+        return cls(False, reason, hint)
+
+
+@dataclass
+class LoadInfo:
+    load_s: float
+    device: str  # "cpu", "cuda:0", ...
+    dtype: str
+    weight_bytes: int = 0
+    versions: dict[str, str] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class GenerateResult:
+    """One minibatch. Timings are the engine's own where it exposes them, else None."""
+
+    tokens: list[list[int]]  # generated token ids per sequence (prompt excluded)
+    ttft_s: float | None = None  # start of the call to the first generated token
+    step_times_s: list[float] | None = None  # per decode step, if known
+    extra: dict[str, Any] = field(default_factory=dict)  # engine metrics, e.g. perf counters
+
+
+class OutOfMemory(Exception):
+    """Raised by adapters (or mapped by the worker) when a cell exhausts memory."""
+
+
+class Engine:
+    """Base class. Subclasses set `name` and implement load/generate/unload."""
+
+    name: ClassVar[str] = ""
+    takes_text: ClassVar[bool] = False  # True if prompts must round-trip through text
+
+    def __init__(self, config: dict[str, Any]):
+        self.config = config  # the run's engine config: precision, attention, options
+
+    def load(self, model_dir: str, device: str) -> LoadInfo:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:  # pragma: no cover
+        """Greedy, EOS ignored: exactly max_new_tokens tokens for every prompt."""
+        raise NotImplementedError
+
+    def unload(self) -> None:
+        pass
+
+    # Memory accounting the runner calls around each cell; engines on a GPU override.
+    def reset_peak_memory(self) -> None:
+        pass
+
+    def peak_memory_bytes(self) -> int | None:
+        return None
+
+    def is_oom(self, exc: BaseException) -> bool:
+        """True if `exc` means the cell ran out of memory (the sweep then goes on)."""
+        if isinstance(exc, (MemoryError, OutOfMemory)):
+            return True
+        text = str(exc).lower()
+        return "out of memory" in text or "can't allocate memory" in text or "cannot allocate memory" in text
+
+    def release_memory(self) -> None:
+        import gc
+
+        gc.collect()

@@ -1,0 +1,108 @@
+"""Grid axes in the syntax of seed 003: comma lists and ranges with the stop excluded.
+
+    "1,2,4"        -> [1, 2, 4]
+    "32:129:x2"    -> [32, 64, 128]      geometric (multiply by 2)
+    "0:513:16"     -> [0, 16, ..., 512]  arithmetic
+    "1:9"          -> [1, 2, ..., 8]     step 1
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import product
+
+MAX_AXIS_VALUES = 4096
+
+
+class GridError(ValueError):
+    """A grid spec that cannot be parsed; the message names the token and the fix."""
+
+
+def _int(token: str, whole: str, name: str) -> int:
+    try:
+        return int(token)
+    except ValueError:
+        raise GridError(f"{name}: '{token}' in '{whole}' is not an integer (use e.g. 1,2,4 or 32:129:x2)") from None
+
+
+def _range(part: str, whole: str, name: str) -> list[int]:
+    pieces = part.split(":")
+    if len(pieces) not in (2, 3):
+        raise GridError(f"{name}: '{part}' is not START:STOP or START:STOP:STEP (e.g. 32:129:x2)")
+    start = _int(pieces[0], whole, name)
+    stop = _int(pieces[1], whole, name)
+    step = pieces[2] if len(pieces) == 3 else "1"
+    values: list[int] = []
+    if step.startswith("x"):
+        factor = _int(step[1:], whole, name)
+        if factor < 2:
+            raise GridError(f"{name}: factor in '{part}' must be at least 2 (e.g. x2)")
+        if start <= 0:
+            raise GridError(f"{name}: a geometric range needs START > 0, got '{part}'")
+        v = start
+        while v < stop:
+            values.append(v)
+            v *= factor
+            if len(values) > MAX_AXIS_VALUES:
+                break
+    else:
+        inc = _int(step, whole, name)
+        if inc <= 0:
+            raise GridError(f"{name}: step in '{part}' must be positive")
+        values = list(range(start, stop, inc))[: MAX_AXIS_VALUES + 1]
+    if not values:
+        raise GridError(f"{name}: range '{part}' is empty (the stop is excluded: use e.g. 32:129:x2)")
+    if len(values) > MAX_AXIS_VALUES:
+        raise GridError(f"{name}: '{part}' has more than {MAX_AXIS_VALUES} values")
+    return values
+
+
+def parse_axis(spec: str | int | list[int], name: str = "axis", minimum: int = 1) -> list[int]:
+    """Parse one axis into sorted unique integers, each at least `minimum`."""
+    if isinstance(spec, int):
+        values = [spec]
+    elif isinstance(spec, list):
+        values = [int(v) for v in spec]
+    else:
+        text = spec.strip()
+        if not text:
+            raise GridError(f"{name}: empty (give a list such as 1,2,4)")
+        values = []
+        for part in text.split(","):
+            part = part.strip()
+            if not part:
+                raise GridError(f"{name}: empty item in '{text}'")
+            values.extend(_range(part, text, name) if ":" in part else [_int(part, text, name)])
+    if not values:
+        raise GridError(f"{name}: no values")
+    bad = [v for v in values if v < minimum]
+    if bad:
+        raise GridError(f"{name}: {bad[0]} is below {minimum}; every value must be >= {minimum}")
+    return sorted(set(values))
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    """One grid point. `extra` carries further axes (e.g. shared-prefix length)."""
+
+    batch: int
+    input_len: int
+    output_len: int
+    extra: tuple[tuple[str, int], ...] = ()
+
+    def dims(self) -> tuple[int, ...]:
+        return (self.batch, self.input_len, self.output_len, *(v for _, v in self.extra))
+
+    def dominates(self, other: "Cell") -> bool:
+        """At least as large as `other` in every dimension and larger in one."""
+        a, b = self.dims(), other.dims()
+        return len(a) == len(b) and all(x >= y for x, y in zip(a, b)) and a != b
+
+    def label(self) -> str:
+        extra = "".join(f" {k}={v}" for k, v in self.extra)
+        return f"b={self.batch} in={self.input_len} out={self.output_len}{extra}"
+
+
+def cells(batch: list[int], input_len: list[int], output_len: list[int]) -> list[Cell]:
+    """The cartesian product, smallest first, so OOM-dominance skipping can work."""
+    return [Cell(b, i, o) for b, i, o in product(sorted(batch), sorted(input_len), sorted(output_len))]
