@@ -83,6 +83,14 @@ class TelemetrySample(Event):
 
 
 @dataclass
+class GreedyTokens(Event):
+    """Answer to a worker's `tokens` command (the greedy agreement check)."""
+
+    prompts: list[list[int]] = field(default_factory=list)
+    tokens: list[list[int]] = field(default_factory=list)
+
+
+@dataclass
 class RunFinished(Event):
     status: str = "done"  # done | failed | cancelled
     error: str = ""
@@ -97,6 +105,7 @@ _KINDS: dict[str, type[Event]] = {
     "cell_finished": CellFinished,
     "log": Log,
     "telemetry": TelemetrySample,
+    "greedy_tokens": GreedyTokens,
     "run_finished": RunFinished,
 }
 _KIND_OF = {cls: name for name, cls in _KINDS.items()}

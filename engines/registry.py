@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from engines.base import Availability, Engine
@@ -46,6 +47,30 @@ def _hf_rules(run: EngineRun, device: str) -> Availability:
     return Availability.yes()
 
 
+def _llamacpp_gpu_build() -> bool:
+    """Does the installed llama-cpp-python carry a GPU backend? Looks at its files, imports nothing."""
+    spec = importlib.util.find_spec("llama_cpp")
+    for root in (spec.submodule_search_locations or []) if spec else []:
+        for lib in Path(root).rglob("*ggml*"):
+            if any(k in lib.name.lower() for k in ("cuda", "hip", "metal", "vulkan", "sycl")):
+                return True
+    return False
+
+
+def _llamacpp_rules(run: EngineRun, device: str) -> Availability:
+    layers = run.options.get("n_gpu_layers", 0)
+    if not device.startswith("cuda"):
+        if isinstance(layers, int) and layers > 0:
+            return Availability.no("llama.cpp n_gpu_layers > 0 needs a GPU", "use --device cuda, or leave n_gpu_layers out")
+        return Availability.yes()
+    if not _llamacpp_gpu_build():
+        return Availability.no(
+            "this llama-cpp-python build is CPU-only",
+            'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36',
+        )
+    return Availability.yes()
+
+
 _HF_AXES = {"precision": ("fp32", "bf16", "fp16"), "attention": ("sdpa", "eager", "flash_attention_2")}
 
 ENGINES: dict[str, EngineInfo] = {
@@ -68,6 +93,17 @@ ENGINES: dict[str, EngineInfo] = {
             "hf",
             _HF_AXES,
             rules=_hf_rules,
+        ),
+        EngineInfo(
+            "llama.cpp",
+            "engines.llamacpp:LlamaCpp",
+            "llama.cpp via llama-cpp-python: GGUF F32/F16 and quantized, real batching",
+            ("llama_cpp",),
+            "llamacpp",
+            {"quant": ("f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")},
+            devices=("cpu", "cuda"),
+            rules=_llamacpp_rules,
+            install_note="builds llama.cpp from source, about 4 minutes on 2 cores",
         ),
     )
 }

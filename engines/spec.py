@@ -75,7 +75,8 @@ class StudySpec(BaseModel):
     grid: Grid = Grid()
     timing: Timing = Timing()
     workload: Workload = Workload()
-    max_host_mem_bytes: int | None = Field(None, gt=0, description="address-space cap on the worker after load")
+    # Address space the worker may add after loading (RLIMIT_AS): simulates a smaller host.
+    cell_mem_limit_bytes: int | None = Field(None, gt=0)
     cell_timeout_s: float | None = Field(None, gt=0)
 
     @field_validator("device")

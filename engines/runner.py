@@ -1,0 +1,356 @@
+"""The grid runner: one worker process per run, events to subscribers, results to the store.
+
+The parent owns what must survive the worker: OOM-dominance skipping, crash detection and
+resumption in a fresh worker, cancellation, telemetry and every write to the database.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from engines import events as ev
+from engines.grid import Cell
+from engines.hardware import fingerprint, resolve_device
+from engines.spec import EngineRun, StudySpec
+from engines.telemetry import Sampler
+from store.db import Database
+from store.writer import RunWriter
+
+Subscriber = Callable[[ev.Event], None]
+_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+@dataclass
+class WorkerExited:
+    returncode: int
+    stderr_tail: str
+
+    def describe(self) -> str:
+        rc = self.returncode
+        how = f"killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.Signals._value2member_map_ else f"exit code {rc}"
+        return f"worker died ({how})"
+
+
+class WorkerClient:
+    """A `python -m engines.worker` child: commands in on stdin, events out on stdout."""
+
+    def __init__(self, run_id: str, env: dict[str, str] | None = None, tail_lines: int = 60):
+        self.run_id = run_id
+        self.env = env
+        self.proc: subprocess.Popen | None = None
+        self.events: queue.Queue = queue.Queue()
+        self._tail: deque[str] = deque(maxlen=tail_lines)
+        self._stderr_done = threading.Event()
+
+    def start(self) -> int:
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "engines.worker"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env=env, start_new_session=True,  # Ctrl-C reaches the parent only; it decides
+        )  # fmt: skip
+        threading.Thread(target=self._read_stderr, daemon=True).start()
+        threading.Thread(target=self._read_stdout, daemon=True).start()
+        return self.proc.pid
+
+    def _read_stderr(self) -> None:
+        assert self.proc and self.proc.stderr
+        for raw in self.proc.stderr:
+            line = raw.decode(errors="replace").rstrip()
+            if line:
+                self._tail.append(line)
+                self.events.put(ev.Log(self.run_id, time.time(), level="stderr", message=line))
+        self._stderr_done.set()
+
+    def _read_stdout(self) -> None:
+        assert self.proc and self.proc.stdout
+        for raw in self.proc.stdout:
+            try:
+                self.events.put(ev.decode(raw))
+            except Exception:
+                self._tail.append(raw.decode(errors="replace").rstrip())
+        rc = self.proc.wait()
+        self._stderr_done.wait(5)
+        self.events.put(WorkerExited(rc, self.stderr_tail()))
+
+    def stderr_tail(self, lines: int = 30) -> str:
+        return "\n".join(list(self._tail)[-lines:])
+
+    def send(self, cmd: dict[str, Any]) -> bool:
+        import json
+
+        try:
+            assert self.proc and self.proc.stdin
+            self.proc.stdin.write((json.dumps(cmd) + "\n").encode())
+            self.proc.stdin.flush()
+            return True
+        except (BrokenPipeError, OSError, AssertionError):
+            return False
+
+    def get(self, timeout: float) -> ev.Event | WorkerExited | None:
+        try:
+            return self.events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)  # the worker and anything it started
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def close(self, grace_s: float = 10.0) -> None:
+        if not self.proc:
+            return
+        if self.proc.poll() is None:
+            self.send({"cmd": "exit"})
+            try:
+                self.proc.wait(grace_s)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        for stream in (self.proc.stdin,):
+            try:
+                stream and stream.close()
+            except OSError:
+                pass
+
+
+@dataclass
+class StudyResult:
+    group_id: str
+    run_ids: list[str] = field(default_factory=list)
+    status: str = "done"
+
+
+class _Cancelled(Exception):
+    pass
+
+
+class Runner:
+    def __init__(self, spec: StudySpec, db: Database, *, subscribers: Iterable[Subscriber] = (),
+                 cancel: threading.Event | None = None, telemetry_hz: float = 5.0):  # fmt: skip
+        self.spec = spec
+        self.db = db
+        self.subscribers = list(subscribers)
+        self.cancel = cancel or threading.Event()
+        self.telemetry_hz = telemetry_hz
+        self._samples: queue.Queue = queue.Queue()
+        self._run_id = ""
+        self._cell_nvml_peak: int | None = None
+        self._last_commit = 0.0
+
+    # --- plumbing ---------------------------------------------------------------------
+
+    def emit(self, event: ev.Event) -> None:
+        for sub in self.subscribers:
+            try:
+                sub(event)
+            except Exception as exc:  # a broken subscriber must not lose results
+                print(f"codebench: subscriber failed: {exc!r}", file=sys.stderr)
+
+    def _on_sample(self, t: float, cpu: float, rss: int, gpus: list) -> None:
+        self._samples.put((t, cpu, rss, gpus))
+
+    def _drain_samples(self, writer: RunWriter) -> None:
+        while True:
+            try:
+                t, cpu, rss, gpus = self._samples.get_nowait()
+            except queue.Empty:
+                break
+            if not self._run_id:
+                continue
+            writer.add_telemetry(self._run_id, t, cpu, rss, gpus)
+            used = [g["mem_used"] for g in gpus if g.get("mem_used") is not None]
+            if used and self._cell_nvml_peak is not None:
+                self._cell_nvml_peak = max(self._cell_nvml_peak, sum(used))
+            self.emit(ev.TelemetrySample(self._run_id, t, cpu_percent=cpu, rss_bytes=rss, gpus=gpus))
+        if time.monotonic() - self._last_commit > 1.0:
+            writer.commit()
+            self._last_commit = time.monotonic()
+
+    def _wait(self, client: WorkerClient, writer: RunWriter, done: Callable[[ev.Event], bool],
+              timeout_s: float | None = None) -> ev.Event | WorkerExited | None:  # fmt: skip
+        """Pump events until `done(event)`; None on timeout. Raises _Cancelled."""
+        deadline = time.monotonic() + timeout_s if timeout_s else None
+        while True:
+            if self.cancel.is_set():
+                raise _Cancelled
+            item = client.get(0.1)
+            self._drain_samples(writer)
+            if item is None:
+                if deadline and time.monotonic() > deadline:
+                    return None
+                continue
+            if isinstance(item, WorkerExited):
+                return item
+            if isinstance(item, ev.CellStarted):
+                self._cell_nvml_peak = 0
+            if not isinstance(item, (ev.CellFinished, ev.Loaded, ev.RunFinished)):
+                self.emit(item)
+            if done(item):
+                return item
+
+    # --- the study --------------------------------------------------------------------
+
+    def run(self) -> StudyResult:
+        spec = self.spec
+        device = resolve_device(spec.device)
+        host = fingerprint()
+        writer = RunWriter(self.db)
+        sampler = Sampler(self._on_sample, hz=self.telemetry_hz)
+        sampler.start()
+        result = StudyResult(writer.begin_group(spec.model_dump(mode="json"), spec.name))
+        try:
+            for engine_run in spec.runs:
+                if self.cancel.is_set():
+                    result.status = "cancelled"
+                    break
+                run_id, status = self._run_one(engine_run, device, host, writer, sampler, result.group_id)
+                result.run_ids.append(run_id)
+                if status == "cancelled":
+                    result.status = "cancelled"
+                    break
+        finally:
+            sampler.stop()
+            self._drain_samples(writer)
+            writer.commit()
+            writer.close()
+        return result
+
+    def _start_worker(self, run_id: str, engine_run: EngineRun, device: str, attempt: int,
+                      sampler: Sampler) -> WorkerClient:  # fmt: skip
+        client = WorkerClient(run_id)
+        pid = client.start()
+        sampler.watch(pid)
+        self.emit(ev.WorkerStarted(run_id, time.time(), pid=pid, attempt=attempt))
+        client.send({
+            "cmd": "load", "run_id": run_id, "run": engine_run.model_dump(mode="json"), "model": self.spec.model,
+            "device": device, "cell_mem_limit_bytes": self.spec.cell_mem_limit_bytes,
+        })  # fmt: skip
+        return client
+
+    def _finish_cell(self, writer: RunWriter, run_id: str, index: int, cell: Cell, status: str,
+                     result: dict | None = None, error: str = "") -> None:  # fmt: skip
+        writer.add_cell(run_id, index, cell, status, result=result, error=error)
+        writer.commit()
+        self._last_commit = time.monotonic()
+        self.emit(ev.CellFinished(run_id, time.time(), index=index, status=status, result=result or {}, error=error))
+
+    def _run_one(self, engine_run: EngineRun, device: str, host: dict, writer: RunWriter, sampler: Sampler,
+                 group_id: str) -> tuple[str, str]:  # fmt: skip
+        spec = self.spec
+        cells = spec.grid.cells()
+        run_id = writer.begin_run(
+            group_id=group_id, model=spec.model, engine=engine_run.engine, label=engine_run.label(),
+            config=engine_run.model_dump(mode="json"), spec=spec.model_dump(mode="json"), host=host,
+            cells_total=len(cells), name=spec.name,
+        )  # fmt: skip
+        self._run_id = run_id
+        self.emit(ev.RunStarted(run_id, time.time(), label=engine_run.label(), cells_total=len(cells)))
+        pending = list(range(len(cells)))
+        ooms: list[Cell] = []
+        status, error, attempt = "done", "", 0
+        client: WorkerClient | None = None
+        current: int | None = None
+        try:
+            while pending:
+                attempt += 1
+                client = self._start_worker(run_id, engine_run, device, attempt, sampler)
+                loaded = self._wait(client, writer, lambda e: isinstance(e, (ev.Loaded, ev.RunFinished)))
+                if not isinstance(loaded, ev.Loaded):
+                    why = loaded.error if isinstance(loaded, ev.RunFinished) else loaded.describe()
+                    tail = "" if isinstance(loaded, ev.RunFinished) else "\n" + loaded.stderr_tail
+                    status, error = "failed", f"loading {engine_run.label()} failed: {why}{tail}".strip()
+                    break
+                writer.set_runtime(run_id, {"load_s": loaded.load_s, "dtype": loaded.dtype,
+                                            "weight_bytes": loaded.weight_bytes, "versions": loaded.versions,
+                                            **loaded.extra}, loaded.device)  # fmt: skip
+                self.emit(loaded)
+                while pending:
+                    index = pending.pop(0)
+                    cell = cells[index]
+                    blocker = next((o for o in ooms if cell.dominates(o)), None)
+                    if blocker is not None:
+                        self._finish_cell(writer, run_id, index, cell, "skipped",
+                                          error=f"larger than OOM cell {blocker.label()}")  # fmt: skip
+                        continue
+                    current = index
+                    client.send({
+                        "cmd": "cell", "index": index, "batch": cell.batch, "input_len": cell.input_len,
+                        "output_len": cell.output_len, "timing": spec.timing.model_dump(), "label": cell.label(),
+                        "seed": spec.workload.seed * 1_000_003 + cell.batch * 7919 + cell.input_len,
+                    })  # fmt: skip
+                    out = self._wait(client, writer, lambda e, i=index: isinstance(e, ev.CellFinished) and e.index == i,
+                                     spec.cell_timeout_s)  # fmt: skip
+                    current = None
+                    if isinstance(out, ev.CellFinished):
+                        result = dict(out.result)
+                        if self._cell_nvml_peak:
+                            result["peak_nvml_bytes"] = self._cell_nvml_peak
+                        self._finish_cell(writer, run_id, index, cell, out.status, result, out.error)
+                        if out.status == "oom":
+                            ooms.append(cell)
+                        continue
+                    if out is None:
+                        client.kill()
+                        why = f"cell timed out after {spec.cell_timeout_s:g} s; worker killed"
+                    else:
+                        why = f"{out.describe()}\n{out.stderr_tail}".strip()
+                    self._finish_cell(writer, run_id, index, cell, "crashed", error=why)
+                    break  # a fresh worker resumes the remaining cells
+                client.close()
+                client = None
+        except _Cancelled:
+            status = "cancelled"
+            if client:
+                client.kill()
+            if current is not None:
+                self._finish_cell(writer, run_id, current, cells[current], "cancelled", error="cancelled by user")
+        finally:
+            if client:
+                client.close()
+            sampler.watch(None)
+            self._drain_samples(writer)
+            writer.finish_run(run_id, status, error)
+            self.emit(ev.RunFinished(run_id, time.time(), status=status, error=error))
+            self._run_id = ""
+        return run_id, status
+
+
+def greedy_tokens(model: str, engine_run: EngineRun, device: str, max_new_tokens: int, *,
+                  prompts: list[list[int]] | None = None, batch: int = 8, input_len: int = 32,
+                  seed: int = 0, timeout_s: float = 600) -> tuple[list[list[int]], list[list[int]]]:  # fmt: skip
+    """(prompts, greedy tokens) from `engine_run` in its own worker: the agreement check."""
+    client = WorkerClient("check")
+    client.start()
+    try:
+        client.send({"cmd": "load", "run_id": "check", "run": engine_run.model_dump(mode="json"), "model": model,
+                     "device": resolve_device(device)})  # fmt: skip
+        client.send({"cmd": "tokens", "prompts": prompts, "batch": batch, "input_len": input_len, "seed": seed,
+                     "max_new_tokens": max_new_tokens})  # fmt: skip
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            item = client.get(0.2)
+            if isinstance(item, ev.GreedyTokens):
+                return item.prompts, item.tokens
+            if isinstance(item, ev.RunFinished):
+                raise RuntimeError(item.error)
+            if isinstance(item, WorkerExited):
+                raise RuntimeError(f"{item.describe()}\n{item.stderr_tail}")
+        raise TimeoutError(f"{engine_run.label()} gave no tokens within {timeout_s:g} s")
+    finally:
+        client.close()

@@ -1,0 +1,127 @@
+"""Telemetry sampling in the parent: psutil on the worker's process tree, NVML per GPU."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any, Callable
+
+import psutil
+
+
+class Nvml:
+    """NVML if a driver is present; every method is a no-op otherwise."""
+
+    def __init__(self) -> None:
+        self.handles: list[Any] = []
+        self._nv: Any = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nv = pynvml
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        except Exception:
+            self.handles = []
+
+    @property
+    def available(self) -> bool:
+        return bool(self.handles)
+
+    def _try(self, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception:
+            return None
+
+    def devices(self) -> list[dict[str, Any]]:
+        nv, out = self._nv, []
+        for i, h in enumerate(self.handles):
+            mem = self._try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+            name = self._try(lambda: nv.nvmlDeviceGetName(h))
+            out.append({
+                "index": i,
+                "name": name.decode() if isinstance(name, bytes) else name,
+                "mem_total": getattr(mem, "total", None),
+            })  # fmt: skip
+        return out
+
+    def driver(self) -> str | None:
+        if not self._nv:
+            return None
+        v = self._try(self._nv.nvmlSystemGetDriverVersion)
+        return v.decode() if isinstance(v, bytes) else v
+
+    def sample(self) -> list[dict[str, Any]]:
+        nv, out = self._nv, []
+        for i, h in enumerate(self.handles):
+            mem = self._try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
+            util = self._try(lambda: nv.nvmlDeviceGetUtilizationRates(h))
+            power = self._try(lambda: nv.nvmlDeviceGetPowerUsage(h))
+            out.append({
+                "index": i,
+                "mem_used": getattr(mem, "used", None),
+                "mem_total": getattr(mem, "total", None),
+                "util": getattr(util, "gpu", None),
+                "power_w": power / 1000 if power is not None else None,
+            })  # fmt: skip
+        return out
+
+
+class ProcessTree:
+    """CPU % and RSS summed over a process and its descendants (cpu_percent needs kept objects)."""
+
+    def __init__(self, pid: int):
+        self.root = psutil.Process(pid)
+        self._procs: dict[int, psutil.Process] = {}
+
+    def sample(self) -> tuple[float, int]:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0, 0
+        cpu, rss = 0.0, 0
+        alive = {}
+        for p in procs:
+            p = self._procs.get(p.pid, p)
+            try:
+                cpu += p.cpu_percent(None)
+                rss += p.memory_info().rss
+                alive[p.pid] = p
+            except psutil.Error:
+                continue
+        self._procs = alive
+        return cpu, rss
+
+
+class Sampler(threading.Thread):
+    """Samples at `hz` and hands each sample to `sink(t, cpu_percent, rss_bytes, gpus)`."""
+
+    def __init__(self, sink: Callable[[float, float, int, list], None], hz: float = 5.0, nvml: Nvml | None = None):
+        super().__init__(name="codebench-telemetry", daemon=True)
+        self.sink = sink
+        self.period = 1.0 / hz
+        self.nvml = nvml or Nvml()
+        self._tree: ProcessTree | None = None
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+
+    def watch(self, pid: int | None) -> None:
+        with self._lock:
+            try:
+                self._tree = ProcessTree(pid) if pid else None
+            except psutil.Error:
+                self._tree = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def run(self) -> None:
+        next_t = time.monotonic()
+        while not self._stop.is_set():
+            with self._lock:
+                tree = self._tree
+            cpu, rss = tree.sample() if tree else (0.0, 0)
+            self.sink(time.time(), cpu, rss, self.nvml.sample())
+            next_t += self.period
+            self._stop.wait(max(0.0, next_t - time.monotonic()))

@@ -1,0 +1,228 @@
+"""Worker process: loads one engine and model once, then runs cells on command.
+
+Protocol: JSON commands on stdin (load, cell, tokens, exit), events as JSON lines on the
+original stdout. Anything a library prints goes to stderr, which the parent keeps a tail of.
+Run as `python -m engines.worker`; it exits when its parent goes away.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import resource
+import signal
+import sys
+import threading
+import time
+import traceback
+from typing import Any, TextIO
+
+from engines import events as ev
+from engines.base import Engine
+from engines.spec import EngineRun
+
+_FAULT = os.environ.get("CODEBENCH_FAULT", "")  # test hook: "kill:N" or "segv:N" dies in cell N
+
+
+def _watch_parent(parent: int) -> None:
+    while True:
+        time.sleep(0.5)
+        if os.getppid() != parent:
+            os._exit(3)
+
+
+def _reset_peak_rss() -> bool:
+    try:  # Linux: writing 5 to clear_refs resets VmHWM, the peak resident set size
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _vms() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _maybe_fault(index: int) -> None:
+    if not _FAULT:
+        return
+    what, _, at = _FAULT.partition(":")
+    if at.isdigit() and int(at) == index:
+        if what == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        elif what == "segv":
+            ctypes.string_at(0)
+
+
+class Worker:
+    def __init__(self, out: TextIO):
+        self.out = out
+        self.run_id = ""
+        self.engine: Engine | None = None
+        self.model_path = ""
+        self.tokenizer_file: str | None = None
+
+    def emit(self, event: ev.Event) -> None:
+        self.out.write(ev.encode(event) + "\n")
+        self.out.flush()
+
+    def log(self, message: str, level: str = "info") -> None:
+        self.emit(ev.Log(self.run_id, time.time(), level=level, message=message))
+
+    # --- commands ---------------------------------------------------------------------
+
+    def load(self, cmd: dict[str, Any]) -> None:
+        from engines.models import materialize, tokenizer_file
+        from engines.registry import load_engine
+
+        self.run_id = cmd["run_id"]
+        run = EngineRun.model_validate(cmd["run"])
+        t0 = time.perf_counter()
+        self.model_path = materialize(cmd["model"])
+        tok = tokenizer_file(self.model_path)
+        if tok is None:  # a bare .gguf or a URL: prompts come from tiny's tokenizer
+            from engines.tiny import ensure_tiny
+
+            tok = tokenizer_file(str(ensure_tiny()))
+        self.tokenizer_file = str(tok)
+        self.engine = load_engine(run)
+        info = self.engine.load(self.model_path, cmd["device"])
+        info.load_s = info.load_s or (time.perf_counter() - t0)
+        limit = cmd.get("cell_mem_limit_bytes")
+        if limit:
+            cap = _vms() + int(limit)
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+            info.extra["rlimit_as_bytes"] = cap
+        self.emit(
+            ev.Loaded(
+                self.run_id, time.time(), load_s=info.load_s, device=info.device, dtype=info.dtype,
+                weight_bytes=info.weight_bytes, versions=info.versions, extra=info.extra,
+            )
+        )  # fmt: skip
+
+    def prompts(self, batch: int, length: int, seed: int) -> list[list[int]]:
+        from pathlib import Path
+
+        from engines.workloads import synthetic_prompts
+
+        assert self.tokenizer_file is not None
+        return synthetic_prompts(Path(self.tokenizer_file), batch, length, seed)
+
+    def _minibatch(self, prompts: list[list[int]], out_len: int) -> tuple[float, Any]:
+        assert self.engine is not None
+        t0 = time.perf_counter()
+        res = self.engine.generate(prompts, out_len)
+        elapsed = time.perf_counter() - t0
+        got = [len(t) for t in res.tokens]
+        if len(got) != len(prompts) or any(n != out_len for n in got):
+            raise RuntimeError(f"engine generated {got} tokens per sequence, expected {out_len} each")
+        return elapsed, res
+
+    def cell(self, cmd: dict[str, Any]) -> None:
+        assert self.engine is not None
+        index, batch, in_len, out_len = cmd["index"], cmd["batch"], cmd["input_len"], cmd["output_len"]
+        timing = cmd["timing"]
+        self.emit(ev.CellStarted(self.run_id, time.time(), index=index, label=cmd.get("label", "")))
+        started = time.time()
+        try:
+            prompts = self.prompts(batch, in_len, cmd.get("seed", 0))
+            self.engine.reset_peak_memory()
+            _reset_peak_rss()
+            total = timing["warmup"] + timing["iters"] * timing["repeats"]
+            done = 0
+            for _ in range(timing["warmup"]):
+                dt, _res = self._minibatch(prompts, out_len)
+                done += 1
+                self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="warmup", done=done,
+                                      total=total, tokens_per_s=batch * out_len / dt))  # fmt: skip
+            _maybe_fault(index)
+            repeats = []
+            extra: dict[str, Any] = {}
+            for _ in range(timing["repeats"]):
+                rep: dict[str, list] = {"latencies_s": [], "ttft_s": [], "tokens": []}
+                for _ in range(timing["iters"]):
+                    dt, res = self._minibatch(prompts, out_len)
+                    rep["latencies_s"].append(dt)
+                    rep["ttft_s"].append(res.ttft_s)
+                    rep["tokens"].append(sum(len(t) for t in res.tokens))
+                    if res.extra:
+                        rep.setdefault("extra", []).append(res.extra)
+                        extra = res.extra
+                    done += 1
+                    self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="timed", done=done,
+                                          total=total, tokens_per_s=batch * out_len / dt))  # fmt: skip
+                repeats.append(rep)
+            result = {
+                "repeats": repeats,
+                "peak_rss_bytes": _peak_rss(),
+                "peak_gpu_bytes": self.engine.peak_memory_bytes(),
+                "metrics": {"last_extra": extra} if extra else {},
+                "started_at": started,
+            }
+            self.emit(ev.CellFinished(self.run_id, time.time(), index=index, status="done", result=result))
+        except BaseException as exc:  # noqa: BLE001 - every failure of a cell is recorded, the worker lives on
+            if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            oom = self.engine.is_oom(exc)
+            self.engine.release_memory()
+            text = f"{type(exc).__name__}: {exc}".strip()
+            if not oom:
+                text += "\n" + "".join(traceback.format_exception(exc)[-3:])
+            self.emit(ev.CellFinished(self.run_id, time.time(), index=index, status="oom" if oom else "failed",
+                                      error=text[:4000], result={"started_at": started}))  # fmt: skip
+
+    def tokens(self, cmd: dict[str, Any]) -> None:
+        """Greedy tokens for given prompts (or synthetic ones): the agreement check."""
+        prompts = cmd.get("prompts") or self.prompts(cmd["batch"], cmd["input_len"], cmd.get("seed", 0))
+        assert self.engine is not None
+        res = self.engine.generate(prompts, cmd["max_new_tokens"])
+        self.emit(ev.GreedyTokens(self.run_id, time.time(), prompts=prompts, tokens=res.tokens))
+
+
+def main() -> int:
+    events_fd = os.dup(1)
+    os.dup2(2, 1)  # C and Python prints from libraries must not corrupt the event stream
+    sys.stdout = sys.stderr
+    out = os.fdopen(events_fd, "w", buffering=1)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about Ctrl-C
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
+    worker = Worker(out)
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        name = cmd.get("cmd")
+        try:
+            if name == "load":
+                worker.load(cmd)
+            elif name == "cell":
+                worker.cell(cmd)
+            elif name == "tokens":
+                worker.tokens(cmd)
+            elif name == "exit":
+                break
+        except BrokenPipeError:
+            return 1
+        except Exception as exc:  # a failed load or tokens command: report it and stop
+            text = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
+            worker.emit(ev.RunFinished(worker.run_id, time.time(), status="failed", error=text[:4000]))
+            return 1
+    if worker.engine is not None:
+        worker.engine.unload()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,170 @@
+"""Exporters (CSV, Markdown, JSON, HTML) from one result schema, and the JSON importer."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import html
+import io
+import json
+from typing import Any
+
+from sqlmodel import Session
+
+from store.models import SCHEMA_VERSION, CellRow, Run, RunGroup, Telemetry
+from store.results import RunResult
+from store.tables import Table, cell_table, comparison_table
+
+FORMATS = ("csv", "md", "json", "html")
+EXPORT_TAG = "codebench-tui export"
+
+CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
+               "device", "batch", "input_len", "output_len", "params", "status", "tokens_per_s", "latency_s",
+               "latency_spread", "latency_ci95", "ttft_s", "decode_tps", "peak_rss_bytes", "peak_gpu_bytes",
+               "peak_nvml_bytes", "repeats", "error"]  # fmt: skip
+
+
+class ImportError_(ValueError):
+    pass
+
+
+def when(ts: float | None) -> str:
+    return "-" if not ts else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def to_csv(results: list[RunResult]) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(CSV_COLUMNS)
+    for r in results:
+        cfg = r.run.get("config") or {}
+        for c in r.cells:
+            w.writerow([
+                r.id, r.run.get("name") or "", r.run["label"], r.run["model"], cfg.get("engine"),
+                cfg.get("precision") or "", cfg.get("attention") or "", cfg.get("quant") or "",
+                json.dumps(cfg.get("options") or {}, sort_keys=True), r.run.get("device") or "",
+                c["batch"], c["input_len"], c["output_len"], json.dumps(c.get("params") or {}, sort_keys=True),
+                c["status"], *("" if c.get(k) is None else c[k] for k in
+                               ("tokens_per_s", "latency_s", "latency_spread", "latency_ci95", "ttft_s", "decode_tps",
+                                "peak_rss_bytes", "peak_gpu_bytes", "peak_nvml_bytes")),
+                len(c.get("repeats") or []), (c.get("error") or "").splitlines()[0] if c.get("error") else "",
+            ])  # fmt: skip
+    return buf.getvalue()
+
+
+def _md_table(t: Table) -> str:
+    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    lines = [f"**{esc(t.title)}**", "", "| " + " | ".join(map(esc, t.headers)) + " |",
+             "|" + "|".join(":---:" for _ in t.headers) + "|"]  # fmt: skip
+    lines += ["| " + " | ".join(map(esc, row)) + " |" for row in t.rows]
+    lines += [""] + [f"_{esc(n)}_  " for n in t.notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def host_line(run: dict[str, Any]) -> str:
+    h = run.get("host") or {}
+    gpus = ", ".join(g.get("name") or "?" for g in h.get("gpus") or []) or "no GPU"
+    return f"{h.get('cpu', '?')} ({h.get('cpu_logical', '?')} threads), {gpus}, Python {h.get('python', '?')}"
+
+
+def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s") -> str:
+    out = ["# codebench-tui results", ""]
+    for r in results:
+        out.append(f"- `{r.short_id}` **{r.run['label']}** on `{r.run['model']}` ({r.run.get('device') or '?'}), "
+                   f"{r.status}, {when(r.run.get('created_at'))}: {host_line(r.run)}")  # fmt: skip
+    out.append("")
+    if len(results) > 1:
+        out += [_md_table(comparison_table(results, baseline, metric)), ""]
+    for r in results:
+        out += [_md_table(cell_table(r)), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def _html_table(t: Table) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    body = []
+    for row, styles in zip(t.rows, t.styles or [[""] * len(t.headers)] * len(t.rows)):
+        tds = "".join(f'<td class="{html.escape(s)}">{html.escape(v)}</td>' for v, s in zip(row, styles))
+        body.append(f"<tr>{tds}</tr>")
+    notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in t.notes)
+    return f"<h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}"
+
+
+_CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
+td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
+.oom,.crashed,.failed{color:#b00020;font-weight:bold}.skipped,.cancelled,.missing{color:#888}
+.better{color:#0a7a28}.worse{color:#b35c00}.note{color:#555;font-size:.9em}"""
+
+
+def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s") -> str:
+    items = "".join(
+        f"<li><code>{r.short_id}</code> <b>{html.escape(r.run['label'])}</b> on <code>{html.escape(r.run['model'])}</code>"
+        f" ({html.escape(r.run.get('device') or '?')}), {r.status}, {when(r.run.get('created_at'))}: "
+        f"{html.escape(host_line(r.run))}</li>"
+        for r in results
+    )
+    tables = [comparison_table(results, baseline, metric)] if len(results) > 1 else []
+    tables += [cell_table(r) for r in results]
+    body = "".join(_html_table(t) for t in tables)
+    return (f"<!doctype html><html><head><meta charset=utf-8><title>codebench-tui results</title><style>{_CSS}</style>"
+            f"</head><body><h1>codebench-tui results</h1><ul>{items}</ul>{body}</body></html>\n")  # fmt: skip
+
+
+def to_json(results: list[RunResult], groups: list[dict[str, Any]]) -> str:
+    doc = {
+        "format": EXPORT_TAG,
+        "schema_version": SCHEMA_VERSION,
+        "groups": groups,
+        "runs": [{**r.run, "cells": r.cells, "telemetry": r.telemetry} for r in results],
+    }
+    return json.dumps(doc, indent=1, sort_keys=True) + "\n"
+
+
+def render(fmt_name: str, results: list[RunResult], groups: list[dict[str, Any]], baseline: int = 0) -> str:
+    if fmt_name == "csv":
+        return to_csv(results)
+    if fmt_name == "md":
+        return to_markdown(results, baseline)
+    if fmt_name == "html":
+        return to_html(results, baseline)
+    if fmt_name == "json":
+        return to_json(results, groups)
+    raise ValueError(f"unknown format '{fmt_name}' (known: {', '.join(FORMATS)})")
+
+
+def parse_export(text: str, source: str) -> dict[str, Any]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ImportError_(f"{source} is not JSON ({exc.msg} at line {exc.lineno}); export it again with --format json")
+    if not isinstance(doc, dict) or doc.get("format") != EXPORT_TAG:
+        raise ImportError_(f"{source} is not a codebench-tui JSON export; export one with --format json")
+    if doc.get("schema_version") != SCHEMA_VERSION:
+        raise ImportError_(f"{source} has schema v{doc.get('schema_version')}, this codebench-tui reads v{SCHEMA_VERSION}")
+    return doc
+
+
+def import_export(doc: dict[str, Any], *, session: Session) -> tuple[int, int]:
+    """Insert the runs of an export; runs already present (same id) are skipped. Returns (added, skipped)."""
+    added = skipped = 0
+    for g in doc.get("groups", []):
+        if session.get(RunGroup, g["id"]) is None:
+            session.add(RunGroup(**g))
+    session.flush()
+    for r in doc.get("runs", []):
+        if session.get(Run, r["id"]) is not None:
+            skipped += 1
+            continue
+        data = dict(r)
+        cells, samples = data.pop("cells", []), data.pop("telemetry", [])
+        if session.get(RunGroup, data["group_id"]) is None:
+            session.add(RunGroup(id=data["group_id"], created_at=data["created_at"], spec=data.get("spec") or {}))
+            session.flush()
+        session.add(Run(**data))
+        session.flush()
+        for c in cells:
+            session.add(CellRow(run_id=r["id"], **c))
+        for s in samples:
+            session.add(Telemetry(run_id=r["id"], **s))
+        added += 1
+    return added, skipped

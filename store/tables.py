@@ -1,0 +1,138 @@
+"""Tables as plain data (headers + rows of strings), shared by the terminal, Markdown and HTML views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from store.metrics import ratio
+from store.results import CELL_AXES, RunResult, run_title, varying, varying_config_keys
+
+METRICS = {
+    "tokens_per_s": ("tok/s", True),  # (label, higher is better)
+    "latency_s": ("latency s", False),
+    "ttft_s": ("TTFT s", False),
+    "decode_tps": ("decode tok/s", True),
+    "peak_mem": ("peak MB", False),
+}
+STATUS_MARK = {"oom": "OOM", "skipped": "skipped", "crashed": "crashed", "failed": "failed", "cancelled": "cancelled"}
+AXIS_LABEL = {"batch": "batch", "input_len": "input", "output_len": "output"}
+
+
+@dataclass
+class Table:
+    title: str
+    headers: list[str]
+    rows: list[list[str]]
+    notes: list[str] = field(default_factory=list)
+    # Per row, per column: a status for colouring ("oom", "done", ...); same shape as rows.
+    styles: list[list[str]] = field(default_factory=list)
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.{digits}g}" if abs(value) < 1 else f"{value:.{max(digits - 1, 1)}f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def mb(value: int | None) -> str:
+    return "-" if value is None else f"{value / 2**20:,.1f}"
+
+
+def peak_mem(cell: dict[str, Any]) -> int | None:
+    """The most telling peak: GPU allocator, else NVML device memory, else host RSS."""
+    for key in ("peak_gpu_bytes", "peak_nvml_bytes", "peak_rss_bytes"):
+        if cell.get(key):
+            return cell[key]
+    return None
+
+
+def metric_value(cell: dict[str, Any], metric: str) -> float | None:
+    if metric == "peak_mem":
+        v = peak_mem(cell)
+        return None if v is None else v / 2**20
+    return cell.get(metric)
+
+
+def cell_table(result: RunResult) -> Table:
+    headers = ["batch", "input", "output", "status", "tok/s", "latency s", "±", "TTFT s", "decode tok/s",
+               "RSS MB", "GPU MB"]  # fmt: skip
+    extra_keys = sorted({k for c in result.cells for k in (c.get("params") or {})})
+    headers[3:3] = extra_keys
+    rows, styles = [], []
+    for c in result.cells:
+        row = [str(c["batch"]), str(c["input_len"]), str(c["output_len"])]
+        row += [str((c.get("params") or {}).get(k, "-")) for k in extra_keys]
+        status = c["status"]
+        row.append(STATUS_MARK.get(status, status))
+        spread = c.get("latency_spread")
+        gpu = c.get("peak_gpu_bytes") or c.get("peak_nvml_bytes")
+        row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")),
+                "-" if spread is None else f"{spread * 100:.1f}%", fmt(c.get("ttft_s")),
+                fmt(c.get("decode_tps")), mb(c.get("peak_rss_bytes")), mb(gpu)]  # fmt: skip
+        rows.append(row)
+        styles.append([status] * len(row))
+    notes = []
+    errors = [(c, c["error"]) for c in result.cells if c.get("error") and c["status"] in ("failed", "crashed")]
+    for c, err in errors[:5]:
+        notes.append(f"b={c['batch']} in={c['input_len']} out={c['output_len']} {c['status']}: {err.splitlines()[0]}")
+    # Columns with nothing in them (GPU memory on a CPU run) only take space.
+    keep = [i for i in range(len(headers)) if i < 4 or any(row[i] != "-" for row in rows)]
+    headers = [headers[i] for i in keep]
+    rows = [[row[i] for i in keep] for row in rows]
+    styles = [[st[i] for i in keep] for st in styles]
+    return Table(run_title(result), headers, rows, notes, styles)
+
+
+def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s") -> Table:
+    """Rows are grid cells, columns are runs, with ratios against the baseline run."""
+    if metric not in METRICS:
+        raise ValueError(f"unknown metric '{metric}' (known: {', '.join(METRICS)})")
+    label, higher_better = METRICS[metric]
+    keys = varying_config_keys(results)
+    titles = [f"{run_title(r, keys) if keys else r.run['label']} [{r.short_id}]" for r in results]
+    all_keys = sorted({r.cell_key(c) for r in results for c in r.cells})
+    axes = [i for i, ax in enumerate(CELL_AXES) if varying([k[i] for k in all_keys])] or [0]
+    headers = [AXIS_LABEL[CELL_AXES[i]] for i in axes]
+    for i, t in enumerate(titles):
+        headers.append(f"{t} {label}")
+        if i != baseline:
+            headers.append("× base")
+    by_run = [{r.cell_key(c): c for c in r.cells} for r in results]
+    rows, styles = [], []
+    for key in all_keys:
+        row = [str(key[i]) for i in axes]
+        style = ["done"] * len(row)
+        base_cell = by_run[baseline].get(key)
+        base_val = metric_value(base_cell, metric) if base_cell and base_cell["status"] == "done" else None
+        for i, cells in enumerate(by_run):
+            cell = cells.get(key)
+            if cell is None:
+                row.append("-")
+                style.append("missing")
+            elif cell["status"] != "done":
+                row.append(STATUS_MARK.get(cell["status"], cell["status"]))
+                style.append(cell["status"])
+            else:
+                row.append(fmt(metric_value(cell, metric)))
+                style.append("done")
+            if i != baseline:
+                val = metric_value(cell, metric) if cell and cell["status"] == "done" else None
+                r = ratio(val, base_val)
+                row.append("-" if r is None else f"{r:.2f}×")
+                better = r is not None and ((r > 1) == higher_better) and abs(r - 1) > 0.005
+                style.append("better" if better else ("worse" if r is not None and abs(r - 1) > 0.005 else "done"))
+        rows.append(row)
+        styles.append(style)
+    constant = [f"{AXIS_LABEL[ax]}={all_keys[0][i]}" for i, ax in enumerate(CELL_AXES) if i not in axes and all_keys]
+    common = [k for k in ("engine", "precision", "attention", "quant") if k not in keys]
+    shared = [str(results[0].config_value(k)) for k in common if results[0].config_value(k) is not None]
+    notes = []
+    if constant or shared:
+        notes.append("all runs: " + " ".join(shared + constant))
+    notes.append(f"baseline: {titles[baseline]}; ratio = run / baseline ({'higher' if higher_better else 'lower'} is better)")
+    return Table(f"{label} by cell", headers, rows, notes, styles)

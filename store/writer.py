@@ -1,0 +1,75 @@
+"""The one writer: buffers rows and commits them in one transaction per event batch."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Any
+
+import psutil
+
+from store import queries
+from store.db import Database
+from store.metrics import summarise
+from store.models import CellRow, Run, Telemetry
+
+
+class RunWriter:
+    def __init__(self, db: Database):
+        self.db = db
+        self.session = db.session()
+        me = psutil.Process(os.getpid())
+        self.owner = (socket.gethostname(), me.pid, me.create_time())
+
+    def begin_group(self, spec: dict[str, Any], name: str | None) -> str:
+        group = queries.create_group(spec, name, session=self.session)
+        self.commit()
+        return group.id
+
+    def begin_run(self, *, group_id: str, model: str, engine: str, label: str, config: dict, spec: dict,
+                  host: dict, cells_total: int, name: str | None) -> str:  # fmt: skip
+        run = queries.create_run(
+            session=self.session, group_id=group_id, model=model, engine=engine, label=label, config=config,
+            spec=spec, host=host, cells_total=cells_total, name=name, owner=self.owner,
+        )  # fmt: skip
+        self.commit()
+        return run.id
+
+    def set_runtime(self, run_id: str, runtime: dict[str, Any], device: str) -> None:
+        run = self.session.get(Run, run_id)
+        run.runtime = {**(run.runtime or {}), **runtime}
+        run.device = device
+        self.session.add(run)
+
+    def add_cell(self, run_id: str, index: int, cell: Any, status: str, *, result: dict | None = None,
+                 error: str = "", finished_at: float | None = None) -> CellRow:  # fmt: skip
+        result = result or {}
+        repeats = result.get("repeats") or []
+        summary = summarise(repeats, cell.batch, cell.output_len) if status == "done" else {}
+        row = CellRow(
+            run_id=run_id, idx=index, batch=cell.batch, input_len=cell.input_len, output_len=cell.output_len,
+            params=dict(cell.extra), status=status, error=error, repeats=repeats,
+            peak_rss_bytes=result.get("peak_rss_bytes"), peak_gpu_bytes=result.get("peak_gpu_bytes"),
+            peak_nvml_bytes=result.get("peak_nvml_bytes"), metrics=result.get("metrics") or {},
+            started_at=result.get("started_at"), finished_at=finished_at or time.time(), **summary,
+        )  # fmt: skip
+        self.session.add(row)
+        return row
+
+    def add_telemetry(self, run_id: str, t: float, cpu: float, rss: int, gpus: list) -> None:
+        self.session.add(Telemetry(run_id=run_id, t=t, cpu_percent=cpu, rss_bytes=rss, gpus=gpus))
+
+    def finish_run(self, run_id: str, status: str, error: str = "") -> None:
+        run = self.session.get(Run, run_id)
+        run.status = status
+        run.error = error
+        run.finished_at = time.time()
+        self.session.add(run)
+        self.commit()
+
+    def commit(self) -> None:
+        self.session.commit()
+
+    def close(self) -> None:
+        self.session.close()

@@ -1,0 +1,74 @@
+"""The `codebench-tui` command line. Bad input: one line on stderr, exit code 2, nothing written."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn, Sequence
+
+COMMANDS = ("run", "history", "engines")  # modules in tui.commands; each registers its parsers
+EXIT_USAGE = 2
+PROG = "codebench-tui"
+
+
+class UsageError(Exception):
+    """Bad input found by a command; the message is one line that names the problem and the fix."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
+        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+
+
+def add_db(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--db", metavar="PATH", help="database file (default: the user data directory)")
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog=PROG, description="Benchmark code-LLM inference stacks on your hardware.")
+    parser.add_argument("--replay", metavar="RUN", help="re-render a stored run (an id, id prefix or 'last')")
+    parser.add_argument("--headless", action="store_true", help="with --replay: print instead of opening the dashboard")
+    add_db(parser)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for name in COMMANDS:
+        importlib.import_module(f"tui.commands.{name}").register(sub)
+    for action in sub.choices.values():
+        if not any(a.dest == "db" for a in action._actions):
+            add_db(action)
+    return parser
+
+
+def _known_errors() -> tuple[type[BaseException], ...]:
+    from engines.grid import GridError
+    from engines.spec import SpecError
+    from store.db import StoreError
+    from store.export import ImportError_
+    from store.queries import RunNotFound
+
+    return (UsageError, SpecError, GridError, StoreError, RunNotFound, ImportError_)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.command is None:
+            if args.replay:
+                from tui.commands.history import replay
+
+                return replay(args)
+            from tui.commands.run import open_dashboard
+
+            return open_dashboard(args)
+        return args.func(args)
+    except _known_errors() as exc:
+        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:  # `codebench-tui runs | head`
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

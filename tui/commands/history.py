@@ -1,0 +1,196 @@
+"""Stored runs: `runs`, `--replay`, `compare`, `export`, `import`. None of these needs torch."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from store.db import Database, open_db
+from store.export import FORMATS, import_export, parse_export, render, when
+from store.queries import count_runs, list_runs, resolve_run
+from store.results import RunResult, load_result
+from store.tables import cell_table, comparison_table, METRICS
+from tui.render import STATUS_STYLE, print_replay, rich_table, tokens_chart
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("runs", help="list stored runs, newest first")
+    p.add_argument("--limit", type=int, default=20, help="how many (default 20; 0 for all)")
+    p.set_defaults(func=runs)
+
+    p = sub.add_parser("compare", help="runs side by side, with ratios against a baseline")
+    p.add_argument("runs", nargs="+", metavar="RUN", help="run ids, id prefixes or last, last~1, ...")
+    p.add_argument("--baseline", metavar="RUN", help="the run the ratios divide by (default: the first)")
+    p.add_argument("--metric", default="tokens_per_s", choices=list(METRICS))
+    p.add_argument("--no-chart", action="store_true")
+    p.set_defaults(func=compare)
+
+    p = sub.add_parser("export", help="write runs as CSV, Markdown, JSON or HTML")
+    p.add_argument("runs", nargs="+", metavar="RUN")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("-o", "--output", metavar="FILE", help="file to write (default: standard output)")
+    p.add_argument("--baseline", metavar="RUN")
+    p.set_defaults(func=export)
+
+    p = sub.add_parser("import", help="read a JSON export into the database")
+    p.add_argument("file", metavar="FILE")
+    p.set_defaults(func=import_file)
+
+
+def _results(db: Database, refs: list[str], telemetry: bool = False) -> list[RunResult]:
+    with db.session() as s:
+        seen, out = set(), []
+        for ref in refs:
+            run = resolve_run(ref, session=s)
+            if run.id not in seen:
+                seen.add(run.id)
+                out.append(load_result(run, session=s, telemetry=telemetry))
+        return out
+
+
+def _baseline(results: list[RunResult], db: Database, ref: str | None) -> int:
+    if not ref:
+        return 0
+    with db.session() as s:
+        run_id = resolve_run(ref, session=s).id
+    for i, r in enumerate(results):
+        if r.id == run_id:
+            return i
+    from tui.cli import UsageError
+
+    raise UsageError(f"--baseline {ref} is not one of the runs being compared; add it to the list")
+
+
+def runs(args: argparse.Namespace) -> int:
+    db = open_db(args.db, create=False)
+    console = Console()
+    with db.session() as s:
+        total = count_runs(session=s)
+        rows = list_runs(session=s, limit=args.limit or None)
+        results = [load_result(r, session=s, telemetry=False) for r in rows]
+    if not results:
+        console.print(f"no runs stored in {db.path}")
+        return 0
+    table = RichTable(title=f"{total} run(s) in {db.path}", title_justify="left", header_style="bold")
+    for col in ("id", "started", "name", "run", "model", "device", "status", "cells", "best tok/s"):
+        table.add_column(col)
+    for r in results:
+        counts = r.status_counts()
+        done = counts.get("done", 0)
+        best = max((c["tokens_per_s"] for c in r.cells if c.get("tokens_per_s")), default=None)
+        bad = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "done")
+        table.add_row(r.short_id, when(r.run["created_at"]), r.run.get("name") or "", r.run["label"], r.run["model"],
+                      r.run.get("device") or "", Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+                      f"{done}/{r.run['cells_total']}" + (f" ({bad})" if bad else ""),
+                      f"{best:,.1f}" if best else "-")  # fmt: skip
+    console.print(table)
+    if total > len(results):
+        console.print(f"({total - len(results)} older; --limit 0 shows all)")
+    return 0
+
+
+def replay(args: argparse.Namespace) -> int:
+    db = open_db(args.db, create=False)
+    (result,) = _results(db, [args.replay], telemetry=True)
+    if not args.headless and sys.stdout.isatty():
+        try:
+            from tui.app import run_app
+        except ImportError:
+            run_app = None
+        if run_app is not None:
+            return run_app(db_path=args.db, replay=result.id)
+    print_replay(Console(), result, cell_table(result))
+    return 0
+
+
+def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
+    """What a finished `run` prints: the comparison (or the one run's cells) and its chart."""
+    if not run_ids:
+        return
+    results = _results(db, run_ids)
+    if len(results) == 1:
+        print_replay(console, results[0], cell_table(results[0]))
+        return
+    console.print(rich_table(comparison_table(results)))
+    chart = tokens_chart(results, width=min(console.width, 100))
+    if chart:
+        console.print(Text(chart))
+
+
+def compare(args: argparse.Namespace) -> int:
+    db = open_db(args.db, create=False)
+    results = _results(db, args.runs)
+    base = _baseline(results, db, args.baseline)
+    console = Console()
+    console.print(rich_table(comparison_table(results, base, args.metric)))
+    if not args.no_chart:
+        chart = tokens_chart(results, width=min(console.width, 100))
+        if chart:
+            console.print(chart)
+    return 0
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def export(args: argparse.Namespace) -> int:
+    db = open_db(args.db, create=False)
+    results = _results(db, args.runs, telemetry=args.format == "json")
+    base = _baseline(results, db, args.baseline)
+    groups = []
+    if args.format == "json":
+        from store.models import RunGroup
+
+        with db.session() as s:
+            ids = sorted({r.run["group_id"] for r in results})
+            groups = [s.get(RunGroup, g).model_dump() for g in ids if s.get(RunGroup, g) is not None]
+    text = render(args.format, results, groups, base)
+    if args.output:
+        out = Path(args.output)
+        if out.is_dir():
+            from tui.cli import UsageError
+
+            raise UsageError(f"-o {out} is a directory; give a file name such as {out / ('results.' + args.format)}")
+        try:
+            _write_atomic(out, text)
+        except OSError as exc:
+            from tui.cli import UsageError
+
+            raise UsageError(f"cannot write {out} ({exc.strerror}); choose another -o path") from None
+        print(f"wrote {len(results)} run(s) to {out}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def import_file(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        from tui.cli import UsageError
+
+        raise UsageError(f"cannot read {path} ({exc.strerror}); give the path of a JSON export") from None
+    doc = parse_export(text, str(path))
+    db = open_db(args.db, create=True)
+    with db.session() as s:
+        added, skipped = import_export(doc, session=s)
+        s.commit()
+    print(f"imported {added} run(s) into {db.path}" + (f", {skipped} already there" if skipped else ""))
+    return 0

@@ -1,0 +1,181 @@
+"""`codebench-tui run`: build a study from flags or a study file, validate it all, then run it."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
+UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, "mib": 2**20,
+         "g": 1e9, "gb": 1e9, "gib": 2**30, "t": 1e12, "tb": 1e12, "tib": 2**40}  # fmt: skip
+
+
+def parse_size(text: str) -> int:
+    m = SIZE.match(text)
+    if not m or m.group(2).lower() not in UNITS:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size (use e.g. 512MiB or 2GiB)")
+    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+
+
+def _list(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _option(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE (e.g. --opt n_threads=2)")
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a study headless and store it",
+                       description="Run engines over a batch x input-length x output-length grid.")  # fmt: skip
+    p.add_argument("--study", metavar="FILE", help="a study file (JSON) saved from the dashboard or --save-study")
+    p.add_argument("--model", help="tiny (default), a model directory, a .gguf file or an HF id")
+    p.add_argument("--engine", type=_list, help="comma list, e.g. hf-generate,hf-pipeline (default hf-generate)")
+    p.add_argument("--precision", type=_list, help="comma list: fp32,bf16,fp16")
+    p.add_argument("--attention", type=_list, help="comma list: sdpa,eager,flash_attention_2")
+    p.add_argument("--quant", type=_list, help="comma list, e.g. f32,q8_0,q4_0 (llama.cpp) or int8,nf4")
+    p.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="engine option for every run, e.g. --opt n_threads=2 (repeatable)")  # fmt: skip
+    p.add_argument("--batch", help="batch sizes, e.g. 1,2,4 or 1:65:x2")
+    p.add_argument("--input-len", help="prompt lengths in tokens, e.g. 32,128 or 32:129:x2")
+    p.add_argument("--output-len", help="generated tokens per sequence, e.g. 32")
+    p.add_argument("--warmup", type=int, help="untimed minibatches per cell (default 1)")
+    p.add_argument("--iters", type=int, help="timed minibatches per repeat (default 2)")
+    p.add_argument("--repeats", type=int, help="repeats per cell, each stored (default 3)")
+    p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--seed", type=int, help="workload seed (default 0)")
+    p.add_argument("--name", help="a name for the study")
+    p.add_argument("--cell-timeout", type=float, metavar="S", help="kill a cell's worker after S seconds")
+    p.add_argument("--cell-mem-limit", type=parse_size, metavar="SIZE",
+                   help="address space the worker may add after loading (RLIMIT_AS), e.g. 2GiB")  # fmt: skip
+    p.add_argument("--save-study", metavar="FILE", help="also write the study to FILE")
+    p.add_argument("--dry-run", action="store_true", help="validate and print the plan, run nothing")
+    p.add_argument("--quiet", action="store_true", help="no live progress")
+    p.set_defaults(func=run)
+
+
+def spec_from_args(args: argparse.Namespace):
+    from engines.registry import expand
+    from engines.spec import build_spec, load_study
+
+    base: dict[str, Any] = load_study(args.study).model_dump() if args.study else {}
+    if args.model:
+        base["model"] = args.model
+    if args.engine or not base.get("runs"):
+        runs = expand(args.engine or ["hf-generate"], precision=args.precision, attention=args.attention,
+                      quant=args.quant)  # fmt: skip
+        base["runs"] = [r.model_dump() for r in runs]
+    elif args.precision or args.attention or args.quant:
+        from tui.cli import UsageError
+
+        raise UsageError("--precision/--attention/--quant need --engine when a study file gives the runs")
+    for run in base["runs"]:
+        run["options"] = {**run.get("options", {}), **dict(args.opt)}
+    grid = dict(base.get("grid") or {})
+    for key in ("batch", "input_len", "output_len"):
+        if getattr(args, key) is not None:
+            grid[key] = getattr(args, key)
+    base["grid"] = grid
+    timing = dict(base.get("timing") or {})
+    for key in ("warmup", "iters", "repeats"):
+        if getattr(args, key) is not None:
+            timing[key] = getattr(args, key)
+    base["timing"] = timing
+    for key, field in (("device", "device"), ("name", "name"), ("cell_timeout", "cell_timeout_s"),
+                       ("cell_mem_limit", "cell_mem_limit_bytes")):  # fmt: skip
+        if getattr(args, key) is not None:
+            base[field] = getattr(args, key)
+    if args.seed is not None:
+        base["workload"] = {**base.get("workload", {}), "seed": args.seed}
+    return build_spec(base)
+
+
+def validate(spec) -> str:
+    """Everything that can be known before running: model, engines, device. Returns the device."""
+    from engines import registry
+    from engines.hardware import resolve_device
+    from engines.models import check_model
+    from engines.spec import SpecError
+
+    check_model(spec.model)
+    device = resolve_device(spec.device)
+    for run in spec.runs:
+        avail = registry.check(run, device)
+        if not avail.ok:
+            hint = f"; {avail.hint}" if avail.hint else ""
+            raise SpecError(f"{run.label()}: {avail.reason}{hint}")
+    return device
+
+
+def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from engines.runner import Runner
+    from store.db import open_db
+
+    spec = spec_from_args(args)
+    device = validate(spec)
+    console = Console(stderr=False)
+    cells = spec.grid.cells()
+    plan = f"{len(spec.runs)} run(s) x {len(cells)} cells on {spec.model} ({device}): " + "; ".join(
+        r.label() for r in spec.runs
+    )
+    if args.save_study:
+        Path(args.save_study).write_text(spec.to_json() + "\n")
+    if args.dry_run:
+        console.print(plan)
+        return 0
+    db = open_db(args.db, create=True)
+    cancel = threading.Event()
+    previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    from tui.progress import HeadlessProgress
+
+    progress = HeadlessProgress(console, spec, enabled=not args.quiet and console.is_terminal)
+    console.print(plan)
+    try:
+        with progress:
+            result = Runner(spec, db, subscribers=[progress.on_event], cancel=cancel).run()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    from tui.commands.history import show_group
+
+    show_group(console, db, result.run_ids)
+    console.print(f"stored in {db.path} (group {result.group_id[:8]})")
+    db.close()
+    if result.status == "cancelled":
+        console.print("[yellow]cancelled: finished cells are kept[/]")
+        return 130
+    return 0
+
+
+def open_dashboard(args: argparse.Namespace) -> int:
+    """No command: the dashboard when it exists and a terminal is attached, else the headless demo."""
+    try:
+        from tui.app import run_app  # noqa: F401
+    except ImportError:
+        run_app = None
+    if run_app is not None and sys.stdout.isatty():
+        return run_app(db_path=args.db)
+    demo = build_demo_args(args.db)
+    return run(demo)
+
+
+def build_demo_args(db: str | None) -> argparse.Namespace:
+    from tui.cli import build_parser
+
+    return build_parser().parse_args(
+        ["run", "--model", "tiny", "--engine", "hf-generate,hf-pipeline", "--batch", "1,2,4", "--input-len", "32,128",
+         "--output-len", "32", "--name", "demo"] + (["--db", db] if db else [])  # fmt: skip
+    )

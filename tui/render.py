@@ -1,0 +1,90 @@
+"""Terminal rendering for the headless paths: rich tables and a plotext chart. No textual, no torch."""
+
+from __future__ import annotations
+
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from store.export import host_line, when
+from store.results import RunResult
+from store.tables import Table
+
+STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim", "cancelled": "dim",
+         "missing": "dim", "better": "green", "worse": "yellow", "done": ""}  # fmt: skip
+STATUS_STYLE = {"done": "green", "running": "cyan", "failed": "red", "cancelled": "yellow", "interrupted": "magenta"}
+
+
+def rich_table(t: Table) -> RichTable:
+    table = RichTable(title=Text(t.title), title_justify="left", header_style="bold", pad_edge=False)
+    for i, h in enumerate(t.headers):
+        table.add_column(Text(h), justify="right")
+    for row_i, row in enumerate(t.rows):
+        styles = t.styles[row_i] if t.styles else [""] * len(row)
+        table.add_row(*(Text(v, style=STYLE.get(s, "")) for v, s in zip(row, styles)))
+    if t.notes:
+        table.caption = Text("\n".join(t.notes))
+        table.caption_justify = "left"
+    return table
+
+
+def run_header(r: RunResult) -> Panel:
+    run = r.run
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(r.status_counts().items())) or "no cells"
+    rt = run.get("runtime") or {}
+    versions = ", ".join(f"{k} {v}" for k, v in (rt.get("versions") or {}).items())
+    lines = [
+        f"[bold]{run['label']}[/]  on [bold]{run['model']}[/]  ({run.get('device') or '?'})"
+        + (f"  name: {run['name']}" if run.get("name") else ""),
+        f"run {run['id'][:12]}  status [{STATUS_STYLE.get(r.status, '')}]{r.status}[/]  "
+        f"started {when(run.get('created_at'))}  finished {when(run.get('finished_at'))}",
+        f"cells: {counts} of {run.get('cells_total', '?')}",
+        f"host: {host_line(run)}",
+    ]
+    if versions:
+        lines.append(f"versions: {versions}")
+    timing = (run.get("spec") or {}).get("timing") or {}
+    if timing:
+        lines.append(f"timing: {timing.get('warmup')} warm-up, {timing.get('iters')} timed x {timing.get('repeats')} repeats per cell")
+    if run.get("error"):
+        lines.append(f"[red]error: {run['error'].splitlines()[0]}[/]")
+    return Panel("\n".join(lines), expand=False)
+
+
+def tokens_chart(results: list[RunResult], width: int = 80, height: int = 18) -> Text | None:
+    """tokens/s against batch size, a line per (run, input length). The chart owns its own figure."""
+    from plotext._figure import _figure_class
+
+    series = []
+    for r in results:
+        for in_len in sorted({c["input_len"] for c in r.cells}):
+            pts = sorted((c["batch"], c["tokens_per_s"]) for c in r.cells
+                         if c["input_len"] == in_len and c["status"] == "done" and c.get("tokens_per_s"))  # fmt: skip
+            if pts:
+                name = f"in={in_len}" if len(results) == 1 else f"{r.short_id} in={in_len}"
+                series.append((name, pts))
+    if not series:
+        return None
+    fig = _figure_class()
+    fig.plot_size(width, height)
+    fig.theme("pro")
+    for name, pts in series:
+        fig.plot([p[0] for p in pts], [p[1] for p in pts], label=name, marker="braille")
+    batches = sorted({p[0] for _, pts in series for p in pts})
+    fig.xticks(batches, [str(b) for b in batches])
+    fig.xlabel("batch size")
+    fig.ylabel("tokens/s")
+    fig.title("generated tokens/s by batch size")
+    return Text.from_ansi(fig.build())
+
+
+def print_replay(console: Console, r: RunResult, table: Table, chart: bool = True) -> None:
+    console.print(run_header(r))
+    console.print(rich_table(table))
+    if chart:
+        width = min(console.width, 100)
+        chart = tokens_chart([r], width=width)
+        if chart:
+            console.print(chart)
+    console.print(Group())
