@@ -118,7 +118,9 @@ def open_db(path: str | Path | None = None, *, create: bool = True) -> Database:
 
 
 def memory_db() -> Database:
-    engine = create_engine("sqlite://", connect_args={"check_same_thread": False})
+    from sqlalchemy.pool import StaticPool
+
+    engine = create_engine("sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool)
     SQLModel.metadata.create_all(engine)
     db = Database(Path(":memory:"), engine)
     with db.session() as s:

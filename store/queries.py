@@ -92,6 +92,7 @@ def runs_in_group(group_id: str, *, session: Session) -> list[Run]:
 def create_group(spec: dict[str, Any], name: str | None, *, session: Session) -> RunGroup:
     group = RunGroup(id=new_id(), name=name, created_at=time.time(), spec=spec)
     session.add(group)
+    session.flush()  # no ORM relationship orders the inserts: the group row must exist first
     return group
 
 

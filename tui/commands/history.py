@@ -79,16 +79,18 @@ def runs(args: argparse.Namespace) -> int:
         console.print(f"no runs stored in {db.path}")
         return 0
     table = RichTable(title=f"{total} run(s) in {db.path}", title_justify="left", header_style="bold")
-    for col in ("id", "started", "name", "run", "model", "device", "status", "cells", "best tok/s"):
-        table.add_column(col)
+    table.add_column("id", no_wrap=True, min_width=8)
+    table.add_column("started", no_wrap=True)
+    for col in ("run", "model", "status", "cells", "best tok/s"):
+        table.add_column(col, justify="right" if col == "best tok/s" else "left", no_wrap=col == "status")
     for r in results:
         counts = r.status_counts()
-        done = counts.get("done", 0)
         best = max((c["tokens_per_s"] for c in r.cells if c.get("tokens_per_s")), default=None)
         bad = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "done")
-        table.add_row(r.short_id, when(r.run["created_at"]), r.run.get("name") or "", r.run["label"], r.run["model"],
-                      r.run.get("device") or "", Text(r.status, style=STATUS_STYLE.get(r.status, "")),
-                      f"{done}/{r.run['cells_total']}" + (f" ({bad})" if bad else ""),
+        name = f"{r.run['name']}: " if r.run.get("name") else ""
+        table.add_row(r.short_id, when(r.run["created_at"])[5:16], f"{name}{r.run['label']} ({r.run.get('device') or '?'})",
+                      r.run["model"], Text(r.status, style=STATUS_STYLE.get(r.status, "")),
+                      f"{counts.get('done', 0)}/{r.run['cells_total']}" + (f" ({bad})" if bad else ""),
                       f"{best:,.1f}" if best else "-")  # fmt: skip
     console.print(table)
     if total > len(results):
@@ -121,7 +123,7 @@ def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
     console.print(rich_table(comparison_table(results)))
     chart = tokens_chart(results, width=min(console.width, 100))
     if chart:
-        console.print(Text(chart))
+        console.print(chart)
 
 
 def compare(args: argparse.Namespace) -> int:
