@@ -292,7 +292,7 @@ class Runner:
                     client.send({
                         "cmd": "cell", "index": index, "batch": cell.batch, "input_len": cell.input_len,
                         "output_len": cell.output_len, "timing": spec.timing.model_dump(), "label": cell.label(),
-                        "seed": spec.workload.seed * 1_000_003 + cell.batch * 7919 + cell.input_len,
+                        "seed": spec.workload.cell_seed(cell.batch, cell.input_len),
                     })  # fmt: skip
                     out = self._wait(client, writer, lambda e, i=index: isinstance(e, ev.CellFinished) and e.index == i,
                                      spec.cell_timeout_s)  # fmt: skip
