@@ -71,6 +71,17 @@ class Engine:
     def unload(self) -> None:
         pass
 
+    # Quality (perplexity, HumanEval); engines that cannot, say so.
+    def logprobs(self, window: list[int], context_len: int) -> list[float]:
+        """Natural-log probabilities of window[context_len:], each given everything before it."""
+        raise NotImplementedError(f"{self.name} exposes no log-probabilities, so it has no perplexity")
+
+    def sample(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+        """Completions that may stop early; greedy when temperature is 0."""
+        if temperature == 0:
+            return self.generate(prompts, max_new_tokens).tokens
+        raise NotImplementedError(f"{self.name} cannot sample with a temperature; use temperature 0 (pass@1)")
+
     # Memory accounting the runner calls around each cell; engines on a GPU override.
     def reset_peak_memory(self) -> None:
         pass

@@ -91,6 +91,23 @@ class GreedyTokens(Event):
 
 
 @dataclass
+class QualityResult(Event):
+    """A quality figure for the run: perplexity, pass@k, greedy agreement."""
+
+    metric: str = ""
+    value: float | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Completions(Event):
+    """HumanEval completions from the worker; the parent scores them in the sandbox."""
+
+    samples: list[list[str]] = field(default_factory=list)  # [task_id, completion]
+    gen_s: float = 0.0
+
+
+@dataclass
 class RunFinished(Event):
     status: str = "done"  # done | failed | cancelled
     error: str = ""
@@ -106,6 +123,8 @@ _KINDS: dict[str, type[Event]] = {
     "log": Log,
     "telemetry": TelemetrySample,
     "greedy_tokens": GreedyTokens,
+    "quality": QualityResult,
+    "completions": Completions,
     "run_finished": RunFinished,
 }
 _KIND_OF = {cls: name for name, cls in _KINDS.items()}

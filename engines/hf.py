@@ -71,6 +71,21 @@ class HFGenerate(Engine):
         tokens = out[:, ids.shape[1] :].tolist()  # .tolist() synchronises the device
         return _result(tokens, t0, clock)
 
+    def logprobs(self, window: list[int], context_len: int) -> list[float]:
+        from engines.quality.perplexity import HFLogprobs
+
+        return HFLogprobs(self.model, None, self.device)(window, context_len)
+
+    def sample(self, prompts: list[list[int]], max_new_tokens: int, temperature: float, seed: int) -> list[list[int]]:
+        if temperature == 0:
+            return self.generate(prompts, max_new_tokens).tokens
+        ids = torch.tensor(prompts, device=self.device)
+        torch.manual_seed(seed)
+        with torch.inference_mode():
+            out = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=True, temperature=temperature, top_p=0.95, pad_token_id=self.pad_id)  # fmt: skip
+        return out[:, ids.shape[1] :].tolist()
+
     def reset_peak_memory(self) -> None:
         if self.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.device)

@@ -199,7 +199,7 @@ class Runner:
                 return item
             if isinstance(item, ev.CellStarted):
                 self._cell_nvml_peak = 0
-            if not isinstance(item, (ev.CellFinished, ev.Loaded, ev.RunFinished)):
+            if not isinstance(item, (ev.CellFinished, ev.Loaded, ev.RunFinished, ev.QualityResult, ev.Completions)):
                 self.emit(item)
             if done(item):
                 return item
@@ -250,10 +250,70 @@ class Runner:
         self._last_commit = time.monotonic()
         self.emit(ev.CellFinished(run_id, time.time(), index=index, status=status, result=result or {}, error=error))
 
+    def _loaded_worker(self, run_id: str, engine_run: EngineRun, device: str, attempt: int, sampler: Sampler,
+                       writer: RunWriter) -> tuple[WorkerClient | None, str]:  # fmt: skip
+        """A worker with the model loaded, or (None, why loading failed)."""
+        client = self._start_worker(run_id, engine_run, device, attempt, sampler)
+        loaded = self._wait(client, writer, lambda e: isinstance(e, (ev.Loaded, ev.RunFinished)))
+        if not isinstance(loaded, ev.Loaded):
+            why = loaded.error if isinstance(loaded, ev.RunFinished) else loaded.describe()
+            tail = "" if isinstance(loaded, ev.RunFinished) else "\n" + loaded.stderr_tail
+            client.close()
+            return None, f"loading {engine_run.label()} failed: {why}{tail}".strip()
+        writer.set_runtime(run_id, {"load_s": loaded.load_s, "dtype": loaded.dtype, "weight_bytes": loaded.weight_bytes,
+                                    "versions": loaded.versions, **loaded.extra}, loaded.device)  # fmt: skip
+        self.emit(loaded)
+        return client, ""
+
+    def _record_quality(self, writer: RunWriter, run_id: str, metric: str, value: float | None, details: dict) -> None:
+        writer.add_quality(run_id, metric, value, details)
+        self.emit(ev.QualityResult(run_id, time.time(), metric=metric, value=value, details=details))
+
+    def _quality(self, client: WorkerClient, writer: RunWriter, run_id: str) -> None:
+        """Perplexity and HumanEval with the loaded engine; completions are scored here, in the sandbox."""
+        q = self.spec.quality
+        assert q is not None
+        is_result = lambda e: isinstance(e, (ev.QualityResult, ev.Completions))  # noqa: E731
+        if "perplexity" in q.metrics:
+            client.send({"cmd": "perplexity", "corpus": q.corpus, "window": q.window, "stride": q.stride})
+            out = self._wait(client, writer, is_result)
+            if isinstance(out, ev.QualityResult):
+                self._record_quality(writer, run_id, out.metric, out.value, out.details)
+            else:
+                self._record_quality(writer, run_id, "perplexity", None, {"error": _died(out)})
+                return
+        if "pass@k" in q.metrics:
+            client.send({"cmd": "humaneval", "problems": q.problems, "samples": q.samples, "seed": q.seed,
+                         "temperature": q.temperature, "max_new_tokens": q.max_new_tokens})  # fmt: skip
+            out = self._wait(client, writer, is_result)
+            if isinstance(out, ev.QualityResult):  # the engine cannot complete: its reason, per k
+                for k in q.k:
+                    self._record_quality(writer, run_id, f"pass@{k}", None, out.details)
+                return
+            if not isinstance(out, ev.Completions):
+                for k in q.k:
+                    self._record_quality(writer, run_id, f"pass@{k}", None, {"error": _died(out)})
+                return
+            from engines.quality.humaneval import evaluate
+            from engines.quality.sandbox import SandboxUnavailable
+
+            try:
+                score = evaluate([(t, c) for t, c in out.samples], q.k)
+            except SandboxUnavailable as exc:
+                for k in q.k:
+                    self._record_quality(writer, run_id, f"pass@{k}", None, {"error": str(exc)})
+                return
+            details = {"problems": len(score.tasks), "samples": q.samples, "temperature": q.temperature,
+                       "max_new_tokens": q.max_new_tokens, "outcomes": score.counts(), "generate_s": out.gen_s}  # fmt: skip
+            for k in q.k:
+                value = score.pass_at.get(k)
+                extra = {} if value is not None else {"error": f"k={k} needs at least {k} samples per problem"}
+                self._record_quality(writer, run_id, f"pass@{k}", value, {**details, **extra})
+
     def _run_one(self, engine_run: EngineRun, device: str, host: dict, writer: RunWriter, sampler: Sampler,
                  group_id: str) -> tuple[str, str]:  # fmt: skip
         spec = self.spec
-        cells = spec.grid.cells()
+        cells = spec.cells()
         run_id = writer.begin_run(
             group_id=group_id, model=spec.model, engine=engine_run.engine, label=engine_run.label(),
             config=engine_run.model_dump(mode="json"), spec=spec.model_dump(mode="json"), host=host,
@@ -269,17 +329,10 @@ class Runner:
         try:
             while pending:
                 attempt += 1
-                client = self._start_worker(run_id, engine_run, device, attempt, sampler)
-                loaded = self._wait(client, writer, lambda e: isinstance(e, (ev.Loaded, ev.RunFinished)))
-                if not isinstance(loaded, ev.Loaded):
-                    why = loaded.error if isinstance(loaded, ev.RunFinished) else loaded.describe()
-                    tail = "" if isinstance(loaded, ev.RunFinished) else "\n" + loaded.stderr_tail
-                    status, error = "failed", f"loading {engine_run.label()} failed: {why}{tail}".strip()
+                client, error = self._loaded_worker(run_id, engine_run, device, attempt, sampler, writer)
+                if client is None:
+                    status = "failed"
                     break
-                writer.set_runtime(run_id, {"load_s": loaded.load_s, "dtype": loaded.dtype,
-                                            "weight_bytes": loaded.weight_bytes, "versions": loaded.versions,
-                                            **loaded.extra}, loaded.device)  # fmt: skip
-                self.emit(loaded)
                 while pending:
                     index = pending.pop(0)
                     cell = cells[index]
@@ -311,9 +364,15 @@ class Runner:
                     else:
                         why = f"{out.describe()}\n{out.stderr_tail}".strip()
                     self._finish_cell(writer, run_id, index, cell, "crashed", error=why)
-                    break  # a fresh worker resumes the remaining cells
-                client.close()
-                client = None
+                    client.close()
+                    client = None  # a fresh worker resumes the remaining cells
+                    break
+            if spec.quality and status == "done":
+                if client is None:
+                    client, error = self._loaded_worker(run_id, engine_run, device, attempt + 1, sampler, writer)
+                    status = "done" if client else "failed"
+                if client is not None:
+                    self._quality(client, writer, run_id)
         except _Cancelled:
             status = "cancelled"
             if client:
@@ -329,6 +388,10 @@ class Runner:
             self.emit(ev.RunFinished(run_id, time.time(), status=status, error=error))
             self._run_id = ""
         return run_id, status
+
+
+def _died(out: object) -> str:
+    return out.describe() if isinstance(out, WorkerExited) else "no answer from the worker"
 
 
 def greedy_tokens(model: str, engine_run: EngineRun, device: str, max_new_tokens: int, *,

@@ -70,18 +70,56 @@ class Workload(BaseModel):
         return self.seed * 1_000_003 + batch * 7919 + input_len
 
 
+QUALITY_METRICS = ("perplexity", "pass@k")
+
+
+class QualitySpec(BaseModel):
+    """Quality measured with the same engine after its grid: perplexity and HumanEval pass@k."""
+
+    model_config = ConfigDict(extra="forbid")
+    metrics: list[str] = ["perplexity"]
+    corpus: str = "stdlib:20"  # stdlib[:N files], a text file, or a .jsonl file with a "text" field
+    window: int = Field(512, ge=2)
+    stride: int = Field(256, ge=1)
+    problems: int | None = Field(None, ge=1, le=164, description="first N HumanEval problems; None = all 164")
+    samples: int = Field(1, ge=1, description="completions per problem (n of pass@k)")
+    k: list[int] = [1]
+    temperature: float = Field(0.0, ge=0)
+    max_new_tokens: int = Field(128, ge=1)
+    seed: int = 0
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, value: list[str]) -> list[str]:
+        bad = [m for m in value if m not in QUALITY_METRICS]
+        if bad or not value:
+            raise ValueError(f"unknown quality metric '{bad[0] if bad else ''}' (known: perplexity, pass@k)")
+        return value
+
+    @field_validator("k")
+    @classmethod
+    def _k(cls, value: list[int]) -> list[int]:
+        if not value or min(value) < 1:
+            raise ValueError("k values must be >= 1, e.g. 1,10")
+        return sorted(set(value))
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
     model: str = "tiny"
     device: str = "auto"
     runs: list[EngineRun]
-    grid: Grid = Grid()
+    grid: Grid | None = Grid()  # None: quality only, no speed cells
     timing: Timing = Timing()
     workload: Workload = Workload()
     # Address space the worker may add after loading (RLIMIT_AS): simulates a smaller host.
     cell_mem_limit_bytes: int | None = Field(None, gt=0)
     cell_timeout_s: float | None = Field(None, gt=0)
+    quality: QualitySpec | None = None
+
+    def cells(self) -> list[Cell]:
+        return self.grid.cells() if self.grid is not None else []
 
     @field_validator("device")
     @classmethod

@@ -185,6 +185,53 @@ class Worker:
             self.emit(ev.CellFinished(self.run_id, time.time(), index=index, status="oom" if oom else "failed",
                                       error=text[:4000], result={"started_at": started}))  # fmt: skip
 
+    def _tokenizer(self):
+        from tokenizers import Tokenizer
+
+        assert self.tokenizer_file is not None
+        return Tokenizer.from_file(self.tokenizer_file)
+
+    def _quality_error(self, metric: str, exc: Exception) -> None:
+        self.emit(ev.QualityResult(self.run_id, time.time(), metric=metric, value=None,
+                                   details={"error": f"{type(exc).__name__}: {exc}"}))  # fmt: skip
+
+    def perplexity(self, cmd: dict[str, Any]) -> None:
+        from engines.quality.perplexity import load_corpus, perplexity
+
+        assert self.engine is not None
+        try:
+            tok = self._tokenizer()
+            docs = [tok.encode(t).ids for t in load_corpus(cmd["corpus"])]
+            t0 = time.perf_counter()
+            res = perplexity(docs, self.engine.logprobs, cmd["window"], cmd["stride"])
+        except (NotImplementedError, ValueError) as exc:
+            return self._quality_error("perplexity", exc)
+        details = {"corpus": cmd["corpus"], "window": cmd["window"], "stride": cmd["stride"], "tokens": res.tokens,
+                   "windows": res.windows, "nll": res.nll, "seconds": time.perf_counter() - t0}  # fmt: skip
+        self.emit(ev.QualityResult(self.run_id, time.time(), metric="perplexity", value=res.ppl, details=details))
+
+    def humaneval(self, cmd: dict[str, Any]) -> None:
+        from engines.quality.humaneval import load_problems, truncate
+
+        assert self.engine is not None
+        try:
+            tok = self._tokenizer()
+            eos = {i for i in (tok.token_to_id("<|endoftext|>"), tok.token_to_id("</s>")) if i is not None}
+            problems = list(load_problems().values())[: cmd.get("problems") or None]
+            samples, t0 = [], time.perf_counter()
+            for i, problem in enumerate(problems):
+                ids = tok.encode(problem.prompt).ids
+                outs = self.engine.sample([ids] * cmd["samples"], cmd["max_new_tokens"], cmd["temperature"],
+                                          cmd["seed"] + i)  # fmt: skip
+                for out in outs:
+                    cut = next((j for j, t in enumerate(out) if t in eos), len(out))
+                    samples.append([problem.task_id, truncate(tok.decode(out[:cut]))])
+                self.emit(ev.Progress(self.run_id, time.time(), index=-1, phase="humaneval", done=i + 1,
+                                      total=len(problems)))  # fmt: skip
+        except (NotImplementedError, ValueError) as exc:
+            return self._quality_error("pass@k", exc)
+        self.emit(ev.Completions(self.run_id, time.time(), samples=samples, gen_s=time.perf_counter() - t0))
+
     def tokens(self, cmd: dict[str, Any]) -> None:
         """Greedy tokens for given prompts (or synthetic ones): the agreement check."""
         prompts = cmd.get("prompts") or self.prompts(cmd["batch"], cmd["input_len"], cmd.get("seed", 0))
@@ -211,6 +258,10 @@ def main() -> int:
                 worker.cell(cmd)
             elif name == "tokens":
                 worker.tokens(cmd)
+            elif name == "perplexity":
+                worker.perplexity(cmd)
+            elif name == "humaneval":
+                worker.humaneval(cmd)
             elif name == "exit":
                 break
         except BrokenPipeError:

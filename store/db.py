@@ -12,7 +12,7 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from store.models import SCHEMA_VERSION, SchemaInfo
 
-OUR_TABLES = {"schema_info", "run_group", "run", "cell", "telemetry"}
+OUR_TABLES = {"schema_info", "run_group", "run", "cell", "telemetry", "quality"}
 
 
 class StoreError(Exception):

@@ -11,9 +11,9 @@ from typing import Any
 
 from sqlmodel import Session
 
-from store.models import SCHEMA_VERSION, CellRow, Run, RunGroup, Telemetry
+from store.models import SCHEMA_VERSION, CellRow, Quality, Run, RunGroup, Telemetry
 from store.results import RunResult
-from store.tables import Table, cell_table, comparison_table
+from store.tables import Table, cell_table, comparison_table, quality_table
 
 FORMATS = ("csv", "md", "json", "html")
 EXPORT_TAG = "codebench-tui export"
@@ -75,6 +75,8 @@ def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "toke
     out.append("")
     if len(results) > 1:
         out += [_md_table(comparison_table(results, baseline, metric)), ""]
+    if any(r.quality for r in results):
+        out += [_md_table(quality_table(results, baseline)), ""]
     for r in results:
         out += [_md_table(cell_table(r)), ""]
     return "\n".join(out).rstrip() + "\n"
@@ -104,6 +106,7 @@ def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_p
         for r in results
     )
     tables = [comparison_table(results, baseline, metric)] if len(results) > 1 else []
+    tables += [quality_table(results, baseline)] if any(r.quality for r in results) else []
     tables += [cell_table(r) for r in results]
     body = "".join(_html_table(t) for t in tables)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>codebench-tui results</title><style>{_CSS}</style>"
@@ -115,7 +118,7 @@ def to_json(results: list[RunResult], groups: list[dict[str, Any]]) -> str:
         "format": EXPORT_TAG,
         "schema_version": SCHEMA_VERSION,
         "groups": groups,
-        "runs": [{**r.run, "cells": r.cells, "telemetry": r.telemetry} for r in results],
+        "runs": [{**r.run, "cells": r.cells, "telemetry": r.telemetry, "quality": r.quality} for r in results],
     }
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
@@ -156,7 +159,7 @@ def import_export(doc: dict[str, Any], *, session: Session) -> tuple[int, int]:
             skipped += 1
             continue
         data = dict(r)
-        cells, samples = data.pop("cells", []), data.pop("telemetry", [])
+        cells, samples, quality = data.pop("cells", []), data.pop("telemetry", []), data.pop("quality", [])
         if session.get(RunGroup, data["group_id"]) is None:
             session.add(RunGroup(id=data["group_id"], created_at=data["created_at"], spec=data.get("spec") or {}))
             session.flush()
@@ -166,5 +169,7 @@ def import_export(doc: dict[str, Any], *, session: Session) -> tuple[int, int]:
             session.add(CellRow(run_id=r["id"], **c))
         for s in samples:
             session.add(Telemetry(run_id=r["id"], **s))
+        for q in quality:
+            session.add(Quality(run_id=r["id"], **q))
         added += 1
     return added, skipped

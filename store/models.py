@@ -87,3 +87,15 @@ class Telemetry(SQLModel, table=True):
     cpu_percent: float = 0.0
     rss_bytes: int = 0
     gpus: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
+
+
+class Quality(SQLModel, table=True):
+    """Quality figures of a run: perplexity, pass@k, greedy agreement with a reference engine."""
+
+    __tablename__ = "quality"
+    id: int | None = Field(default=None, primary_key=True)
+    run_id: str = Field(foreign_key="run.id", index=True)
+    metric: str
+    value: float | None = None  # None: the engine could not produce it; details say why
+    details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: float = 0.0

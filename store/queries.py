@@ -9,7 +9,7 @@ from typing import Any, Iterable
 
 from sqlmodel import Session, col, delete, func, select
 
-from store.models import CellRow, Run, RunGroup, Telemetry
+from store.models import CellRow, Quality, Run, RunGroup, Telemetry
 
 
 class RunNotFound(LookupError):
@@ -82,6 +82,10 @@ def telemetry_of(run_id: str, *, session: Session) -> list[Telemetry]:
     return list(session.exec(select(Telemetry).where(Telemetry.run_id == run_id).order_by(col(Telemetry.t))))
 
 
+def quality_of(run_id: str, *, session: Session) -> list[Quality]:
+    return list(session.exec(select(Quality).where(Quality.run_id == run_id).order_by(col(Quality.id))))
+
+
 def runs_in_group(group_id: str, *, session: Session) -> list[Run]:
     return list(session.exec(select(Run).where(Run.group_id == group_id).order_by(col(Run.created_at))))
 
@@ -145,6 +149,7 @@ def delete_runs(run_ids: Iterable[str], *, session: Session) -> int:
         return 0
     session.exec(delete(CellRow).where(col(CellRow.run_id).in_(ids)))
     session.exec(delete(Telemetry).where(col(Telemetry.run_id).in_(ids)))
+    session.exec(delete(Quality).where(col(Quality.run_id).in_(ids)))
     groups = {r.group_id for r in session.exec(select(Run).where(col(Run.id).in_(ids)))}
     n = session.exec(delete(Run).where(col(Run.id).in_(ids))).rowcount
     for gid in groups:

@@ -19,6 +19,7 @@ class RunResult:
     run: dict[str, Any]
     cells: list[dict[str, Any]]
     telemetry: list[dict[str, Any]] = field(default_factory=list)
+    quality: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def id(self) -> str:
@@ -48,7 +49,7 @@ class RunResult:
         return counts
 
 
-def _row(obj: Run | CellRow | Telemetry) -> dict[str, Any]:
+def _row(obj: Any) -> dict[str, Any]:
     return obj.model_dump()
 
 
@@ -65,7 +66,11 @@ def load_result(run: Run, *, session: Session, telemetry: bool = True) -> RunRes
         for s in samples:
             s.pop("id", None)
             s.pop("run_id", None)
-    return RunResult(data, cells, samples)
+    quality = [_row(q) for q in queries.quality_of(run.id, session=session)]
+    for q in quality:
+        q.pop("id", None)
+        q.pop("run_id", None)
+    return RunResult(data, cells, samples, quality)
 
 
 def varying(values: list[Any]) -> bool:

@@ -136,3 +136,43 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
         notes.append("all runs: " + " ".join(shared + constant))
     notes.append(f"baseline: {titles[baseline]}; ratio = run / baseline ({'higher' if higher_better else 'lower'} is better)")
     return Table(f"{label} by cell", headers, rows, notes, styles)
+
+
+QUALITY_HIGHER_BETTER = {"perplexity": False}  # pass@k and agreement: higher is better
+
+
+def quality_table(results: list[RunResult], baseline: int = 0) -> Table:
+    """Rows are quality metrics, columns are runs (seed 001's evaluation table)."""
+    keys = varying_config_keys(results)
+    titles = [f"{run_title(r, keys) if keys else r.run['label']} [{r.short_id}]" for r in results]
+    metrics = list(dict.fromkeys(q["metric"] for r in results for q in r.quality))
+    headers = ["metric"]
+    for i, t in enumerate(titles):
+        headers.append(t)
+        if i != baseline and len(results) > 1:
+            headers.append("× base")
+    rows, styles, notes = [], [], []
+    for m in metrics:
+        latest = [next((q for q in reversed(r.quality) if q["metric"] == m), None) for r in results]
+        base = latest[baseline]["value"] if latest[baseline] else None
+        row, style = [m], ["done"]
+        for i, q in enumerate(latest):
+            if q is None:
+                row.append("-")
+                style.append("missing")
+            elif q["value"] is None:
+                row.append("n/a")
+                style.append("failed")
+                notes.append(f"{titles[i]} {m}: {(q['details'] or {}).get('error', 'not available')}")
+            else:
+                row.append(f"{q['value']:.4g}")
+                style.append("done")
+            if i != baseline and len(results) > 1:
+                r = ratio(q["value"] if q else None, base)
+                row.append("-" if r is None else f"{r:.2f}×")
+                better = QUALITY_HIGHER_BETTER.get(m, True)
+                good = r is not None and (r > 1) == better and abs(r - 1) > 0.005
+                style.append("better" if good else ("worse" if r is not None and abs(r - 1) > 0.005 else "done"))
+        rows.append(row)
+        styles.append(style)
+    return Table("quality", headers, rows, notes, styles)

@@ -12,7 +12,7 @@ import psutil
 from store import queries
 from store.db import Database
 from store.metrics import summarise
-from store.models import CellRow, Run, Telemetry
+from store.models import CellRow, Quality, Run, Telemetry
 
 
 class RunWriter:
@@ -59,6 +59,10 @@ class RunWriter:
 
     def add_telemetry(self, run_id: str, t: float, cpu: float, rss: int, gpus: list) -> None:
         self.session.add(Telemetry(run_id=run_id, t=t, cpu_percent=cpu, rss_bytes=rss, gpus=gpus))
+
+    def add_quality(self, run_id: str, metric: str, value: float | None, details: dict[str, Any]) -> None:
+        self.session.add(Quality(run_id=run_id, metric=metric, value=value, details=details, created_at=time.time()))
+        self.commit()
 
     def finish_run(self, run_id: str, status: str, error: str = "") -> None:
         run = self.session.get(Run, run_id)

@@ -15,7 +15,7 @@ class HeadlessProgress:
     def __init__(self, console: Console, spec, enabled: bool = True):
         self.console = console
         self.enabled = enabled
-        self.cells = spec.grid.cells()
+        self.cells = spec.cells()
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TimeRemainingColumn(), TextColumn("{task.fields[status]}"), console=console, transient=False,
@@ -43,6 +43,11 @@ class HeadlessProgress:
             self.progress.update(task, status=f"loaded in {e.load_s:.1f}s on {e.device}")
         elif isinstance(e, ev.CellStarted):
             self.progress.update(task, status=e.label)
+        elif isinstance(e, ev.Progress) and e.index < 0:
+            self.progress.update(task, status=f"{e.phase} {e.done}/{e.total}")
+        elif isinstance(e, ev.QualityResult):
+            value = "n/a" if e.value is None else f"{e.value:.4g}"
+            self._say(f"  {e.metric} = {value}" + (f" ({e.details['error']})" if e.details.get("error") else ""))
         elif isinstance(e, ev.Progress):
             cell = self.cells[e.index]
             self.progress.update(task, status=f"{cell.label()}  {e.phase} {e.done}/{e.total}  {e.tokens_per_s:,.0f} tok/s")

@@ -31,7 +31,7 @@ def rich_table(t: Table) -> RichTable:
 
 def run_header(r: RunResult) -> Panel:
     run = r.run
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(r.status_counts().items())) or "no cells"
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(r.status_counts().items())) or "none"
     rt = run.get("runtime") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (rt.get("versions") or {}).items())
     lines = [
@@ -45,7 +45,7 @@ def run_header(r: RunResult) -> Panel:
     if versions:
         lines.append(f"versions: {versions}")
     timing = (run.get("spec") or {}).get("timing") or {}
-    if timing:
+    if timing and run.get("cells_total"):
         lines.append(f"timing: {timing.get('warmup')} warm-up, {timing.get('iters')} timed x {timing.get('repeats')} repeats per cell")
     if run.get("error"):
         lines.append(f"[red]error: {run['error'].splitlines()[0]}[/]")
@@ -80,8 +80,13 @@ def tokens_chart(results: list[RunResult], width: int = 80, height: int = 18) ->
 
 
 def print_replay(console: Console, r: RunResult, table: Table, chart: bool = True) -> None:
+    from store.tables import quality_table
+
     console.print(run_header(r))
-    console.print(rich_table(table))
+    if r.cells:
+        console.print(rich_table(table))
+    if r.quality:
+        console.print(rich_table(quality_table([r])))
     if chart:
         width = min(console.width, 100)
         chart = tokens_chart([r], width=width)

