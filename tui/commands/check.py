@@ -27,9 +27,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tokens", type=int, default=32, help="greedy tokens per prompt (default 32)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="cpu, cuda or auto (default)")
+    p.add_argument("--name", default=None)
     p.add_argument("--min-agreement", type=float, default=None,
                    help="exit 1 if any engine's token agreement is below this share (e.g. 1.0)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the summaries as JSON")
+    p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=run)
 
 
@@ -38,49 +40,52 @@ def _split(value: str | None) -> list[str] | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines.models import check_model
-    from engines.registry import check, expand, get
-    from engines.runner import greedy_tokens
+    """A study with no speed cells and a check: every engine's agreement is stored with its run."""
+    from engines.registry import expand, get
+    from engines.spec import build_spec
+    from store.db import open_db
+    from store.queries import quality_of
+    from tui.commands.run import execute
 
-    check_model(args.model)  # SpecError -> one line, exit 2 (tui.cli)
     for name, value in (("--prompts", args.prompts), ("--input-len", args.input_len), ("--tokens", args.tokens)):
         if value < 1:
             raise SpecError(f"{name} must be at least 1, got {value}")
     has_precision = "precision" in get(args.reference).axes
     ref = expand([args.reference], precision=[args.reference_precision] if has_precision else None)[0]
     runs = expand(_split(args.engines) or [], precision=_split(args.precision), quant=_split(args.quant))
-    for r in [ref, *runs]:
-        avail = check(r, args.device)
-        if not avail.ok:
-            raise SpecError(f"{r.label()} cannot run here: {avail.reason}" + (f" ({avail.hint})" if avail.hint else ""))
+    spec = build_spec({
+        "model": args.model, "device": args.device, "grid": None, "name": "check",
+        "runs": [r.model_dump() for r in runs],
+        "check": {"reference": ref.model_dump(), "prompts": args.prompts, "input_len": args.input_len,
+                  "tokens": args.tokens, "seed": args.seed},
+    })  # fmt: skip
+    args.quiet = args.quiet or args.json
+    args.print_results = not args.json
+    rc = execute(spec, args)
+    if rc != 0:
+        return rc
+    db = open_db(args.db, create=False)
+    results, worst = {}, 1.0
+    with db.session() as s:
+        for run_id in args.run_ids:
+            from store.models import Run
 
-    if not args.json:
-        print(f"reference: {ref.label()}, {args.prompts} prompts x {args.tokens} tokens on {args.model}")
-    kw = dict(batch=args.prompts, input_len=args.input_len, seed=args.seed)
-    try:
-        prompts, ref_tokens = greedy_tokens(args.model, ref, args.device, args.tokens, **kw)
-    except (RuntimeError, TimeoutError) as exc:
-        print(f"reference {ref.label()} failed: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}")
-        return 1
-    results = {}
-    worst = 1.0
-    for r in runs:
-        try:
-            _, tokens = greedy_tokens(args.model, r, args.device, args.tokens, prompts=prompts)
-        except (RuntimeError, TimeoutError) as exc:
-            results[r.label()] = {"error": str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)}
-            worst = 0.0
+            run = s.get(Run, run_id)
+            rows = [q for q in quality_of(run_id, session=s) if q.metric == "agreement"]
+            if not rows or rows[-1].value is None:
+                err = rows[-1].details.get("error", "no result") if rows else "no result"
+                results[run.label] = {"error": err}
+                worst = 0.0
+                if not args.json:
+                    print(f"{run.label}: failed: {err}")
+                continue
+            results[run.label] = rows[-1].details
+            worst = min(worst, rows[-1].value)
             if not args.json:
-                print(f"{r.label()}: failed: {results[r.label()]['error']}")
-            continue
-        s = summary(ref_tokens, tokens)
-        results[r.label()] = s
-        worst = min(worst, s["token_agreement"])
-        if not args.json:
-            print(format_line(r.label(), s))
+                print(format_line(run.label, rows[-1].details))
+    db.close()
     if args.json:
-        print(json.dumps({"reference": ref.label(), "prompts": prompts, "reference_tokens": ref_tokens,
-                          "results": results}, indent=2))  # fmt: skip
+        print(json.dumps({"reference": ref.label(), "results": results}, indent=2))
     if args.min_agreement is not None and worst < args.min_agreement:
         return 1
     return 0

@@ -1,0 +1,351 @@
+"""llama.cpp through llama-cpp-python's low-level API, with real batching.
+
+A batch of B prompts is B sequences in one llama_batch per step (one seq_id each, logits only
+for each sequence's last token, greedy argmax), not B calls. Prefill and decode times come
+from llama.cpp's own perf counters, read at the phase boundary: llama.cpp files any
+multi-token llama_decode under "prompt eval", so its own split is wrong for batched decoding.
+
+Options (run.options): n_threads (default: physical cores), n_threads_batch, n_batch, n_ubatch,
+n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
+type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, n_ctx (total positions;
+default: grown to fit each cell, n_seq x per-sequence length, during warm-up).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as ll
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from engines import gguf_convert
+from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory
+from engines.spec import SpecError
+
+# KV-cache types by ggml type number (gguf's enum mirrors ggml's; llama_cpp lacks some names, e.g. BF16).
+_KV_TYPES = {
+    n: int(GGMLQuantizationType[n.upper()])
+    for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+}
+_FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
+OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "flash_attn", "type_k", "type_v",
+           "n_ctx", "kv_unified")  # fmt: skip
+_CTX_MIN = 256  # per-sequence context the first cell gets before it grows
+
+_backend_ready = False
+# llama-cpp-python routes llama.cpp's log through this logger; below ERROR it floods the worker's stderr tail
+# (this build logs the whole model-loader dump at WARN).
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def _threads() -> int:
+    """Physical cores we may run on (llama.cpp's own default): hyperthreads slow its matmuls down."""
+    import psutil
+
+    try:
+        allowed = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS
+        allowed = os.cpu_count() or 1
+    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
+
+
+def _round_up(n: int, to: int = 256) -> int:
+    return max(to, -(-n // to) * to)
+
+
+def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
+    """Validate the run's options; SpecError names the bad one and the fix."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise SpecError(f"llama.cpp has no option {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+    o = dict(options)
+    on_gpu = device.startswith("cuda")
+    for key in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "n_gpu_layers"):
+        low = 0 if key == "n_gpu_layers" else 1
+        if key in o and (not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < low):
+            raise SpecError(f"llama.cpp option {key} must be a positive integer, got {o[key]!r}")
+    if o.get("n_gpu_layers", 0) > 0 and not on_gpu:
+        raise SpecError("llama.cpp n_gpu_layers > 0 needs --device cuda; leave it out on the CPU")
+    if on_gpu and not ll.llama_supports_gpu_offload():
+        raise SpecError(
+            "this llama-cpp-python build has no GPU backend; rebuild it with "
+            'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+        )
+    o.setdefault("n_gpu_layers", 999 if on_gpu else 0)
+    flash = o.get("flash_attn", "auto")
+    if flash not in _FLASH:
+        raise SpecError(f"llama.cpp flash_attn must be on, off or auto, got {flash!r}")
+    o["flash_attn"] = _FLASH[flash]
+    for key in ("type_k", "type_v"):
+        kv = o.get(key, "f16")
+        if kv not in _KV_TYPES:
+            raise SpecError(f"llama.cpp {key} must be one of {', '.join(_KV_TYPES)}, got {kv!r}")
+        o[key] = kv
+    if o["type_v"] not in ("f16", "f32", "bf16") and o["flash_attn"] == 0:
+        raise SpecError("llama.cpp needs flash_attn on (or auto) for a quantized V cache; drop flash_attn=off")
+    o.setdefault("n_threads", _threads())
+    o.setdefault("n_threads_batch", o["n_threads"])
+    o.setdefault("kv_unified", False)  # independent prompts: per-sequence KV streams decode faster
+    return o
+
+
+class LlamaCpp(Engine):
+    name = "llama.cpp"
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        self.model = None
+        self.ctx = None
+        self.batch = None
+        self.batch_cap = 0
+        self.n_seq = 0  # sequences the context holds
+        self.n_ctx = 0  # positions, shared by the sequences
+        self.opts: dict[str, Any] = {}
+        self.gguf_path = ""
+
+    # --- load ---------------------------------------------------------------------------
+
+    def load(self, model_dir: str, device: str) -> LoadInfo:
+        global _backend_ready
+        t0 = time.perf_counter()
+        self.opts = parse_options(self.config.get("options") or {}, device)
+        src = Path(model_dir)
+        if src.is_file():  # a user's .gguf, used as is
+            meta = gguf_convert.inspect_gguf(src)
+            path, quant = src, _file_type_name(meta.get("file_type"))
+        else:
+            quant = gguf_convert.check_quant(self.config.get("quant"))
+            path = gguf_convert.convert(src, quant, n_threads=self.opts["n_threads"])
+            meta = gguf_convert.inspect_gguf(path)
+        convert_s = time.perf_counter() - t0
+        if meta["architecture"] is None:
+            raise SpecError(f"{path} has no general.architecture; it is not a model GGUF")
+        if not _backend_ready:
+            ll.llama_backend_init()
+            _backend_ready = True
+        mparams = ll.llama_model_default_params()
+        mparams.n_gpu_layers = self.opts["n_gpu_layers"]
+        if device.startswith("cuda:"):
+            mparams.main_gpu = int(device.split(":")[1])
+        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            arch = meta["architecture"]
+            raise RuntimeError(f"llama.cpp could not load {path} (architecture {arch}); see the worker log")
+        self.gguf_path = str(path)
+        self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
+        self._make_context(1, self.opts.get("n_ctx") or _CTX_MIN)
+        on_gpu = self.opts["n_gpu_layers"] > 0
+        return LoadInfo(
+            load_s=time.perf_counter() - t0,
+            device=(device if ":" in device else "cuda:0") if on_gpu else "cpu",
+            dtype=quant,
+            weight_bytes=int(ll.llama_model_size(self.model)),
+            versions={"llama_cpp_python": ll.__version__},
+            extra={
+                "gguf": self.gguf_path,
+                "gguf_bytes": meta["bytes"],
+                "convert_s": round(convert_s, 3),
+                "n_threads": self.opts["n_threads"],
+                "n_gpu_layers": self.opts["n_gpu_layers"],
+                "flash_attn": {-1: "auto", 0: "off", 1: "on"}[self.opts["flash_attn"]],
+                "kv_cache": f"{self.opts['type_k']}/{self.opts['type_v']}",
+                "system_info": ll.llama_print_system_info().decode(errors="replace").strip(),
+            },
+        )
+
+    def _make_context(self, n_seq: int, n_ctx: int) -> None:
+        """(Re)create the context: n_seq sequences sharing n_ctx positions (n_ctx / n_seq each unless kv_unified)."""
+        self._free_context()
+        o = self.opts
+        p = ll.llama_context_default_params()
+        p.n_seq_max = n_seq
+        p.n_ctx = n_ctx
+        p.n_batch = o.get("n_batch", 2048)  # llama.cpp's default; it clamps this to n_ctx
+        p.n_ubatch = min(o.get("n_ubatch", 512), p.n_batch)
+        p.n_threads = o["n_threads"]
+        p.n_threads_batch = o["n_threads_batch"]
+        p.flash_attn_type = o["flash_attn"]
+        p.type_k = _KV_TYPES[o["type_k"]]
+        p.type_v = _KV_TYPES[o["type_v"]]
+        p.kv_unified = o["kv_unified"]
+        p.no_perf = False  # the perf counters are the timing source
+        self.ctx = ll.llama_init_from_model(self.model, p)
+        if not self.ctx:
+            raise OutOfMemory(f"llama.cpp could not create a context of {n_ctx} positions for {n_seq} sequences")
+        # llama.cpp may clamp n_ctx and n_batch (n_batch <= n_ctx): read back what it uses
+        self.n_seq, self.n_ctx, self.n_batch = n_seq, ll.llama_n_ctx(self.ctx), ll.llama_n_batch(self.ctx)
+        self.batch_cap = max(self.n_batch, n_seq)
+        self.batch = ll.llama_batch_init(self.batch_cap, 0, 1)
+        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(self.batch_cap,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(self.batch_cap,))
+        self._lgt = np.ctypeslib.as_array(self.batch.logits, shape=(self.batch_cap,))
+        np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.batch_cap,))[:] = 1
+        self._seq_of = [-1] * self.batch_cap  # what batch.seq_id[i][0] holds, to skip rewrites
+
+    def _room(self, n_seq: int, n_ctx: int, lens: list[int]) -> bool:
+        if self.opts["kv_unified"]:
+            return sum(lens) <= n_ctx
+        return max(lens) <= n_ctx // n_seq
+
+    def _ensure_capacity(self, lens: list[int]) -> None:
+        """Fit the context to a cell: grow it (warm-up pays), or fail clearly with a fixed n_ctx."""
+        n_seq = max(len(lens), self.n_seq)
+        fixed = self.opts.get("n_ctx")
+        if fixed:
+            if not self._room(n_seq, fixed, lens):
+                raise SpecError(
+                    f"a cell needs {max(lens)} positions for each of {len(lens)} sequences but n_ctx={fixed}; "
+                    f"raise n_ctx to at least {len(lens) * max(lens)}"
+                )
+            if n_seq > self.n_seq:
+                self._make_context(n_seq, fixed)
+        elif n_seq > self.n_seq or not self._room(self.n_seq, self.n_ctx, lens):
+            self._make_context(n_seq, n_seq * _round_up(max(max(lens), self.n_ctx // self.n_seq)))
+
+    # --- generate -------------------------------------------------------------------------
+
+    def _fill(self, start: int, tokens: np.ndarray, pos: np.ndarray, seqs: list[int], logits: np.ndarray) -> None:
+        n = len(tokens)
+        self._tok[start : start + n] = tokens
+        self._pos[start : start + n] = pos
+        self._lgt[start : start + n] = logits
+        seq_id, seq_of = self.batch.seq_id, self._seq_of
+        for i, s in enumerate(seqs, start):
+            if seq_of[i] != s:
+                seq_id[i][0] = s
+                seq_of[i] = s
+
+    def _decode(self, n: int) -> None:
+        self.batch.n_tokens = n
+        rc = ll.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            why = "no KV slot" if rc == 1 else "see the worker log"
+            raise RuntimeError(f"llama_decode failed with code {rc} ({why})")
+
+    def _argmax(self, n_out: int) -> np.ndarray:
+        ptr = ll.llama_get_logits(self.ctx)  # the n_out requested rows, in batch order
+        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).argmax(axis=1)
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        if max_new_tokens < 1 or not prompts or not all(prompts):
+            raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
+        b = len(prompts)
+        lens = [len(p) for p in prompts]
+        self._ensure_capacity([n + max_new_tokens for n in lens])
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        ll.llama_perf_context_reset(self.ctx)
+        t0 = time.perf_counter()
+
+        # Prefill: all prompts packed into n_batch-sized llama_batches.
+        flat = np.fromiter((t for p in prompts for t in p), dtype=np.int32, count=sum(lens))
+        pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
+        seqs = [s for s, n in enumerate(lens) for _ in range(n)]
+        want = np.zeros(len(flat), dtype=np.int8)
+        want[np.cumsum(lens) - 1] = 1
+        nxt = np.empty(b, dtype=np.int64)
+        done = 0
+        for start in range(0, len(flat), self.n_batch):
+            stop = min(start + self.n_batch, len(flat))
+            self._fill(0, flat[start:stop], pos[start:stop], seqs[start:stop], want[start:stop])
+            self._decode(stop - start)
+            n_out = int(want[start:stop].sum())
+            if n_out:
+                nxt[done : done + n_out] = self._argmax(n_out)
+                done += n_out
+        perf_prefill = ll.llama_perf_context(self.ctx)
+        t_first = time.perf_counter()
+
+        # Decode: one token per sequence per llama_decode.
+        out = np.empty((b, max_new_tokens), dtype=np.int64)
+        out[:, 0] = nxt
+        cur = np.asarray(lens, dtype=np.int32)
+        all_seqs, all_logits = list(range(b)), np.ones(b, dtype=np.int8)
+        steps: list[float] = []
+        for step in range(1, max_new_tokens):
+            ts = time.perf_counter()
+            self._fill(0, out[:, step - 1], cur, all_seqs, all_logits)
+            self._decode(b)
+            out[:, step] = self._argmax(b)
+            cur += 1
+            steps.append(time.perf_counter() - ts)
+        wall = time.perf_counter() - t0
+        perf = ll.llama_perf_context(self.ctx)
+
+        pre_ms = perf_prefill.t_p_eval_ms + perf_prefill.t_eval_ms
+        dec_ms = perf.t_p_eval_ms + perf.t_eval_ms - pre_ms
+        return GenerateResult(
+            tokens=out.tolist(),
+            ttft_s=pre_ms / 1e3,
+            step_times_s=steps,
+            extra={
+                "prefill_s": pre_ms / 1e3,
+                "decode_s": dec_ms / 1e3,
+                "decode_tokens_per_s": b * (max_new_tokens - 1) / (dec_ms / 1e3) if dec_ms > 0 else None,
+                "prefill_tokens_per_s": sum(lens) / (pre_ms / 1e3) if pre_ms > 0 else None,
+                "wall_s": wall,
+                "ttft_wall_s": t_first - t0,
+                # llama.cpp's compute time over our wall clock: near 1 means the counters cover the call.
+                "perf_over_wall": (pre_ms + dec_ms) / 1e3 / wall if wall > 0 else None,
+                # llama.cpp's token counts (each floored at 1); a batched decode step counts as "prompt".
+                "perf_n_p_eval": perf.n_p_eval,
+                "perf_n_eval": perf.n_eval,
+                "n_seq_ctx": self.n_seq,
+                "n_ctx": self.n_ctx,
+            },
+        )
+
+    def logprobs(self, window: list[int], context_len: int) -> list[float]:
+        """ln p(window[i] | window[:i]) for i >= context_len: perplexity of a GGUF quant level."""
+        if not 1 <= context_len < len(window):
+            raise ValueError(f"context_len must be in [1, {len(window) - 1}], got {context_len}")
+        self._ensure_capacity([len(window)])
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        ids = np.asarray(window[:-1], dtype=np.int32)
+        want = (np.arange(len(ids)) >= context_len - 1).astype(np.int8)
+        rows = []
+        for start in range(0, len(ids), self.n_batch):
+            stop = min(start + self.n_batch, len(ids))
+            self._fill(0, ids[start:stop], np.arange(start, stop, dtype=np.int32), [0] * (stop - start),
+                       want[start:stop])  # fmt: skip
+            self._decode(stop - start)
+            n_out = int(want[start:stop].sum())
+            if n_out:
+                ptr = ll.llama_get_logits(self.ctx)
+                rows.append(np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).astype(np.float64))
+        logits = np.concatenate(rows)
+        top = logits.max(axis=1, keepdims=True)
+        logz = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+        targets = np.asarray(window[context_len:])
+        return (logits[np.arange(len(targets)), targets] - logz).tolist()
+
+    # --- unload ---------------------------------------------------------------------------
+
+    def _free_context(self) -> None:
+        if self.batch is not None:
+            ll.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            ll.llama_free(self.ctx)
+            self.ctx = None
+
+    def unload(self) -> None:
+        self._free_context()
+        if self.model:
+            ll.llama_model_free(self.model)
+            self.model = None
+
+
+def _file_type_name(code: Any) -> str:
+    try:
+        from gguf import LlamaFileType
+
+        name = LlamaFileType(int(code[0] if isinstance(code, (list, tuple)) else code)).name
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+    except (TypeError, ValueError):
+        return "unknown"
+

@@ -1,0 +1,273 @@
+"""The llama.cpp adapter on tiny: real batching, HF agreement, perf counters, bad input, the runner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from engines.agreement import format_line, summary
+from engines.llamacpp import LlamaCpp, parse_options
+from engines.spec import SpecError
+from engines.workloads import synthetic_prompts
+
+QUANTS = ("f32", "q8_0", "q4_0")
+_engines: dict[str, LlamaCpp] = {}
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model):
+    """One loaded adapter per quant, shared by the module (loading converts and quantizes once)."""
+
+    def get(quant: str) -> LlamaCpp:
+        if quant not in _engines:
+            eng = LlamaCpp({"quant": quant, "options": {"n_threads": 1}})
+            eng.load(str(tiny_model), "cpu")
+            _engines[quant] = eng
+        return _engines[quant]
+
+    yield get
+    for eng in _engines.values():
+        eng.unload()
+    _engines.clear()
+
+
+@pytest.fixture(scope="module")
+def prompts8(tiny_model) -> list[list[int]]:
+    return synthetic_prompts(tiny_model / "tokenizer.json", 8, 32, seed=0)
+
+
+@pytest.fixture(scope="module")
+def hf_tokens(tiny_model, prompts8) -> list[list[int]]:
+    from engines.hf import HFGenerate
+
+    hf = HFGenerate({"precision": "fp32", "attention": "sdpa", "options": {}})
+    hf.load(str(tiny_model), "cpu")
+    try:
+        return hf.generate(prompts8, 32).tokens
+    finally:
+        hf.unload()
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_batch_of_four_gives_exact_counts_and_perf_timings(engine, prompts8, quant):
+    eng = engine(quant)
+    res = eng.generate(prompts8[:4], 16)
+    assert [len(t) for t in res.tokens] == [16] * 4
+    x = res.extra
+    assert x["prefill_s"] > 0 and x["decode_s"] > 0 and res.ttft_s == x["prefill_s"]
+    # llama.cpp counted every prompt token once and 15 decode steps of 4 (as "prompt": >1 token each)
+    assert x["perf_n_p_eval"] == 4 * 32 + 4 * 15
+    assert 0.5 < x["perf_over_wall"] <= 1.02, x  # llama.cpp's own clock covers the call
+    assert x["ttft_wall_s"] >= x["prefill_s"] * 0.98
+    assert len(res.step_times_s) == 15
+    one = eng.generate(prompts8[:1], 16).extra
+    assert (one["perf_n_p_eval"], one["perf_n_eval"]) == (32, 15)
+
+
+@pytest.mark.parametrize("quant", QUANTS)
+def test_batched_equals_one_by_one(engine, prompts8, quant):
+    eng = engine(quant)
+    batched = eng.generate(prompts8[:4], 24).tokens
+    single = [eng.generate([p], 24).tokens[0] for p in prompts8[:4]]
+    assert batched == single
+
+
+def test_f32_agrees_100_percent_with_hf_fp32(engine, prompts8, hf_tokens):
+    got = engine("f32").generate(prompts8, 32).tokens
+    s = summary(hf_tokens, got)
+    assert s["token_agreement"] == 1.0, format_line("llama.cpp f32", s)
+    assert s["first_divergence"] == [None] * 8
+
+
+@pytest.mark.parametrize("quant", ["q8_0", "q4_0"])
+def test_quantized_drift_is_reported(engine, prompts8, hf_tokens, quant, capsys):
+    s = summary(hf_tokens, engine(quant).generate(prompts8, 32).tokens)
+    assert s["prompts"] == 8 and s["tokens"] == 256
+    assert 0.0 <= s["token_agreement"] <= 1.0
+    assert len(s["first_divergence"]) == 8
+    # q8_0 keeps the first greedy token nearly everywhere on tiny; a broken quantizer would not.
+    firsts = [d for d in s["first_divergence"] if d is not None]
+    assert sum(d == 0 for d in firsts) <= (1 if quant == "q8_0" else 4), s["first_divergence"]
+    with capsys.disabled():
+        print("\n" + format_line(f"llama.cpp {quant} vs hf fp32", s))
+
+
+def test_logprobs_match_hf_at_f32(engine, tiny_model, prompts8):
+    """Perplexity of a GGUF level: llama.cpp log-probs at F32 equal HF fp32's (the quality path)."""
+    import math
+
+    from engines.hf import HFGenerate
+
+    window = prompts8[0] + prompts8[1]
+    hf = HFGenerate({"precision": "fp32", "attention": "sdpa", "options": {}})
+    hf.load(str(tiny_model), "cpu")
+    try:
+        want = hf.logprobs(window, 16)
+    finally:
+        hf.unload()
+    got = engine("f32").logprobs(window, 16)
+    assert len(got) == len(want) == len(window) - 16
+    assert max(abs(a - b) for a, b in zip(got, want)) < 5e-3  # F16 KV cache and flash attention by default
+    q4 = engine("q4_0").logprobs(window, 16)
+    assert math.exp(-sum(q4) / len(q4)) != math.exp(-sum(got) / len(got))
+
+
+def test_kv_cache_is_cleared_between_calls(engine, prompts8):
+    eng = engine("f32")
+    first = eng.generate(prompts8[:2], 12).tokens
+    eng.generate(prompts8[2:7], 20)  # more sequences, other text
+    assert eng.generate(prompts8[:2], 12).tokens == first
+
+
+def test_mixed_prompt_lengths_and_small_n_batch(tiny_model, prompts8):
+    """Prompts of different lengths, prefill split over several llama_batches, context growth."""
+    eng = LlamaCpp({"quant": "f32", "options": {"n_threads": 1, "n_batch": 16}})
+    eng.load(str(tiny_model), "cpu")
+    try:
+        prompts = [prompts8[0][:5], prompts8[1], prompts8[2][:19]]
+        batched = eng.generate(prompts, 10).tokens
+        assert batched == [eng.generate([p], 10).tokens[0] for p in prompts]
+        long = synthetic_prompts(tiny_model / "tokenizer.json", 2, 300, seed=1)
+        res = eng.generate(long, 4)  # grows past the first context
+        assert [len(t) for t in res.tokens] == [4, 4] and res.extra["n_ctx"] >= 3 * 304  # 3 sequences held
+    finally:
+        eng.unload()
+
+
+def test_fixed_n_ctx_too_small_is_a_clear_error(tiny_model, prompts8):
+    eng = LlamaCpp({"quant": "f32", "options": {"n_threads": 1, "n_ctx": 256}})
+    eng.load(str(tiny_model), "cpu")
+    try:
+        assert [len(t) for t in eng.generate(prompts8[:4], 8).tokens] == [8] * 4  # 4 x 40 fits in 4 x 64
+        with pytest.raises(SpecError, match="raise n_ctx to at least"):
+            eng.generate(prompts8[:8], 8)  # 8 x 40 does not fit 8 x 32
+    finally:
+        eng.unload()
+
+
+def test_user_gguf_file_is_used_as_is(tiny_model, engine):
+    path = Path(engine("q8_0").gguf_path)
+    eng = LlamaCpp({"quant": None, "options": {"n_threads": 1}})
+    info = eng.load(str(path), "cpu")
+    try:
+        assert info.dtype == "q8_0" and info.extra["gguf"] == str(path)
+        assert eng.generate([[5, 6, 7]], 3).tokens == engine("q8_0").generate([[5, 6, 7]], 3).tokens
+    finally:
+        eng.unload()
+
+
+def test_corrupt_gguf_is_a_clear_error(tmp_path, engine):
+    blob = Path(engine("f32").gguf_path).read_bytes()
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(blob[: len(blob) // 3])
+    with pytest.raises(SpecError, match="truncated"):
+        LlamaCpp({"options": {}}).load(str(bad), "cpu")
+
+
+@pytest.mark.parametrize(
+    "options,device,match",
+    [
+        ({"n_gpu_layers": 4}, "cpu", "needs --device cuda"),
+        ({"bogus": 1}, "cpu", "no option bogus"),
+        ({"n_threads": 0}, "cpu", "positive integer"),
+        ({"flash_attn": "maybe"}, "cpu", "on, off or auto"),
+        ({"type_k": "q2_k"}, "cpu", "type_k must be one of"),
+        ({"type_v": "q8_0", "flash_attn": "off"}, "cpu", "quantized V cache"),
+    ],
+)
+def test_bad_options(options, device, match):
+    with pytest.raises(SpecError, match=match):
+        parse_options(options, device)
+
+
+def test_kv_cache_type_and_flash_attention_options_run(tiny_model, prompts8):
+    eng = LlamaCpp({"quant": "f32", "options": {"n_threads": 1, "flash_attn": "on", "type_k": "q8_0", "type_v": "q8_0"}})
+    eng.load(str(tiny_model), "cpu")
+    try:
+        assert [len(t) for t in eng.generate(prompts8[:3], 8).tokens] == [8, 8, 8]
+    finally:
+        eng.unload()
+
+
+def test_registry_rules_without_importing_llama_cpp():
+    from engines.registry import check, expand
+
+    runs = expand(["llama.cpp"], quant=["f32", "q4_k_m"])
+    assert [r.quant for r in runs] == ["f32", "q4_k_m"]
+    assert check(runs[0], "cpu").ok
+    gpu_layers = runs[0].model_copy(update={"options": {"n_gpu_layers": 10}})
+    assert not check(gpu_layers, "cpu").ok
+    with pytest.raises(SpecError, match="unknown quant 'q7'"):
+        expand(["llama.cpp"], quant=["q7"])
+
+
+# --- through the real CLI and worker processes ---------------------------------------------
+
+
+def test_cli_sweep_f32_q8_q4_with_batch_over_one(tmp_path):
+    import json
+
+    from tests.helpers import FAST, cli, rows
+
+    db = tmp_path / "runs.db"
+    cli("run", "--model", "tiny", "--engine", "llama.cpp", "--quant", "f32,q8_0,q4_0", "--batch", "1,4",
+        "--input-len", "16", "--output-len", "8", "--opt", "n_threads=1", *FAST, db=db, check=True)  # fmt: skip
+    runs = rows(db, "select id, label, status, runtime from run order by created_at")
+    assert [(r[1], r[2]) for r in runs] == [
+        ("llama.cpp f32 n_threads=1", "done"), ("llama.cpp q8_0 n_threads=1", "done"), ("llama.cpp q4_0 n_threads=1", "done")
+    ]  # fmt: skip
+    for run_id, label, _, runtime in runs:
+        rt = json.loads(runtime)
+        assert rt["dtype"] == label.split()[1] and rt["gguf"].endswith(f"-{rt['dtype']}.gguf")
+        cells = rows(db, "select batch, status, repeats from cell where run_id=? order by idx", run_id)
+        assert [(c[0], c[1]) for c in cells] == [(1, "done"), (4, "done")]
+        for batch, _, reps in cells:
+            for rep in json.loads(reps):
+                assert rep["tokens"] == [batch * 8]
+                assert rep["extra"][0]["perf_over_wall"] > 0.3
+
+
+def test_cli_corrupt_gguf_fails_its_runs_and_the_sweep_goes_on(tmp_path, engine):
+    from tests.helpers import FAST, cli, rows
+
+    blob = Path(engine("f32").gguf_path).read_bytes()
+    bad = tmp_path / "cut.gguf"
+    bad.write_bytes(blob[: len(blob) // 2])
+    db = tmp_path / "runs.db"
+    proc = cli("run", "--model", str(bad), "--engine", "llama.cpp,hf-generate", "--batch", "1", "--input-len", "8",
+               "--output-len", "4", *FAST, db=db)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    runs = rows(db, "select engine, status, error from run order by created_at")
+    assert runs[0][:2] == ("llama.cpp", "failed") and "truncated" in runs[0][2]
+    assert len(runs) == 2  # the next run of the sweep still ran (and failed on its own terms)
+
+
+def test_cli_crash_inside_the_worker_is_contained(tmp_path):
+    """A llama.cpp abort kills the worker process; the runner records `crashed` and resumes."""
+    from tests.helpers import FAST, cell_statuses, cli
+
+    db = tmp_path / "runs.db"
+    cli("run", "--model", "tiny", "--engine", "llama.cpp", "--batch", "1,2", "--input-len", "8", "--output-len", "4",
+        "--opt", "n_threads=1", *FAST, db=db, env={"CODEBENCH_FAULT": "segv:0"}, check=True)  # fmt: skip
+    assert [s[3] for s in cell_statuses(db)] == ["crashed", "done"]
+
+
+def test_check_command_f32_agrees_fully_quantized_drift(capsys):
+    """`codebench-tui check` logic (tui/commands/check.py) with real workers: hf fp32 vs llama.cpp."""
+    import argparse
+    import json
+
+    from tui.commands import check
+
+    parser = argparse.ArgumentParser()
+    check.register(parser.add_subparsers())
+    args = parser.parse_args(["check", "--model", "tiny", "--engines", "llama.cpp", "--quant", "f32,q4_0",
+                              "--device", "cpu", "--json", "--min-agreement", "1.0"])  # fmt: skip
+    code = args.func(args)
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["reference"].startswith("hf-generate fp32 sdpa")
+    f32, q4 = doc["results"]["llama.cpp f32"], doc["results"]["llama.cpp q4_0"]
+    assert f32["token_agreement"] == 1.0 and f32["prompts"] == 8 and f32["tokens"] == 256
+    assert q4["token_agreement"] < 1.0 and q4["first_divergence_min"] is not None
+    assert code == 1  # q4_0 is below --min-agreement 1.0
