@@ -8,16 +8,16 @@ import sys
 import tempfile
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table as RichTable
-from rich.text import Text
+from typing import TYPE_CHECKING
 
-from store.db import Database, open_db
-from store.export import FORMATS, import_export, parse_export, render, when
-from store.queries import count_runs, list_runs, resolve_run
-from store.results import RunResult, load_result
-from store.tables import cell_table, comparison_table, METRICS
-from tui.render import STATUS_STYLE, print_replay, rich_table, tokens_chart
+if TYPE_CHECKING:  # the store and rich load when a command runs, not when the dashboard starts
+    from rich.console import Console
+
+    from store.db import Database
+    from store.results import RunResult
+
+FORMATS = ("csv", "md", "json", "html")  # store.export.FORMATS; kept here so parsing imports nothing
+METRICS = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")  # store.tables.METRICS
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _results(db: Database, refs: list[str], telemetry: bool = False) -> list[RunResult]:
+    from store.queries import resolve_run
+    from store.results import load_result
+
     with db.session() as s:
         seen, out = set(), []
         for ref in refs:
@@ -56,6 +59,8 @@ def _results(db: Database, refs: list[str], telemetry: bool = False) -> list[Run
 
 
 def _baseline(results: list[RunResult], db: Database, ref: str | None) -> int:
+    from store.queries import resolve_run
+
     if not ref:
         return 0
     with db.session() as s:
@@ -63,12 +68,22 @@ def _baseline(results: list[RunResult], db: Database, ref: str | None) -> int:
     for i, r in enumerate(results):
         if r.id == run_id:
             return i
-    from tui.cli import UsageError
+    from tui.errors import UsageError
 
     raise UsageError(f"--baseline {ref} is not one of the runs being compared; add it to the list")
 
 
 def runs(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table as RichTable
+    from rich.text import Text
+
+    from store.db import open_db
+    from store.export import when
+    from store.queries import count_runs, list_runs
+    from store.results import load_result
+    from tui.render import STATUS_STYLE
+
     db = open_db(args.db, create=False)
     console = Console()
     with db.session() as s:
@@ -99,6 +114,12 @@ def runs(args: argparse.Namespace) -> int:
 
 
 def replay(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from store.db import open_db
+    from store.tables import cell_table
+    from tui.render import print_replay
+
     db = open_db(args.db, create=False)
     (result,) = _results(db, [args.replay], telemetry=True)
     if not args.headless and sys.stdout.isatty():
@@ -114,6 +135,9 @@ def replay(args: argparse.Namespace) -> int:
 
 def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
     """What a finished `run` prints: the comparison (or the one run's cells) and its chart."""
+    from store.tables import cell_table, comparison_table
+    from tui.render import print_replay, rich_table, tokens_chart
+
     if not run_ids:
         return
     results = _results(db, run_ids)
@@ -132,6 +156,12 @@ def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
 
 
 def compare(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from store.db import open_db
+    from store.tables import comparison_table
+    from tui.render import rich_table, tokens_chart
+
     db = open_db(args.db, create=False)
     results = _results(db, args.runs)
     base = _baseline(results, db, args.baseline)
@@ -161,6 +191,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def export(args: argparse.Namespace) -> int:
+    from store.db import open_db
+    from store.export import render
+
     db = open_db(args.db, create=False)
     results = _results(db, args.runs, telemetry=args.format == "json")
     base = _baseline(results, db, args.baseline)
@@ -175,13 +208,13 @@ def export(args: argparse.Namespace) -> int:
     if args.output:
         out = Path(args.output)
         if out.is_dir():
-            from tui.cli import UsageError
+            from tui.errors import UsageError
 
             raise UsageError(f"-o {out} is a directory; give a file name such as {out / ('results.' + args.format)}")
         try:
             _write_atomic(out, text)
         except OSError as exc:
-            from tui.cli import UsageError
+            from tui.errors import UsageError
 
             raise UsageError(f"cannot write {out} ({exc.strerror}); choose another -o path") from None
         print(f"wrote {len(results)} run(s) to {out}", file=sys.stderr)
@@ -191,11 +224,14 @@ def export(args: argparse.Namespace) -> int:
 
 
 def import_file(args: argparse.Namespace) -> int:
+    from store.db import open_db
+    from store.export import import_export, parse_export
+
     path = Path(args.file)
     try:
         text = path.read_text()
     except OSError as exc:
-        from tui.cli import UsageError
+        from tui.errors import UsageError
 
         raise UsageError(f"cannot read {path} ({exc.strerror}); give the path of a JSON export") from None
     doc = parse_export(text, str(path))

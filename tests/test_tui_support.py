@@ -1,0 +1,198 @@
+"""Fixed data for the dashboard tests: a store filled through RunWriter with fixed numbers and times,
+a scripted event sequence for the live screen, and a fixed engine-availability answer.
+
+Snapshots must not depend on the clock, the machine or which engines CI installed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from engines import events as ev
+from engines.base import Availability
+from engines.grid import Cell
+from engines.spec import EngineRun
+
+T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
+HOST = {"hostname": "bench-host", "os": "Linux 6.1", "machine": "x86_64", "cpu": "Test CPU", "cpu_logical": 16,
+        "cpu_physical": 8, "mem_total": 64 * 2**30, "gpus": [{"index": 0, "name": "H100", "mem_total": 80 * 2**30},
+        {"index": 1, "name": "H100", "mem_total": 80 * 2**30}], "driver": "550.54", "python": "3.11.7",
+        "libraries": {"torch": "2.13.0", "transformers": "5.19.0"}}  # fmt: skip
+BATCHES, INPUTS, OUTPUT = (1, 2, 4, 8), (32, 128), 32
+FIXED_IDS = (0x3F2A9C1E, 0xB4286B66, 0x7D05E9A3)
+# (engine, precision, attention, quant, speed factor, batch from which cells OOM)
+RUNS = [
+    ("hf-generate", "fp32", "sdpa", None, 1.0, None),
+    ("hf-generate", "bf16", "sdpa", None, 1.6, 8),
+    ("llama.cpp", None, None, "q8_0", 2.3, None),
+]
+
+
+def fixed_check(run: EngineRun, device: str) -> Availability:
+    """What a CPU machine without vllm and flash-attn answers, always."""
+    if run.engine == "vllm":
+        return Availability.no("vllm needs vllm, which is not installed", 'pip install "codebench-tui[vllm]"')
+    if run.attention == "flash_attention_2":
+        return Availability.no("flash_attention_2 needs a CUDA GPU", "use --attention sdpa on the CPU")
+    return Availability.yes()
+
+
+def fixed_engines() -> dict:
+    """A fixed engine list (names, summaries, option axes), so registry growth does not move snapshots."""
+    from engines.registry import EngineInfo
+
+    hf_axes = {"precision": ("fp32", "bf16", "fp16"), "attention": ("sdpa", "eager", "flash_attention_2")}
+    infos = [
+        EngineInfo("hf-generate", "engines.hf:HFGenerate", "transformers generate on token ids", ("torch",), "hf",
+                   hf_axes),
+        EngineInfo("hf-pipeline", "engines.hf:HFPipeline", "transformers text-generation pipeline", ("torch",), "hf",
+                   hf_axes),
+        EngineInfo("llama.cpp", "engines.llamacpp:LlamaCpp", "llama.cpp, GGUF F32/F16 and quantized", ("llama_cpp",),
+                   "llamacpp", {"quant": ("f32", "q8_0", "q4_0")}),
+        EngineInfo("vllm", "engines.vllm_engine:VLLM", "vLLM offline engine, paged attention", ("vllm",), "vllm",
+                   {"precision": ("fp32", "bf16")}),
+    ]  # fmt: skip
+    return {i.name: i for i in infos}
+
+
+def _latency(batch: int, in_len: int, factor: float) -> float:
+    """Faster engines gain more at large batches and short prompts: a heat map with some shape."""
+    gain = factor ** (1 + 0.15 * batch.bit_length() - in_len / 1024)
+    return (0.20 + 0.03 * batch + 0.0004 * in_len * batch) / gain
+
+
+def fill_store(path: Path, runs: int = 3) -> list[str]:
+    """Runs with fixed timings, statuses (done, OOM, skipped), telemetry with two GPUs. Returns run ids."""
+    from store.db import open_db
+    from store.writer import RunWriter
+
+    db = open_db(path, create=True)
+    writer = RunWriter(db)
+    spec = {"model": "tiny", "grid": {"batch": list(BATCHES), "input_len": list(INPUTS), "output_len": [OUTPUT]},
+            "timing": {"warmup": 1, "iters": 2, "repeats": 3}}  # fmt: skip
+    group = writer.begin_group(spec, "fixture study")
+    ids, times = [], []
+    t = T0
+    for n, (engine, precision, attention, quant, factor, oom_from) in enumerate(RUNS[:runs]):
+        config = EngineRun(engine=engine, precision=precision, attention=attention, quant=quant)
+        cells = [Cell(b, i, OUTPUT) for b in BATCHES for i in INPUTS]
+        run_id = writer.begin_run(group_id=group, model="tiny", engine=engine, label=config.label(),
+                                  config=config.model_dump(mode="json"), spec=spec, host=HOST,
+                                  cells_total=len(cells), name="baseline" if n == 0 else None)  # fmt: skip
+        writer.set_runtime(run_id, {"load_s": 1.25, "dtype": precision or quant, "weight_bytes": 20 * 2**20,
+                                    "versions": {"torch": "2.13.0"}}, "cpu")  # fmt: skip
+        start = t
+        t += 4.0
+        oom_cells: list[Cell] = []
+        for idx, cell in enumerate(cells):
+            if any(cell.dominates(o) for o in oom_cells):
+                writer.add_cell(run_id, idx, cell, "skipped", error="larger than an OOM cell", finished_at=t)
+                continue
+            if oom_from and cell.batch >= oom_from:
+                t += 0.5
+                writer.add_cell(run_id, idx, cell, "oom", error="CUDA out of memory", finished_at=t,
+                                result={"started_at": t - 0.5})  # fmt: skip
+                oom_cells.append(cell)
+                continue
+            lat = _latency(cell.batch, cell.input_len, factor)
+            repeats = [{"latencies_s": [lat * (1 + 0.01 * r), lat * (1 - 0.01 * r)], "ttft_s": [lat / 8]}
+                       for r in range(3)]  # fmt: skip
+            began = t
+            t += lat * 7
+            writer.add_cell(run_id, idx, cell, "done", finished_at=t, result={
+                "repeats": repeats, "started_at": began,
+                "peak_rss_bytes": (300 + 40 * cell.batch + cell.input_len // 4) * 2**20,
+                "peak_gpu_bytes": int((1000 + 300 * cell.batch * cell.input_len / 32) * 2**20 / factor),
+            })  # fmt: skip
+        k = 0
+        while start + k * 0.5 < t:
+            ts = start + k * 0.5
+            gpus = [{"index": g, "mem_used": int((8 + (k % 10) + 4 * g) * 2**30), "mem_total": 80 * 2**30,
+                     "util": (k * 7 + g * 13) % 100, "power_w": 180.0 + (k * 11) % 120} for g in range(2)]  # fmt: skip
+            writer.add_telemetry(run_id, ts, 90.0 + (k * 17) % 110, (900 + 25 * (k % 12)) * 2**20, gpus)
+            k += 1
+        writer.finish_run(run_id, "done")
+        ids.append(run_id)
+        times.append((run_id, start, t))
+        t += 60.0
+    writer.close()
+    db.close()
+    # Fixed ids and times: uuid4 and the clock must not reach a snapshot.
+    fixed = [f"{n:x}" * 4 for n in FIXED_IDS[: len(ids)]]
+    con = sqlite3.connect(path)
+    with con:
+        for (run_id, start, end), new in zip(times, fixed):
+            con.execute("update run set id=?, created_at=?, finished_at=? where id=?", (new, start, end, run_id))
+            for table in ("cell", "telemetry", "quality"):
+                con.execute(f"update {table} set run_id=? where run_id=?", (new, run_id))
+        con.execute("update run set group_id=?", ("0" * 32,))
+        con.execute("update run_group set id=?, created_at=?", ("0" * 32, T0))
+    con.close()
+    return fixed
+
+
+def scripted_events() -> tuple[list[ev.Event], dict[int, tuple[int, int, int]], list[str]]:
+    """A study of two runs mid-way: done, OOM, skipped and crashed cells, telemetry of two GPUs, a log."""
+    cells = {i: (b, n, OUTPUT) for i, (b, n) in enumerate((b, n) for b in BATCHES for n in INPUTS)}
+    labels = ["hf-generate fp32 sdpa", "hf-generate bf16 sdpa"]
+    out: list[ev.Event] = []
+    t = T0
+
+    def add(e: ev.Event) -> None:
+        out.append(e)
+
+    for r, label in enumerate(labels):
+        rid = str(r + 1) * 32
+        add(ev.RunStarted(rid, t, label=label, cells_total=len(cells)))
+        add(ev.WorkerStarted(rid, t + 0.1, pid=4242 + r))
+        add(ev.Log(rid, t + 0.5, level="stderr", message="Loading weights: 100%|██████████| 39/39"))
+        add(ev.Loaded(rid, t + 1.0, load_s=0.9, device="cuda:0", dtype="float32", weight_bytes=20 * 2**20))
+        t += 1.0
+        last = len(cells) if r == 0 else 5
+        for idx in range(last):
+            b, n, o = cells[idx]
+            add(ev.CellStarted(rid, t, index=idx, label=f"b={b} in={n} out={o}"))
+            lat = _latency(b, n, 1.0 + r)
+            for k in range(1, 4):
+                add(ev.Progress(rid, t + k * lat, index=idx, done=k, total=3, tokens_per_s=b * o / lat * (0.95 + 0.03 * k)))
+            gpus = [{"index": g, "mem_used": int((6 + idx + 3 * g) * 2**30), "mem_total": 80 * 2**30,
+                     "util": 40 + 7 * idx + g, "power_w": 150.0 + 20 * idx} for g in range(2)]  # fmt: skip
+            add(ev.TelemetrySample(rid, t + lat, cpu_percent=95.0 + 10 * idx, rss_bytes=(1 + idx // 3) * 2**30, gpus=gpus))
+            t += 4 * lat
+            if r == 1 and idx == 3:
+                add(ev.CellFinished(rid, t, index=idx, status="crashed", error="worker died (killed by SIGSEGV)"))
+                add(ev.WorkerStarted(rid, t + 0.1, pid=4300, attempt=2))
+                continue
+            status = "oom" if (r == 0 and b == 8 and n == 128) else "done"
+            repeats = [{"latencies_s": [lat, lat]}] if status == "done" else []
+            add(ev.CellFinished(rid, t, index=idx, status=status, error="CUDA out of memory" if status == "oom" else "",
+                                result={"repeats": repeats, "peak_gpu_bytes": (2 + idx) * 2**30}))  # fmt: skip
+        if r == 0:
+            add(ev.RunFinished(rid, t + 0.2, status="done"))
+            t += 0.5
+    if out:
+        b, n, o = cells[5]
+        add(ev.CellStarted("2" * 32, t, index=5, label=f"b={b} in={n} out={o}"))
+        add(ev.Progress("2" * 32, t + 0.2, index=5, phase="warmup", done=1, total=3, tokens_per_s=310.5))
+    return out, cells, labels
+
+
+@pytest.fixture
+def fixture_db(tmp_path: Path) -> tuple[Path, list[str]]:
+    path = tmp_path / "fixture.db"
+    return path, fill_store(path)
+
+
+@pytest.fixture
+def utc(monkeypatch: pytest.MonkeyPatch):
+    """Dates on screen in UTC, whatever the machine's zone."""
+    import time
+
+    monkeypatch.setenv("TZ", "UTC")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()

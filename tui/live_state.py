@@ -1,0 +1,232 @@
+"""What the live screen shows, folded from events: progress, ETA, series, results, log. No widgets here."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from engines import events as ev
+
+SERIES = 240  # points kept per time series
+LOG_LINES = 2000
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+STATUS_WORD = {"oom": "OOM", "skipped": "skipped", "crashed": "crashed", "failed": "failed", "cancelled": "cancelled"}
+
+
+@dataclass
+class RunProgress:
+    run_id: str
+    label: str
+    total: int
+    finished: int = 0
+    counts: Counter = field(default_factory=Counter)
+    status: str = "waiting"
+    started: float | None = None
+    ended: float | None = None
+    number: int = 1  # 1-based, in start order: the results table shows it instead of the label
+
+
+@dataclass
+class CellResult:
+    run_number: int
+    run_label: str
+    index: int
+    batch: int
+    input_len: int
+    output_len: int
+    status: str
+    tokens_per_s: float | None
+    latency_s: float | None
+    peak_bytes: int | None
+    error: str
+
+
+@dataclass
+class GpuSeries:
+    index: int
+    mem_total: int | None = None
+    mem_used: int | None = None
+    util: float | None = None
+    power_w: float | None = None
+    mem: deque = field(default_factory=lambda: deque(maxlen=SERIES))
+    utils: deque = field(default_factory=lambda: deque(maxlen=SERIES))
+    power: deque = field(default_factory=lambda: deque(maxlen=SERIES))
+
+
+def _peak(result: dict[str, Any]) -> int | None:
+    for key in ("peak_gpu_bytes", "peak_nvml_bytes", "peak_rss_bytes"):  # as store.tables.peak_mem
+        if result.get(key):
+            return result[key]
+    return None
+
+
+class LiveState:
+    def __init__(self, cells: dict[int, tuple[int, int, int]], labels: list[str], host_mem: int = 0,
+                 host_cpus: int = 0, estimate_s: float | None = None):  # fmt: skip
+        self.cells = cells
+        self.expected_runs = max(len(labels), 1)
+        self.pending_labels = list(labels)
+        self.runs: dict[str, RunProgress] = {}
+        self.host_mem = host_mem
+        self.host_cpus = host_cpus
+        self.estimate_s = estimate_s
+        self.started: float | None = None
+        self.ended: float | None = None
+        self.status = "waiting"
+        self.current: dict[str, Any] | None = None
+        self.tokens: deque[float] = deque(maxlen=SERIES)
+        self.cpu: deque[float] = deque(maxlen=SERIES)
+        self.rss: deque[float] = deque(maxlen=SERIES)
+        self.cpu_now = 0.0
+        self.rss_now = 0
+        self.gpus: dict[int, GpuSeries] = {}
+        self.results: list[CellResult] = []
+        self.log: deque[tuple[float, str, str]] = deque(maxlen=LOG_LINES)
+        self.log_total = 0  # lines ever logged: the screen writes only the new ones
+        self.events = 0
+        self.tokens_seen = 0  # points ever added to `tokens` / telemetry samples: what changed since a paint
+        self.samples_seen = 0
+        self._progress_seen = False  # a replay has no per-minibatch events: plot per-cell tok/s instead
+
+    # --- folding -----------------------------------------------------------------------
+
+    def _say(self, t: float, level: str, text: str) -> None:
+        # Worker stderr carries progress bars: keep what a terminal would show last, no escapes.
+        text = ANSI.sub("", text)
+        if "\r" in text:
+            text = next((p for p in reversed(text.split("\r")) if p.strip()), "")
+        self.log.append((t, level, text.rstrip()))
+        self.log_total += 1
+
+    def apply(self, e: ev.Event) -> None:
+        self.events += 1
+        run = self.runs.get(e.run_id)
+        if isinstance(e, ev.RunStarted):
+            if self.started is None:
+                self.started = e.t
+            self.status = "running"
+            run = self.runs[e.run_id] = RunProgress(e.run_id, e.label, e.cells_total or len(self.cells),
+                                                    status="starting", started=e.t, number=len(self.runs) + 1)  # fmt: skip
+            if e.label in self.pending_labels:
+                self.pending_labels.remove(e.label)
+            self._say(e.t, "info", f"run {e.run_id[:8]} started: {e.label}, {run.total} cells")
+        elif isinstance(e, ev.WorkerStarted):
+            self._say(e.t, "info", f"worker pid {e.pid} started" + (f" (attempt {e.attempt})" if e.attempt > 1 else ""))
+        elif isinstance(e, ev.Loaded):
+            if run:
+                run.status = "running"
+            mb = f", {e.weight_bytes / 2**20:,.1f} MB weights" if e.weight_bytes else ""
+            self._say(e.t, "info", f"loaded in {e.load_s:.2f} s on {e.device or '?'} ({e.dtype or '?'}{mb})")
+        elif isinstance(e, ev.CellStarted):
+            self.current = {"run": run.label if run else "", "index": e.index, "label": self._cell_label(e.index),
+                            "phase": "starting", "done": 0, "total": 0, "tps": None}  # fmt: skip
+        elif isinstance(e, ev.Progress):
+            if self.current is None or self.current["index"] != e.index:
+                self.current = {"run": run.label if run else "", "index": e.index, "label": self._cell_label(e.index)}
+            self.current.update(phase=e.phase, done=e.done, total=e.total, tps=e.tokens_per_s)
+            if e.phase == "timed" and e.tokens_per_s:
+                self.tokens.append(e.tokens_per_s)
+                self.tokens_seen += 1
+                self._progress_seen = True
+        elif isinstance(e, ev.CellFinished):
+            self._cell_finished(e, run)
+        elif isinstance(e, ev.TelemetrySample):
+            self._telemetry(e)
+        elif isinstance(e, ev.Log):
+            self._say(e.t, e.level, e.message)
+        elif isinstance(e, ev.QualityResult):
+            value = "n/a" if e.value is None else f"{e.value:.4g}"
+            self._say(e.t, "info", f"quality {e.metric}: {value}")
+        elif isinstance(e, ev.RunFinished):
+            if run:
+                run.status, run.ended = e.status, e.t
+            self.current = None
+            self._say(e.t, "error" if e.error else "info",
+                      f"run {e.run_id[:8]} {e.status}" + (f": {e.error.splitlines()[0]}" if e.error else ""))  # fmt: skip
+            if len(self.runs) >= self.expected_runs and all(r.ended for r in self.runs.values()):
+                self.finish(e.t, "cancelled" if e.status == "cancelled" else "finished")
+
+    def finish(self, t: float, status: str) -> None:
+        self.ended = self.ended or t
+        self.status = status
+
+    def _cell_label(self, index: int) -> str:
+        b, i, o = self.cells.get(index, (0, 0, 0))
+        return f"b={b} in={i} out={o}"
+
+    def _cell_finished(self, e: ev.CellFinished, run: RunProgress | None) -> None:
+        from store.metrics import summarise
+
+        if run:
+            run.finished += 1
+            run.counts[e.status] += 1
+        b, i, o = self.cells.get(e.index, (0, 0, 0))
+        summary = summarise(e.result.get("repeats") or [], b, o) if e.status == "done" else {}
+        self.results.append(CellResult(run.number if run else 0, run.label if run else "", e.index, b, i, o, e.status,
+                                       summary.get("tokens_per_s"), summary.get("latency_s"), _peak(e.result),
+                                       e.error))  # fmt: skip
+        if not self._progress_seen and summary.get("tokens_per_s"):
+            self.tokens.append(summary["tokens_per_s"])
+            self.tokens_seen += 1
+        if self.current and self.current.get("index") == e.index:
+            self.current = None
+        if e.status != "done":
+            why = f": {e.error.splitlines()[0]}" if e.error else ""
+            self._say(e.t, "warn", f"{self._cell_label(e.index)} {STATUS_WORD.get(e.status, e.status)}{why}")
+
+    def _telemetry(self, e: ev.TelemetrySample) -> None:
+        self.samples_seen += 1
+        self.cpu_now, self.rss_now = e.cpu_percent, e.rss_bytes
+        self.cpu.append(e.cpu_percent)
+        self.rss.append(e.rss_bytes / 2**30)
+        for g in e.gpus:
+            s = self.gpus.setdefault(g.get("index", 0), GpuSeries(g.get("index", 0)))
+            s.mem_total = g.get("mem_total") or s.mem_total
+            s.mem_used, s.util, s.power_w = g.get("mem_used"), g.get("util"), g.get("power_w")
+            if s.mem_used is not None:
+                s.mem.append(s.mem_used / 2**30)
+            if s.util is not None:
+                s.utils.append(float(s.util))
+            if s.power_w is not None:
+                s.power.append(float(s.power_w))
+
+    # --- derived -----------------------------------------------------------------------
+
+    @property
+    def total_cells(self) -> int:
+        known = sum(r.total for r in self.runs.values())
+        return known + len(self.cells) * max(self.expected_runs - len(self.runs), 0)
+
+    @property
+    def finished_cells(self) -> int:
+        return sum(r.finished for r in self.runs.values())
+
+    def elapsed(self, now: float) -> float:
+        if self.started is None:
+            return 0.0
+        return max(0.0, (self.ended or now) - self.started)
+
+    def eta(self, now: float) -> float | None:
+        """Seconds left: the pace so far, or the setup estimate before the first cell finishes."""
+        if self.ended is not None:
+            return 0.0
+        done, total = self.finished_cells, self.total_cells
+        elapsed = self.elapsed(now)
+        if done and elapsed > 0:
+            return elapsed / done * max(total - done, 0)
+        if self.estimate_s is not None:
+            return max(self.estimate_s - elapsed, 0.0)
+        return None
+
+    def run_eta(self, run: RunProgress, now: float) -> float | None:
+        if run.ended is not None or not run.started:
+            return None
+        if not run.finished:
+            return None
+        spent = now - run.started
+        return spent / run.finished * max(run.total - run.finished, 0)
+
+    def best_tokens(self) -> float | None:
+        return max((r.tokens_per_s for r in self.results if r.tokens_per_s), default=None)

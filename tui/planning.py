@@ -1,0 +1,177 @@
+"""The Setup screen's logic as plain functions: model choices, valid engine options, the estimate, the spec."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+from dataclasses import dataclass, field
+from itertools import product
+from typing import Any, Callable
+
+DEFAULT_S_PER_CELL = 20.0  # no history for an engine: a conservative guess per cell
+DEFAULT_STARTUP_S = 15.0  # worker spawn, imports and model load per run
+AXES = ("precision", "attention", "quant")
+
+
+def presets() -> list[tuple[str, str]]:
+    """(model reference, title) of the architecture presets, where engines.presets exists."""
+    if importlib.util.find_spec("engines.presets") is None:
+        return []
+    module = importlib.import_module("engines.presets")
+    try:
+        if callable(getattr(module, "names", None)):  # names() + load(name) -> Preset(ref, title)
+            return [(p.ref, p.title) for p in map(module.load, module.names())]
+        table = getattr(module, "PRESETS", None)
+        return [(str(k), str(k)) for k in sorted(table)] if isinstance(table, dict) else []
+    except Exception:  # a broken preset file must not take the Setup screen down
+        return []
+
+
+def model_choices(recent: list[str]) -> list[tuple[str, str]]:
+    """(label, value) pairs: tiny, the presets, then recent models from the store."""
+    out = [("tiny  (embedded, offline)", "tiny")]
+    seen = {"tiny"}
+    for ref, title in presets():
+        if ref not in seen:
+            seen.add(ref)
+            out.append((f"{ref}  ({title}, random weights)" if title != ref else f"{ref}  (preset)", ref))
+    for name in recent:
+        if name not in seen:
+            seen.add(name)
+            out.append((f"{name}  (recent)", name))
+    return out
+
+
+def check_model_text(model: str) -> tuple[bool, str]:
+    from engines.models import check_model
+    from engines.spec import SpecError
+
+    model = model.strip()
+    if not model:
+        return False, "type a model: tiny, a model directory, a .gguf file or an HF id (org/name)"
+    try:
+        kind = check_model(model)
+    except SpecError as exc:
+        return False, str(exc)
+    what = {"embedded": "embedded model, built offline on first use", "dir": "local HF model directory",
+            "gguf": "GGUF file (llama.cpp)", "url": "OpenAI-compatible server (engine openai)",
+            "hf": "Hugging Face id (must be in the local HF cache: no downloads here)"}  # fmt: skip
+    return True, what.get(kind, kind)
+
+
+@dataclass
+class Combo:
+    run: Any  # EngineRun
+    ok: bool
+    reason: str = ""
+
+    @property
+    def key(self) -> str:
+        return self.run.model_dump_json()
+
+
+@dataclass
+class EngineChoice:
+    name: str
+    summary: str
+    ok: bool
+    reason: str = ""
+    hint: str = ""
+    combos: list[Combo] = field(default_factory=list)
+
+
+def engine_choices(device: str, check: Callable | None = None) -> list[EngineChoice]:
+    """Every engine, available or not (with reason and hint), and its option combinations."""
+    from engines import registry
+    from engines.spec import EngineRun
+
+    check = check or registry.check
+    out = []
+    for info in registry.ENGINES.values():
+        axes = [info.axes.get(a) or (None,) for a in AXES]
+        combos = []
+        for values in product(*axes):
+            run = EngineRun(engine=info.name, **dict(zip(AXES, values)))
+            avail = check(run, device)
+            combos.append(Combo(run, avail.ok, avail.reason))
+        default = combos[0]
+        engine_wide = not any(c.ok for c in combos)
+        avail = check(default.run, device) if engine_wide else None
+        out.append(EngineChoice(info.name, info.summary, not engine_wide, avail.reason if avail else "",
+                                avail.hint if avail else "", combos))  # fmt: skip
+    return out
+
+
+def parse_grid_axis(text: str, name: str) -> tuple[list[int] | None, str]:
+    from engines.grid import GridError, parse_axis
+
+    try:
+        return parse_axis(text, name, minimum=1), ""
+    except GridError as exc:
+        return None, str(exc)
+
+
+def parse_count(text: str, name: str, minimum: int) -> tuple[int | None, str]:
+    try:
+        value = int(text.strip())
+    except ValueError:
+        return None, f"{name}: '{text}' is not a whole number"
+    if value < minimum:
+        return None, f"{name}: must be >= {minimum}"
+    return value, ""
+
+
+def estimate_seconds(runs: list[Any], cells: list[tuple[int, int, int]], timing: dict[str, int],
+                     rates: dict[str, Any]) -> tuple[float, str]:  # fmt: skip
+    """A rough total: past pace of each engine where the store has it, else a conservative default."""
+    steps = timing.get("warmup", 1) + timing.get("iters", 2) * timing.get("repeats", 3)
+    total, measured, guessed = 0.0, set(), set()
+    for run in runs:
+        rate = rates.get(run.engine)
+        startup = rate.load_s if rate and rate.load_s else DEFAULT_STARTUP_S
+        if rate and rate.s_per_step:
+            total += startup + sum(rate.s_per_step * steps * out for _, _, out in cells)
+            measured.add(run.engine)
+        else:
+            total += startup + DEFAULT_S_PER_CELL * len(cells)
+            guessed.add(run.engine)
+    if guessed and not measured:
+        basis = "default guess: no past runs of these engines"
+    elif guessed:
+        basis = f"past runs of {', '.join(sorted(measured))}; a guess for {', '.join(sorted(guessed))}"
+    else:
+        basis = f"from past runs of {', '.join(sorted(measured))}"
+    return total, basis
+
+
+def human_duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60:02d} s"
+    return f"{s // 3600} h {s % 3600 // 60:02d} min"
+
+
+def clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    s = int(max(seconds, 0))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict[str, list[int]],
+                timing: dict[str, int], name: str, device: str) -> Any:  # fmt: skip
+    """The StudySpec the CLI would build: the same pydantic model, the same validation."""
+    from engines.spec import build_spec
+
+    data = dict(base)
+    data.update(model=model.strip(), runs=[r.model_dump() for r in runs], grid=grid, timing=timing,
+                name=name.strip() or None, device=device)  # fmt: skip
+    return build_spec(data)
+
+
+def axis_text(values: list[int]) -> str:
+    return ",".join(str(v) for v in values)

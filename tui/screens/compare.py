@@ -1,0 +1,246 @@
+"""Compare: rows are grid cells, columns are runs, ratios against a chosen baseline; plots; export; copy.
+
+Tables come from store.tables.comparison_table and exports from store.export.render: the same
+schema and the same text as `codebench-tui compare` / `export`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Static, TabbedContent, TabPane
+
+from tui.widgets.footer import Footer
+from tui.widgets.plot import Plot
+
+METRIC_ORDER = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")
+TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem")
+STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim", "cancelled": "yellow",
+         "missing": "dim", "better": "green", "worse": "yellow", "done": ""}  # fmt: skip
+
+
+class CompareScreen(Screen):
+    BINDINGS = [
+        Binding("m", "metric(1)", "Metric", tooltip="Next metric: tok/s, latency, TTFT, decode tok/s, peak memory"),
+        Binding("b", "baseline(1)", "Baseline", tooltip="Next run as the baseline of the ratios"),
+        Binding("t", "next_tab", "View", tooltip="Next view: table, tok/s plot, speed-up map, memory plot"),
+        Binding("1", "tab(0)", "Table", show=False, tooltip="The comparison table"),
+        Binding("2", "tab(1)", "tok/s plot", show=False, tooltip="tokens/s against batch size, a line per run"),
+        Binding("3", "tab(2)", "Speed-up map", show=False, tooltip="Speed-up over batch x input length"),
+        Binding("4", "tab(3)", "Memory plot", show=False, tooltip="Peak memory against batch size"),
+        Binding("e", "export", "Export", tooltip="Write CSV, Markdown, JSON or HTML"),
+        Binding("y", "copy", "Copy MD", tooltip="Copy the comparison as a Markdown table to the clipboard"),
+        Binding("escape", "back", "Back", tooltip="Back to where you came from"),
+    ]
+
+    class Loaded(Message):
+        def __init__(self, results: list | None, error: str = "") -> None:
+            super().__init__()
+            self.results, self.error = results, error
+
+    class Exported(Message):
+        def __init__(self, text: str, ok: bool) -> None:
+            super().__init__()
+            self.text, self.ok = text, ok
+
+    def __init__(self, run_ids: list[str], **kw: Any) -> None:
+        super().__init__(**kw)
+        self.run_ids = list(run_ids)
+        self.results: list = []
+        self.metric = "tokens_per_s"
+        self.baseline = 0
+        self.last_export: Path | None = None
+
+    def compose(self):
+        yield Static("loading runs…", id="cmp-head")
+        with TabbedContent(id="cmp-tabs"):
+            with TabPane("1 Table", id="tab-table"):
+                yield DataTable(id="cmp-table", zebra_stripes=True, cursor_type="row", header_height=2)
+                yield Static(id="cmp-notes")
+            with TabPane("2 tok/s", id="tab-tps"):
+                yield Plot(id="plot-tps")
+            with TabPane("3 Speed-up", id="tab-heat"):
+                with VerticalScroll(id="heat-scroll"):
+                    yield Static(id="heat")
+            with TabPane("4 Memory", id="tab-mem"):
+                yield Plot(id="plot-mem")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        app, ids = self.app, self.run_ids
+
+        def work() -> None:  # thread
+            from store.queries import RunNotFound, resolve_run
+            from store.results import load_result
+
+            try:
+                with app.database().session() as s:
+                    results = [load_result(resolve_run(i, session=s), session=s, telemetry=False) for i in ids]
+            except RunNotFound as exc:
+                self.post_message(self.Loaded(None, str(exc)))
+                return
+            self.post_message(self.Loaded(results))
+
+        self.run_worker(work, thread=True, group="compare-load", exit_on_error=False)
+
+    @on(Loaded)
+    def _loaded(self, message: Loaded) -> None:
+        if message.results is None:
+            self.query_one("#cmp-head", Static).update(Text(message.error, style="bold red"))
+            return
+        self.results = message.results
+        self._render_all()
+        self.refresh_bindings()  # metric, baseline, export and copy are live now
+
+    # --- rendering ---------------------------------------------------------------------------
+
+    def _render_all(self) -> None:
+        from store.tables import METRICS
+        from tui.widgets.charts import memory_chart, tokens_chart
+
+        self._render_head(METRICS)
+        self._render_table()
+        results = self.results
+        self.query_one("#plot-tps", Plot).set_builder(lambda w, h: tokens_chart(results, w, h))
+        self.query_one("#plot-mem", Plot).set_builder(lambda w, h: memory_chart(results, w, h))
+        self._render_heat()
+
+    def _render_head(self, metrics: dict) -> None:
+        head = Text()
+        head.append("metric ", style="bold")
+        for key in METRIC_ORDER:
+            label = metrics[key][0]
+            head.append(f" {label} ", style="reverse bold" if key == self.metric else "dim")
+        head.append("   base ", style="bold")
+        base = self.results[self.baseline]
+        head.append(f"{base.short_id} {base.run.get('name') or base.run['label']}", style="cyan")
+        self.query_one("#cmp-head", Static).update(head)
+
+    def table(self) -> Any:
+        from store.tables import comparison_table
+
+        return comparison_table(self.results, self.baseline, self.metric)
+
+    def _render_table(self) -> None:
+        t = self.table()
+        dt = self.query_one("#cmp-table", DataTable)
+        dt.clear(columns=True)
+        for i, h in enumerate(t.headers):  # "label [id] tok/s" on two lines: columns half as wide
+            dt.add_column(Text(h.replace(" [", "\n["), justify="right"), key=f"c{i}")
+        for row, styles in zip(t.rows, t.styles or [[""] * len(t.headers)] * len(t.rows)):
+            dt.add_row(*(Text(v, style=STYLE.get(s, ""), justify="right") for v, s in zip(row, styles)))
+        self.query_one("#cmp-notes", Static).update(Text("\n".join(t.notes), style="dim"))
+
+    def _render_heat(self) -> None:
+        from tui.widgets.charts import speedup_grids
+
+        metric = self.metric if self.metric != "peak_mem" else "tokens_per_s"
+        self.query_one("#heat", Static).update(speedup_grids(self.results, self.baseline, metric))
+
+    # --- actions -----------------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("metric", "baseline", "export", "copy") and not self.results:
+            return None  # shown, greyed, until the runs are loaded
+        if action == "back":
+            return len(self.app.screen_stack) > 1
+        return True
+
+    def action_metric(self, step: int) -> None:
+        self.set_metric(METRIC_ORDER[(METRIC_ORDER.index(self.metric) + int(step)) % len(METRIC_ORDER)])
+
+    def set_metric(self, metric: str) -> None:
+        self.metric = metric
+        self._render_all()
+
+    def action_baseline(self, step: int) -> None:
+        self.set_baseline((self.baseline + int(step)) % max(len(self.results), 1))
+
+    def set_baseline(self, index: int) -> None:
+        self.baseline = index
+        self._render_all()
+
+    def action_next_tab(self) -> None:
+        tabs = self.query_one("#cmp-tabs", TabbedContent)
+        tabs.active = TABS[(TABS.index(tabs.active) + 1) % len(TABS)] if tabs.active in TABS else TABS[0]
+
+    def action_tab(self, index: int) -> None:
+        self.query_one("#cmp-tabs", TabbedContent).active = TABS[int(index)]
+
+    def markdown(self) -> str:
+        from store.export import _md_table
+
+        return _md_table(self.table())
+
+    def action_copy(self) -> None:
+        text = self.markdown()
+        self.app.copy_to_clipboard(text)
+        self.notify(f"copied the Markdown table ({len(text.splitlines())} lines) to the clipboard")
+
+    def action_export(self) -> None:
+        from tui.screens.modals import ExportScreen
+
+        stem = "codebench-" + "-".join(r.short_id for r in self.results[:4])
+        self.app.push_screen(ExportScreen(stem), self._export_to)
+
+    def _export_to(self, choice: tuple[str, str] | None) -> None:
+        if not choice:
+            return
+        fmt, path = choice
+        self.export(fmt, Path(path).expanduser())
+
+    def export(self, fmt: str, path: Path) -> None:
+        """Write in a thread: JSON carries telemetry and groups, like `codebench-tui export`."""
+        app, ids, baseline = self.app, [r.id for r in self.results], self.baseline
+
+        def work() -> None:
+            from store.export import render
+            from store.models import RunGroup
+            from tui.commands.history import _results, _write_atomic
+
+            try:
+                db = app.database()
+                results = _results(db, ids, telemetry=fmt == "json")
+                groups = []
+                if fmt == "json":
+                    with db.session() as s:
+                        gids = sorted({r.run["group_id"] for r in results})
+                        groups = [g.model_dump() for g in (s.get(RunGroup, x) for x in gids) if g is not None]
+                if path.is_dir():
+                    raise OSError(21, "is a directory")
+                _write_atomic(path, render(fmt, results, groups, baseline))
+            except OSError as exc:
+                self.post_message(self.Exported(f"cannot write {path} ({exc.strerror}); choose another path", False))
+                return
+            self.last_export = path
+            self.post_message(self.Exported(f"wrote {len(ids)} runs to {path}", True))
+
+        self.run_worker(work, thread=True, group="compare-export", exit_on_error=False)
+
+    @on(Exported)
+    def _exported(self, message: Exported) -> None:
+        self.notify(message.text, severity="information" if message.ok else "error")
+
+    def action_back(self) -> None:
+        self.dismiss()
+
+    def palette_commands(self):
+        from store.tables import METRICS
+
+        for key in METRIC_ORDER:
+            yield (f"Compare: metric {METRICS[key][0]}", f"Show {METRICS[key][0]} in the table",
+                   lambda k=key: self.set_metric(k))  # fmt: skip
+        for i, r in enumerate(self.results):
+            yield (f"Compare: baseline {r.short_id} {r.run['label']}", "Ratios against this run",
+                   lambda i=i: self.set_baseline(i))  # fmt: skip
+        for fmt in ("csv", "md", "json", "html"):
+            stem = "codebench-" + "-".join(r.short_id for r in self.results[:4])
+            yield (f"Compare: export {fmt.upper()}", f"Write {stem}.{fmt} in the current directory",
+                   lambda f=fmt, s=stem: self.export(f, Path(f"{s}.{f}")))  # fmt: skip

@@ -1,0 +1,1 @@
+"""Dashboard widgets: each draws itself from attributes its screen sets."""

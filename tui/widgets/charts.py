@@ -1,0 +1,100 @@
+"""Compare-screen charts from stored results: memory against batch, and the speed-up heat map."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from rich.console import Group
+from rich.table import Table as RichTable
+from rich.text import Text
+
+from tui.widgets.plot import series_chart
+
+
+def _label(r: Any, n_runs: int, in_len: int, many_inputs: bool) -> str:
+    name = r.short_id if n_runs > 1 else ""
+    return " ".join(p for p in (name, f"in={in_len}" if many_inputs or not name else "") if p)
+
+
+def tokens_chart(results: list[Any], width: int, height: int) -> Text | None:
+    """Generated tokens/s against batch size, a line per run (and input length where it varies)."""
+    inputs = sorted({c["input_len"] for r in results for c in r.cells})
+    series = []
+    for r in results:
+        for in_len in inputs:
+            pts = sorted((c["batch"], c["tokens_per_s"]) for c in r.cells
+                         if c["input_len"] == in_len and c["status"] == "done" and c.get("tokens_per_s"))  # fmt: skip
+            series.append((_label(r, len(results), in_len, len(inputs) > 1), pts))
+    return series_chart(series, width, height, title="generated tokens/s by batch size", xlabel="batch size",
+                        ylabel="tokens/s")  # fmt: skip
+
+
+def memory_chart(results: list[Any], width: int, height: int) -> Text | None:
+    """Peak memory (MB) against batch size, a line per run (and input length where it varies)."""
+    from store.tables import peak_mem
+
+    inputs = sorted({c["input_len"] for r in results for c in r.cells})
+    series = []
+    for r in results:
+        for in_len in inputs:
+            pts = sorted((c["batch"], peak_mem(c) / 2**20) for c in r.cells
+                         if c["input_len"] == in_len and c["status"] == "done" and peak_mem(c))  # fmt: skip
+            series.append((_label(r, len(results), in_len, len(inputs) > 1), pts))
+    return series_chart(series, width, height, title="peak memory by batch size", xlabel="batch size", ylabel="MB")
+
+
+def _ratio_style(r: float | None) -> str:
+    if r is None:
+        return "dim"
+    x = max(-1.0, min(1.0, math.log2(r) if r > 0 else -1.0))
+    base = (60, 60, 60)
+    target = (0, 150, 60) if x >= 0 else (170, 40, 40)
+    mix = [int(b + (t - b) * abs(x)) for b, t in zip(base, target)]
+    return f"bold white on rgb({mix[0]},{mix[1]},{mix[2]})"
+
+
+def speedup_grids(results: list[Any], baseline: int, metric: str = "tokens_per_s") -> Group | Text:
+    """Per run against the baseline: rows batch, columns input length, one grid per output length."""
+    from store.metrics import ratio
+    from store.tables import METRICS, metric_value
+
+    if len(results) < 2:
+        return Text("select two or more runs to see speed-ups", style="dim")
+    label, higher = METRICS[metric]
+    base = {r_key(c): c for c in results[baseline].cells if c["status"] == "done"}
+    parts: list[Any] = []
+    for i, r in enumerate(results):
+        if i == baseline:
+            continue
+        cells = {r_key(c): c for c in r.cells}
+        for out_len in sorted({k[2] for k in cells} | {k[2] for k in base}):
+            batches = sorted({k[0] for k in (*cells, *base) if k[2] == out_len})
+            inputs = sorted({k[1] for k in (*cells, *base) if k[2] == out_len})
+            parts.append(Text.assemble((f"{r.short_id} {r.run['label']}", "bold"), " vs ",
+                                       (f"{results[baseline].short_id} {results[baseline].run['label']}", "cyan"),
+                                       f"  out={out_len}  {label} " + ("ratio" if higher else "base/run")))  # fmt: skip
+            t = RichTable(header_style="bold", box=None, padding=(0, 1))
+            t.add_column("batch \\ in", justify="right")
+            for in_len in inputs:
+                t.add_column(str(in_len), justify="center", min_width=7)
+            for b in batches:
+                row: list[Text] = [Text(str(b), style="bold")]
+                for in_len in inputs:
+                    c, bc = cells.get((b, in_len, out_len)), base.get((b, in_len, out_len))
+                    if c is None or bc is None:
+                        row.append(Text("-", style="dim"))
+                        continue
+                    if c["status"] != "done":
+                        row.append(Text(c["status"].upper() if c["status"] == "oom" else c["status"], style="bold red"))
+                        continue
+                    v, bv = metric_value(c, metric), metric_value(bc, metric)
+                    x = ratio(v, bv) if higher else ratio(bv, v)
+                    row.append(Text("-" if x is None else f"{x:.2f}×", style=_ratio_style(x)))
+                t.add_row(*row)
+            parts += [t, Text("")]
+    return Group(*parts)
+
+
+def r_key(c: dict[str, Any]) -> tuple[int, int, int]:
+    return (c["batch"], c["input_len"], c["output_len"])

@@ -1,0 +1,62 @@
+"""A plot widget that owns its plotext figure (no module-global figure) and redraws at its own size."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from rich.text import Text
+from textual.widget import Widget
+
+Builder = Callable[[int, int], Text | None]
+
+
+class Plot(Widget):
+    """Draws `builder(width, height)`; a new builder or a resize redraws it."""
+
+    DEFAULT_CSS = "Plot { height: 1fr; min-height: 8; }"
+
+    def __init__(self, builder: Builder | None = None, empty: str = "nothing to plot yet", **kw: Any):
+        super().__init__(**kw)
+        self.builder = builder
+        self.empty = empty
+        self._cache: tuple[tuple[int, int, int], Text] | None = None
+
+    def set_builder(self, builder: Builder | None) -> None:
+        self.builder = builder
+        self._cache = None
+        self.refresh()
+
+    def render(self) -> Text:
+        w, h = self.size.width, self.size.height
+        if self.builder is None or w < 20 or h < 6:
+            return Text(self.empty, style="dim")
+        key = (w, h, id(self.builder))
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.builder(w, h) or Text(self.empty, style="dim"))
+        return self._cache[1]
+
+
+def figure(width: int, height: int) -> Any:
+    from plotext._figure import _figure_class
+
+    fig = _figure_class()
+    fig.plot_size(width, height)
+    fig.theme("pro")
+    return fig
+
+
+def series_chart(series: list[tuple[str, list[tuple[float, float]]]], width: int, height: int, *, title: str,
+                 xlabel: str, ylabel: str) -> Text | None:  # fmt: skip
+    """Lines from (name, [(x, y), ...]) with the x values as ticks."""
+    series = [(n, pts) for n, pts in series if pts]
+    if not series:
+        return None
+    fig = figure(width, height)
+    for name, pts in series:
+        fig.plot([p[0] for p in pts], [p[1] for p in pts], label=name, marker="hd")  # block quadrants: every font has them
+    xs = sorted({p[0] for _, pts in series for p in pts})
+    fig.xticks(xs, [f"{x:g}" for x in xs])
+    fig.xlabel(xlabel)
+    fig.ylabel(ylabel)
+    fig.title(title)
+    return Text.from_ansi(fig.build())
