@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The GPU-machine calls behind docs/results/ (run from the repo root; OUT = a folder for the results).
+#   part 1: environment, the roofline benchmark, the `gpu` integration tests
+#   part 2: seed 001's study (benchmarks/gpu_study.py) into one database
+# Light dependencies the GPU image lacks travel as wheels in .whl/ (see .library/device README recipe).
+set -uo pipefail
+export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false CODEBENCH_CACHE=${CODEBENCH_CACHE:-/tmp/cbcache}
+OUT=${OUT:?set OUT to a results folder}
+if [ -d .whl ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site || exit 1
+fi
+env_info() {
+  date -u +"%Y-%m-%dT%H:%M:%SZ"
+  nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv
+  python3 -c "import sys, torch, transformers, bitsandbytes; print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| bitsandbytes', bitsandbytes.__version__)"
+}
+case "${1:-}" in
+  1)
+    env_info 2>&1 | tee "$OUT/part1.log"
+    timeout 300 python3 benchmarks/gpu_roofline.py --db "$OUT/roofline.db" --json "$OUT/roofline.json" --repeats 2 2>&1 | tee -a "$OUT/part1.log"
+    timeout 220 python3 -m pytest -q -m gpu tests/test_gpu.py -p no:cacheprovider -rA 2>&1 | tail -60 | tee -a "$OUT/part1.log"
+    ;;
+  2)
+    env_info 2>&1 | tee "$OUT/part2.log"
+    python3 -m engines.probe --device cuda 2>&1 | tail -1 | tee -a "$OUT/part2.log"
+    python3 benchmarks/gpu_study.py run --db "$OUT/study.db" --timeouts "${TIMEOUTS:-230,130,190}" 2>&1 | tee -a "$OUT/part2.log"
+    ;;
+  *) echo "usage: OUT=dir $0 1|2" >&2; exit 2 ;;
+esac
