@@ -1,0 +1,135 @@
+"""Shared-prefix engines (seed 003): one prompt of P tokens, N completions with their own suffixes.
+
+They find the shared prefix themselves (the longest common prefix of the batch, at least one
+token left per sequence), prefill it once with batch 1, then run the N suffixes and a greedy decode
+loop of their own (EOS ignored, exactly max_new_tokens tokens):
+    hf-noshare     no sharing: the full prompts, batch N, the same loop (seed 003's hydragen_noshared)
+    hf-prefix-kv   the prefix KV cache copied to every sequence (HF cannot share the memory)
+    hydragen       the prefix KV kept once; attention split by engines.hydragen
+    noattention    attention skipped and no KV cache: the attention-free upper bound (lossy)
+The issue's no-sharing baseline is plain hf-generate on the full prompts; hf-noshare separates
+what sharing gains from what the leaner loop gains.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+from engines import hydragen
+from engines.base import GenerateResult, LoadInfo
+from engines.hf import HFGenerate
+from engines.spec import SpecError
+
+
+def common_prefix_len(prompts: list[list[int]]) -> int:
+    """Longest common prefix of all prompts, leaving every prompt at least one token of its own."""
+    first = prompts[0]
+    n = min(len(p) for p in prompts) - 1
+    for p in prompts[1:]:
+        i = 0
+        while i < n and p[i] == first[i]:
+            i += 1
+        n = i
+    return max(n, 0)
+
+
+class _SharedPrefix(HFGenerate):
+    attn = "sdpa"
+    share = True
+
+    def load(self, model_dir: str, device: str) -> LoadInfo:
+        hydragen.register()
+        info = super().load(model_dir, device)
+        if self.opts.get("cache", "dynamic") != "dynamic" or self.opts.get("compile", "off") != "off":
+            raise SpecError(f"{self.name} runs its own decode loop with a dynamic cache; leave out --opt cache/compile")
+        attn = [m for m in self.model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
+        if not attn:
+            raise SpecError(f"{self.name} needs a Llama-style HF model (attention modules with layer_idx); "
+                            f"{type(self.model).__name__} has none")  # fmt: skip
+        if self.attn != "sdpa":
+            self.model.set_attn_implementation(self.attn)
+        info.extra["attn_implementation"] = self.attn
+        if self.attn == "hydragen":  # the kernels this device picks, checked against standard attention
+            diff = hydragen.self_check(self.device, self.model.dtype)
+            info.extra["hydragen_self_check_max_abs"] = diff
+            if diff > (1e-3 if self.model.dtype == torch.float32 else 5e-2):
+                raise RuntimeError(f"hydragen attention differs from standard attention by {diff:.2e} on {self.device} "
+                                   f"({self.model.dtype}); its numbers would be wrong, so the run stops")  # fmt: skip
+        return info
+
+    def _forward(self, ids: torch.Tensor, start: int, cache: Any, **kw: Any) -> torch.Tensor:
+        pos = torch.arange(start, start + ids.shape[1], device=self.device)[None, :]
+        out = self.model(input_ids=ids, position_ids=pos, past_key_values=cache, use_cache=cache is not None,
+                         logits_to_keep=1, **kw)  # fmt: skip
+        return out.logits[:, -1, :].argmax(-1)
+
+    def _prefill(self, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+        """Prefix once (batch 1), then the suffixes: (first tokens, cache, extra kwargs for decode)."""
+        cache = DynamicCache(config=self.model.config)
+        if p:
+            self._forward(ids[:1, :p], 0, cache)
+            cache.batch_repeat_interleave(ids.shape[0])
+        return self._forward(ids[:, p:], p, cache), cache, {}
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        if len({len(p) for p in prompts}) != 1:
+            raise ValueError(f"{self.name} expects prompts of one length (the workloads make them so)")
+        p = common_prefix_len(prompts) if self.share else 0
+        res = self._measured(len(prompts), len(prompts[0]), max_new_tokens, lambda: self._loop(prompts, p, max_new_tokens))
+        res.extra.update(shared_prefix_len=p, completions=len(prompts))
+        return res
+
+    def _loop(self, prompts: list[list[int]], p: int, max_new_tokens: int) -> tuple[list[list[int]], float, None]:
+        ids = torch.tensor(prompts, device=self.device)
+        pos = ids.shape[1]
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            nxt, cache, kw = self._prefill(ids, p)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()  # the first tokens exist now
+            ttft = time.perf_counter() - t0
+            out = [nxt]
+            for _ in range(max_new_tokens - 1):
+                nxt = self._forward(nxt[:, None], pos, cache, **kw)
+                pos += 1
+                out.append(nxt)
+            tokens = torch.stack(out, dim=1).tolist()
+        return tokens, ttft, None
+
+
+class HFNoShare(_SharedPrefix):
+    name = "hf-noshare"
+    share = False
+
+
+class HFPrefixKV(_SharedPrefix):
+    name = "hf-prefix-kv"
+
+
+class Hydragen(_SharedPrefix):
+    name = "hydragen"
+    attn = "hydragen"
+
+    def _prefill(self, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+        state = hydragen.HydragenPrefix()
+        if p:
+            prefix_cache = DynamicCache(config=self.model.config)
+            self._forward(ids[:1, :p], 0, prefix_cache)  # no prefix state yet: plain causal SDPA
+            state.layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
+        cache = DynamicCache(config=self.model.config)  # the suffixes and generated tokens only
+        kw = {"hydragen_prefix": state} if p else {}
+        return self._forward(ids[:, p:], p, cache, **kw), cache, kw
+
+
+class NoAttention(_SharedPrefix):
+    name = "noattention"
+    attn = "noattention"
+
+    def _prefill(self, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+        if p:
+            self._forward(ids[:1, :p], 0, None)  # the prefix's linear layers still run once
+        return self._forward(ids[:, p:], p, None), None, {}
