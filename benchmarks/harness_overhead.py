@@ -66,9 +66,13 @@ def codebench(cfg: dict, db: Path) -> float:
     d = open_db(db)
     result = Runner(spec, d).run()
     with d.session() as s:
+        from store.models import Run
         from store.queries import cells_of
 
-        (cell,) = cells_of(result.run_ids[0], session=s)
+        cells = cells_of(result.run_ids[0], session=s)
+        if not cells:
+            raise SystemExit(f"codebench run failed: {s.get(Run, result.run_ids[0]).error}")
+        (cell,) = cells
     d.close()
     assert cell.status == "done", cell.error
     return cell.tokens_per_s

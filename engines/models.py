@@ -1,4 +1,5 @@
-"""Model references: the embedded `tiny`, a local directory, a `.gguf` file, an HF id or a server URL.
+"""Model references: the embedded `tiny`, an architecture preset with random weights (`NAME:random`),
+a local directory, a `.gguf` file, an HF id or a server URL.
 
 `check_model` runs in the parent (no heavy imports, nothing built); `materialize` runs in
 the worker and returns what an adapter's `load` takes.
@@ -16,9 +17,14 @@ _HF_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 
 
 def kind_of(model: str) -> str:
-    """'embedded', 'dir', 'gguf', 'url' or 'hf'; raises SpecError for anything else."""
+    """'embedded', 'preset', 'dir', 'gguf', 'url' or 'hf'; raises SpecError for anything else."""
     if model in EMBEDDED:
         return "embedded"
+    if model.endswith(":random"):
+        from engines.presets import parse_ref
+
+        parse_ref(model)  # unknown preset names fail here, listing the known ones
+        return "preset"
     if model.startswith(("http://", "https://")):
         return "url"
     path = Path(model).expanduser()
@@ -36,7 +42,8 @@ def kind_of(model: str) -> str:
     if _HF_ID.match(model):
         return "hf"
     raise SpecError(
-        f"unknown model '{model}'; use tiny, a local model directory, a .gguf file or an HF id like org/name"
+        f"unknown model '{model}'; use tiny, NAME:random (`codebench-tui models`), a local model directory, "
+        "a .gguf file or an HF id like org/name"
     )
 
 
@@ -54,7 +61,12 @@ def materialize(model: str) -> str:
 
 
 def tokenizer_file(model_path: str) -> Path | None:
-    """tokenizer.json beside an HF model, or beside the HF model a GGUF was converted from."""
+    """tokenizer.json beside an HF model, or beside the HF model a GGUF was converted from.
+    Random presets are fed by tiny's tokenizer (ids < 4096, inside every preset's vocabulary)."""
+    if model_path.endswith(":random"):
+        from engines.tiny import TINY_TOKENIZER
+
+        return Path(str(TINY_TOKENIZER))  # the shipped file: no need to build tiny's weights
     p = Path(model_path)
     for candidate in (p / "tokenizer.json", p.parent / "tokenizer.json", p.parent.parent / "tokenizer.json"):
         if candidate.exists():

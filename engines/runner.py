@@ -152,6 +152,8 @@ class Runner:
         self._run_id = ""
         self._cell_nvml_peak: int | None = None
         self._last_commit = 0.0
+        # Finished cells of earlier runs of this study: (run, id, {cell: result}) for matched references.
+        self._finished: list[tuple[EngineRun, str, dict[Cell, dict]]] = []
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -199,7 +201,8 @@ class Runner:
                 return item
             if isinstance(item, ev.CellStarted):
                 self._cell_nvml_peak = 0
-            if not isinstance(item, (ev.CellFinished, ev.Loaded, ev.RunFinished, ev.QualityResult, ev.Completions)):
+            if not isinstance(item, (ev.CellFinished, ev.Loaded, ev.RunFinished, ev.QualityResult, ev.Completions,
+                                     ev.GreedyTokens)):
                 self.emit(item)
             if done(item):
                 return item
@@ -214,6 +217,8 @@ class Runner:
         sampler = Sampler(self._on_sample, hz=self.telemetry_hz)
         sampler.start()
         result = StudyResult(writer.begin_group(spec.model_dump(mode="json"), spec.name))
+        if spec.check:
+            self._reference_tokens(device)
         try:
             for engine_run in spec.runs:
                 if self.cancel.is_set():
@@ -262,12 +267,58 @@ class Runner:
             return None, f"loading {engine_run.label()} failed: {why}{tail}".strip()
         writer.set_runtime(run_id, {"load_s": loaded.load_s, "dtype": loaded.dtype, "weight_bytes": loaded.weight_bytes,
                                     "versions": loaded.versions, **loaded.extra}, loaded.device)  # fmt: skip
+        server = loaded.extra.get("server_pid")
+        if isinstance(server, int) and server > 0:  # a local server under test: its memory counts too
+            sampler.watch(client.proc.pid, server)
         self.emit(loaded)
         return client, ""
 
     def _record_quality(self, writer: RunWriter, run_id: str, metric: str, value: float | None, details: dict) -> None:
         writer.add_quality(run_id, metric, value, details)
         self.emit(ev.QualityResult(run_id, time.time(), metric=metric, value=value, details=details))
+
+    def _against_reference(self, engine_run: EngineRun, run_id: str, cell: Cell, result: dict) -> None:
+        """Speculative and shared-prefix runs store speed-up and token identity against their reference run."""
+        from engines.speculation import compare_to_reference, reference_match
+        from store.metrics import summarise
+
+        result["tokens_per_s"] = summarise(result.get("repeats") or [], cell.batch, cell.output_len)["tokens_per_s"]
+        if not self._finished or self._finished[-1][1] != run_id:
+            self._finished.append((engine_run, run_id, {}))
+        self._finished[-1][2][cell] = result
+        for ref_run, ref_id, ref_cells in self._finished[:-1]:
+            if reference_match(engine_run, ref_run) and cell in ref_cells:
+                ref = compare_to_reference(engine_run, result, ref_run.label(), ref_id, ref_cells[cell])
+                result.setdefault("metrics", {})["reference"] = ref
+                break
+
+    def _reference_tokens(self, device: str) -> None:
+        """Greedy tokens of the check's reference engine, once per study, in a worker of its own."""
+        c = self.spec.check
+        assert c is not None
+        try:
+            self._check_ref = greedy_tokens(self.spec.model, c.reference, device, c.tokens, batch=c.prompts,
+                                            input_len=c.input_len, seed=c.seed)  # fmt: skip
+        except (RuntimeError, TimeoutError) as exc:
+            self._check_ref = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+
+    def _agreement(self, client: WorkerClient, writer: RunWriter, run_id: str) -> None:
+        from engines.agreement import summary
+
+        ref = getattr(self, "_check_ref", None)
+        label = self.spec.check.reference.label()
+        if not isinstance(ref, tuple):
+            self._record_quality(writer, run_id, "agreement", None, {"reference": label, "error": f"reference failed: {ref}"})
+            return
+        prompts, ref_tokens = ref
+        client.send({"cmd": "tokens", "prompts": prompts, "max_new_tokens": self.spec.check.tokens})
+        out = self._wait(client, writer, lambda e: isinstance(e, (ev.GreedyTokens, ev.RunFinished)))
+        if not isinstance(out, ev.GreedyTokens):
+            why = out.error if isinstance(out, ev.RunFinished) else _died(out)
+            self._record_quality(writer, run_id, "agreement", None, {"reference": label, "error": why})
+            return
+        s = summary(ref_tokens, out.tokens)
+        self._record_quality(writer, run_id, "agreement", s["token_agreement"], {"reference": label, **s})
 
     def _quality(self, client: WorkerClient, writer: RunWriter, run_id: str) -> None:
         """Perplexity and HumanEval with the loaded engine; completions are scored here, in the sandbox."""
@@ -346,6 +397,7 @@ class Runner:
                         "cmd": "cell", "index": index, "batch": cell.batch, "input_len": cell.input_len,
                         "output_len": cell.output_len, "timing": spec.timing.model_dump(), "label": cell.label(),
                         "seed": spec.workload.cell_seed(cell.batch, cell.input_len),
+                        "workload": spec.workload.model_dump(mode="json"), "params": dict(cell.extra),
                     })  # fmt: skip
                     out = self._wait(client, writer, lambda e, i=index: isinstance(e, ev.CellFinished) and e.index == i,
                                      spec.cell_timeout_s)  # fmt: skip
@@ -354,6 +406,8 @@ class Runner:
                         result = dict(out.result)
                         if self._cell_nvml_peak:
                             result["peak_nvml_bytes"] = self._cell_nvml_peak
+                        if out.status == "done":
+                            self._against_reference(engine_run, run_id, cell, result)
                         self._finish_cell(writer, run_id, index, cell, out.status, result, out.error)
                         if out.status == "oom":
                             ooms.append(cell)
@@ -373,6 +427,12 @@ class Runner:
                     status = "done" if client else "failed"
                 if client is not None:
                     self._quality(client, writer, run_id)
+            if spec.check and status == "done":
+                if client is None:
+                    client, error = self._loaded_worker(run_id, engine_run, device, attempt + 1, sampler, writer)
+                    status = "done" if client else "failed"
+                if client is not None:
+                    self._agreement(client, writer, run_id)
         except _Cancelled:
             status = "cancelled"
             if client:

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from engines.grid import Cell, GridError, cells, parse_axis
 
@@ -27,14 +27,24 @@ class Grid(BaseModel):
     batch: list[int] = [1]
     input_len: list[int] = [32]
     output_len: list[int] = [32]
+    # Workload shared-prefix: P (shared prompt) and U (per-completion suffix); batch is N, output_len G.
+    shared_len: list[int] | None = None
+    suffix_len: list[int] | None = None
 
-    @field_validator("batch", "input_len", "output_len", mode="before")
+    @field_validator("batch", "input_len", "output_len", "shared_len", "suffix_len", mode="before")
     @classmethod
-    def _parse(cls, value: Any, info) -> list[int]:
+    def _parse(cls, value: Any, info) -> list[int] | None:
+        if value is None and info.field_name in ("shared_len", "suffix_len"):
+            return None
         return parse_axis(value, info.field_name.replace("_", "-"), minimum=1)
 
     def cells(self) -> list[Cell]:
-        return cells(self.batch, self.input_len, self.output_len)
+        if self.shared_len is None:
+            return cells(self.batch, self.input_len, self.output_len)
+        # input_len = P + U keeps tables and OOM dominance meaningful; P and U ride along as extra axes.
+        out = [Cell(n, p + u, g, (("shared_len", p), ("suffix_len", u)))
+               for n in self.batch for p in self.shared_len for u in self.suffix_len or [32] for g in self.output_len]
+        return sorted(out, key=Cell.dims)
 
 
 class EngineRun(BaseModel):
@@ -45,25 +55,54 @@ class EngineRun(BaseModel):
     precision: str | None = None
     attention: str | None = None
     quant: str | None = None
+    spec: str | None = None  # speculative decoding: none, ngram=N, draft=MODEL (engines.speculation)
     options: dict[str, Any] = {}
 
+    @field_validator("spec")
+    @classmethod
+    def _spec(cls, value: str | None) -> str | None:
+        from engines.speculation import parse_spec
+
+        return None if value is None else str(parse_spec(value))
+
     def label(self) -> str:
-        parts = [self.engine] + [p for p in (self.precision, self.attention, self.quant) if p]
+        # quant "none" is the HF engines' unquantized default: labels leave it out
+        parts = [self.engine] + [p for p in (self.precision, self.attention, self.quant) if p and p != "none"]
+        parts += [f"spec={self.spec}"] if self.spec else []
         parts += [f"{k}={v}" for k, v in sorted(self.options.items())]
         return " ".join(parts)
 
 
+WORKLOADS = ("synthetic", "humaneval", "jsonl", "shared-prefix")
+
+
 class Workload(BaseModel):
+    """Where prompts come from. The content type is part of the result: speculation depends on it."""
+
     model_config = ConfigDict(extra="forbid")
     kind: str = "synthetic"
     seed: int = 0
+    path: str | None = None  # jsonl: a file of {"text": ...} lines
+    content: str | None = None  # a label for the content type; default from the kind or the file name
 
     @field_validator("kind")
     @classmethod
     def _known(cls, value: str) -> str:
-        if value not in ("synthetic",):
-            raise ValueError(f"unknown workload '{value}' (known: synthetic)")
+        if value not in WORKLOADS:
+            raise ValueError(f"unknown workload '{value}' (known: synthetic, humaneval, jsonl:FILE, shared-prefix)")
         return value
+
+    @model_validator(mode="after")
+    def _label(self) -> "Workload":
+        self.content = self.content_type()  # stored with every run, so results say what they ran on
+        return self
+
+    def content_type(self) -> str:
+        if self.content:
+            return self.content
+        if self.kind == "jsonl":
+            return Path(self.path or "jsonl").stem
+        return {"humaneval": "code (HumanEval prompts)"}.get(self.kind, "code (stdlib source)")
 
     def cell_seed(self, batch: int, input_len: int) -> int:
         """Prompts depend on the cell's shape, not its position: every engine sees the same prompts."""
@@ -104,6 +143,17 @@ class QualitySpec(BaseModel):
         return sorted(set(value))
 
 
+class CheckSpec(BaseModel):
+    """Greedy agreement of every run with a reference engine on the same prompts."""
+
+    model_config = ConfigDict(extra="forbid")
+    reference: EngineRun = EngineRun(engine="hf-generate", precision="fp32", attention="sdpa")
+    prompts: int = Field(8, ge=1)
+    input_len: int = Field(32, ge=1)
+    tokens: int = Field(32, ge=1)
+    seed: int = 0
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
@@ -117,9 +167,21 @@ class StudySpec(BaseModel):
     cell_mem_limit_bytes: int | None = Field(None, gt=0)
     cell_timeout_s: float | None = Field(None, gt=0)
     quality: QualitySpec | None = None
+    check: CheckSpec | None = None
 
     def cells(self) -> list[Cell]:
         return self.grid.cells() if self.grid is not None else []
+
+    @model_validator(mode="after")
+    def _workload_fits_grid(self) -> "StudySpec":
+        shared = self.grid is not None and self.grid.shared_len is not None
+        if self.workload.kind == "shared-prefix" and self.grid is not None and not shared:
+            raise ValueError("workload shared-prefix needs --shared-len (e.g. --shared-len 1024:16385:x2)")
+        if shared and self.workload.kind != "shared-prefix":
+            raise ValueError("--shared-len/--suffix-len need --workload shared-prefix")
+        if self.workload.kind == "jsonl" and not self.workload.path:
+            raise ValueError("workload jsonl needs a file: --workload jsonl:FILE")
+        return self
 
     @field_validator("device")
     @classmethod

@@ -8,6 +8,8 @@ from typing import Any, Callable
 
 import psutil
 
+from engines.gpu_meter import reason_names
+
 
 class Nvml:
     """NVML if a driver is present; every method is a no-op otherwise."""
@@ -58,12 +60,19 @@ class Nvml:
             mem = self._try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
             util = self._try(lambda: nv.nvmlDeviceGetUtilizationRates(h))
             power = self._try(lambda: nv.nvmlDeviceGetPowerUsage(h))
+            reasons_fn = getattr(nv, "nvmlDeviceGetCurrentClocksEventReasons", None) or nv.nvmlDeviceGetCurrentClocksThrottleReasons
+            reasons = self._try(lambda: reasons_fn(h))
             out.append({
                 "index": i,
                 "mem_used": getattr(mem, "used", None),
                 "mem_total": getattr(mem, "total", None),
                 "util": getattr(util, "gpu", None),
                 "power_w": power / 1000 if power is not None else None,
+                "sm_clock_mhz": self._try(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_SM)),
+                "mem_clock_mhz": self._try(lambda: nv.nvmlDeviceGetClockInfo(h, nv.NVML_CLOCK_MEM)),
+                "energy_mj": self._try(lambda: nv.nvmlDeviceGetTotalEnergyConsumption(h)),
+                "temp_c": self._try(lambda: nv.nvmlDeviceGetTemperature(h, nv.NVML_TEMPERATURE_GPU)),
+                "throttle": reason_names(reasons),  # power cap, thermal, hardware slowdown: [] when none
             })  # fmt: skip
         return out
 
@@ -71,15 +80,17 @@ class Nvml:
 class ProcessTree:
     """CPU % and RSS summed over a process and its descendants (cpu_percent needs kept objects)."""
 
-    def __init__(self, pid: int):
-        self.root = psutil.Process(pid)
+    def __init__(self, *pids: int):
+        self.roots = [psutil.Process(pid) for pid in pids]
         self._procs: dict[int, psutil.Process] = {}
 
     def sample(self) -> tuple[float, int]:
-        try:
-            procs = [self.root, *self.root.children(recursive=True)]
-        except psutil.Error:
-            return 0.0, 0
+        procs = []
+        for root in self.roots:  # the worker, and a local server it benchmarks
+            try:
+                procs += [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
         cpu, rss = 0.0, 0
         alive = {}
         for p in procs:
@@ -106,10 +117,10 @@ class Sampler(threading.Thread):
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
-    def watch(self, pid: int | None) -> None:
+    def watch(self, pid: int | None, *also: int) -> None:
         with self._lock:
             try:
-                self._tree = ProcessTree(pid) if pid else None
+                self._tree = ProcessTree(pid, *also) if pid else None
             except psutil.Error:
                 self._tree = None
 

@@ -248,3 +248,84 @@ def ensure_tiny(cache_root: Path | None = None) -> Path:
     if left:
         raise TinyBuildError(f"tiny model in {target} is still bad after a rebuild: {', '.join(left)}")
     return target
+
+
+# --- tiny-draft: a smaller model with tiny's tokenizer, the draft for speculative decoding ---------
+
+TINY_DRAFT_VERSION = "tiny-draft-v1"  # bump with any change to the recipe below
+TINY_DRAFT_SEED = 20240918
+# One layer, hidden 128: about half of tiny's per-token cost (the 4096-token embedding and head dominate).
+TINY_DRAFT_SHAPE = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 1, "num_attention_heads": 4,
+                    "num_key_value_heads": 2, "head_dim": 32}  # fmt: skip
+TINY_DRAFT_WEIGHTS_SHA256 = "b2de0f1af8726a47d41987701a3c28bb4f4142829853bdf32763f6d67a5b070a"
+
+
+def tiny_draft_config() -> dict:
+    return {**load_tiny_config(), **TINY_DRAFT_SHAPE}
+
+
+@lru_cache(maxsize=1)
+def _draft_files() -> dict[str, bytes]:
+    """tiny's tokenizer and special-token files with the draft's config."""
+    files_ = dict(_small_files())
+    files_["config.json"] = _json(tiny_draft_config())
+    return files_
+
+
+def _draft_manifest() -> bytes:
+    hashes = {name: hashlib.sha256(data).hexdigest() for name, data in _draft_files().items()}
+    hashes[WEIGHTS] = TINY_DRAFT_WEIGHTS_SHA256
+    return _json({"model": TINY_DRAFT_VERSION, "seed": TINY_DRAFT_SEED, "sha256": dict(sorted(hashes.items()))})
+
+
+def draft_problems(model_dir: Path) -> list[str]:
+    wanted = {name: hashlib.sha256(data).hexdigest() for name, data in _draft_files().items()}
+    wanted[WEIGHTS] = TINY_DRAFT_WEIGHTS_SHA256
+    wanted[MANIFEST] = hashlib.sha256(_draft_manifest()).hexdigest()
+    found = []
+    for name, sha in wanted.items():
+        try:
+            if _sha256_file(Path(model_dir) / name) != sha:
+                found.append(f"{name} damaged")
+        except OSError:
+            found.append(f"{name} missing")
+    return found
+
+
+def ensure_tiny_draft(cache_root: Path | None = None) -> Path:
+    """The tiny-draft model directory (deterministic weights, pinned hash), built on first use."""
+    from safetensors.numpy import save
+
+    target = Path(cache_root or cache_dir()) / "models" / TINY_DRAFT_VERSION
+    if not draft_problems(target):
+        return target
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with _lock(target.parent / f".{TINY_DRAFT_VERSION}.lock"):
+            if not draft_problems(target):
+                return target
+            data = save(make_weights(tiny_draft_config(), TINY_DRAFT_SEED), metadata={"format": "pt"})
+            got = hashlib.sha256(data).hexdigest()
+            if got != TINY_DRAFT_WEIGHTS_SHA256:
+                raise TinyBuildError(f"tiny-draft weights built with sha256 {got}, pinned {TINY_DRAFT_WEIGHTS_SHA256}; "
+                                     "update TINY_DRAFT_WEIGHTS_SHA256 and TINY_DRAFT_VERSION together")  # fmt: skip
+            tmp = Path(tempfile.mkdtemp(prefix=f".{TINY_DRAFT_VERSION}.build-", dir=target.parent))
+            tmp.chmod(0o755)
+            try:
+                (tmp / WEIGHTS).write_bytes(data)
+                for name, blob in _draft_files().items():
+                    (tmp / name).write_bytes(blob)
+                (tmp / MANIFEST).write_bytes(_draft_manifest())
+                if os.path.lexists(target):
+                    _remove(target)
+                os.replace(tmp, target)
+            finally:
+                if tmp.exists():
+                    _remove(tmp)
+    except OSError as exc:
+        raise SpecError(f"cannot build tiny-draft in {target.parent} ({exc.strerror or exc}); "
+                        "set CODEBENCH_CACHE to a writable directory") from None  # fmt: skip
+    left = draft_problems(target)
+    if left:
+        raise TinyBuildError(f"tiny-draft in {target} is still bad after a rebuild: {', '.join(left)}")
+    return target

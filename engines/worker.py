@@ -21,6 +21,8 @@ from typing import Any, TextIO
 from engines import events as ev
 from engines.base import Engine
 from engines.spec import EngineRun
+from engines.roofline import cell_efficiency
+from engines.speculation import cell_metrics, tokens_digest
 
 _FAULT = os.environ.get("CODEBENCH_FAULT", "")  # test hook: "kill:N" or "segv:N" dies in cell N
 
@@ -114,13 +116,14 @@ class Worker:
             )
         )  # fmt: skip
 
-    def prompts(self, batch: int, length: int, seed: int) -> list[list[int]]:
+    def prompts(self, batch: int, length: int, seed: int, workload: dict | None = None,
+                params: dict | None = None) -> list[list[int]]:  # fmt: skip
         from pathlib import Path
 
-        from engines.workloads import synthetic_prompts
+        from engines.prompt_sources import prompts_for
 
         assert self.tokenizer_file is not None
-        return synthetic_prompts(Path(self.tokenizer_file), batch, length, seed)
+        return prompts_for(Path(self.tokenizer_file), workload, batch, length, seed, params)
 
     def _minibatch(self, prompts: list[list[int]], out_len: int) -> tuple[float, Any]:
         assert self.engine is not None
@@ -128,7 +131,8 @@ class Worker:
         res = self.engine.generate(prompts, out_len)
         elapsed = time.perf_counter() - t0
         got = [len(t) for t in res.tokens]
-        if len(got) != len(prompts) or any(n != out_len for n in got):
+        failed = {f["index"] for f in (res.extra or {}).get("failed", [])}  # openai: failed requests, reasons kept
+        if len(got) != len(prompts) or any(n != out_len for i, n in enumerate(got) if i not in failed):
             raise RuntimeError(f"engine generated {got} tokens per sequence, expected {out_len} each")
         return elapsed, res
 
@@ -139,7 +143,7 @@ class Worker:
         self.emit(ev.CellStarted(self.run_id, time.time(), index=index, label=cmd.get("label", "")))
         started = time.time()
         try:
-            prompts = self.prompts(batch, in_len, cmd.get("seed", 0))
+            prompts = self.prompts(batch, in_len, cmd.get("seed", 0), cmd.get("workload"), cmd.get("params"))
             self.engine.reset_peak_memory()
             _reset_peak_rss()
             total = timing["warmup"] + timing["iters"] * timing["repeats"]
@@ -152,6 +156,7 @@ class Worker:
             _maybe_fault(index)
             repeats = []
             extra: dict[str, Any] = {}
+            extras, digests = [], []
             for _ in range(timing["repeats"]):
                 rep: dict[str, list] = {"latencies_s": [], "ttft_s": [], "tokens": []}
                 for _ in range(timing["iters"]):
@@ -162,15 +167,25 @@ class Worker:
                     if res.extra:
                         rep.setdefault("extra", []).append(res.extra)
                         extra = res.extra
+                    extras.append(res.extra)
+                    digests.append(tokens_digest(res.tokens))
                     done += 1
                     self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="timed", done=done,
                                           total=total, tokens_per_s=batch * out_len / dt))  # fmt: skip
                 repeats.append(rep)
+            metrics: dict[str, Any] = {"last_extra": extra} if extra else {}
+            # Greedy identity across runs is checked on digests; a digest that changes between
+            # minibatches of one cell means the engine is not deterministic here.
+            efficiency = cell_efficiency(repeats)  # J/token, decode bandwidth and roofline share, throttling
+            if efficiency:
+                metrics["efficiency"] = efficiency
+            metrics.update(cell_metrics(extras, batch, out_len), tokens_sha256=digests[-1],
+                           tokens_stable=len(set(digests)) == 1)  # fmt: skip
             result = {
                 "repeats": repeats,
                 "peak_rss_bytes": _peak_rss(),
                 "peak_gpu_bytes": self.engine.peak_memory_bytes(),
-                "metrics": {"last_extra": extra} if extra else {},
+                "metrics": metrics,
                 "started_at": started,
             }
             self.emit(ev.CellFinished(self.run_id, time.time(), index=index, status="done", result=result))

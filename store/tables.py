@@ -60,7 +60,7 @@ def metric_value(cell: dict[str, Any], metric: str) -> float | None:
 
 def cell_table(result: RunResult) -> Table:
     headers = ["batch", "input", "output", "status", "tok/s", "latency s", "±", "TTFT s", "decode tok/s",
-               "RSS MB", "GPU MB"]  # fmt: skip
+               "× ref", "same tokens", "RSS MB", "GPU MB", "J/tok", "BW %"]  # fmt: skip
     extra_keys = sorted({k for c in result.cells for k in (c.get("params") or {})})
     headers[3:3] = extra_keys
     rows, styles = [], []
@@ -73,19 +73,82 @@ def cell_table(result: RunResult) -> Table:
         gpu = c.get("peak_gpu_bytes") or c.get("peak_nvml_bytes")
         row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")),
                 "-" if spread is None else f"{spread * 100:.1f}%", fmt(c.get("ttft_s")),
-                fmt(c.get("decode_tps")), mb(c.get("peak_rss_bytes")), mb(gpu)]  # fmt: skip
+                fmt(c.get("decode_tps")), *spec_columns(c), mb(c.get("peak_rss_bytes")), mb(gpu),
+                *efficiency_columns(c)]  # fmt: skip
         rows.append(row)
         styles.append([status] * len(row))
     notes = []
     errors = [(c, c["error"]) for c in result.cells if c.get("error") and c["status"] in ("failed", "crashed")]
     for c, err in errors[:5]:
         notes.append(f"b={c['batch']} in={c['input_len']} out={c['output_len']} {c['status']}: {err.splitlines()[0]}")
+    throttled = [c for c in result.cells if ((c.get("metrics") or {}).get("efficiency") or {}).get("throttle")]
+    if throttled:
+        reasons = sorted({t for c in throttled for t in c["metrics"]["efficiency"]["throttle"]})
+        notes.append(f"GPU throttled ({', '.join(reasons)}) in {len(throttled)} of {len(result.cells)} cells")
+    if any(((c.get("metrics") or {}).get("efficiency") or {}).get("bw_share") for c in result.cells):
+        notes.append("BW %: bytes one decode step must read (weights + KV cache) / step time, of the GPU's peak")
     # Columns with nothing in them (GPU memory on a CPU run) only take space.
     keep = [i for i in range(len(headers)) if i < 4 or any(row[i] != "-" for row in rows)]
     headers = [headers[i] for i in keep]
     rows = [[row[i] for i in keep] for row in rows]
     styles = [[st[i] for i in keep] for st in styles]
     return Table(run_title(result), headers, rows, notes, styles)
+
+
+def efficiency_columns(cell: dict[str, Any]) -> list[str]:
+    """Joules per generated token and the decode roofline share (engines put them in metrics.efficiency)."""
+    eff = (cell.get("metrics") or {}).get("efficiency") or {}
+    share = eff.get("bw_share")
+    return [fmt(eff.get("j_per_token")), "-" if share is None else f"{share * 100:.0f}%"]
+
+
+def pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}%"
+
+
+def spec_columns(cell: dict[str, Any]) -> list[str]:
+    """Speed-up and token identity against the cell's reference run (speculative, shared-prefix engines)."""
+    ref = (cell.get("metrics") or {}).get("reference") or {}
+    speedup = ref.get("speedup")
+    return ["-" if speedup is None else f"{speedup:.2f}×", {True: "yes", False: "NO"}.get(ref.get("identical"), "-")]
+
+
+def content_type(result: RunResult) -> str:
+    return ((result.run.get("spec") or {}).get("workload") or {}).get("content") or "code (stdlib source)"
+
+
+def speculative_table(results: list[RunResult]) -> Table:
+    """Seed 004's figures per cell: tokens/s, speed-up over the matched run, acceptance, time per token by phase."""
+    headers = ["spec", "workload", "b", "in", "out", "tok/s", "speed-up", "accept", "acc len", "tok/step",
+               "draft ms/tok", "verify ms/tok", "other ms/tok", "same tokens"]  # fmt: skip
+    rows, styles, notes = [], [], []
+    for r in results:
+        spec = (r.run.get("config") or {}).get("spec")
+        for c in r.cells:
+            m = c.get("metrics") or {}
+            sp, ref, bd = m.get("speculative") or {}, m.get("reference") or {}, m.get("breakdown") or {}
+            if c["status"] != "done" or not (sp or bd):
+                continue
+            same = {True: "yes", False: "NO"}.get(ref.get("identical"), "-")
+            speedup = ref.get("speedup")
+            rows.append([spec or r.run["label"], content_type(r), str(c["batch"]), str(c["input_len"]),
+                         str(c["output_len"]), fmt(c.get("tokens_per_s")), "-" if speedup is None else f"{speedup:.2f}×", pct(sp.get("acceptance_rate")),
+                         fmt(sp.get("mean_accepted_len")), fmt(sp.get("tokens_per_step")),
+                         fmt(bd.get("draft_ms_per_token")), fmt(bd.get("verify_ms_per_token")),
+                         fmt(bd.get("other_ms_per_token")), same])  # fmt: skip
+            good = speedup is not None and speedup > 1.005
+            styles.append(["done"] * 6 + ["better" if good else ("worse" if speedup else "done")] + ["done"] * 6
+                          + ["failed" if same == "NO" else "done"])  # fmt: skip
+            if sp.get("sequential") and c["batch"] > 1 and not any("one sequence" in n for n in notes):
+                notes.append("HF assisted decoding runs one sequence at a time; its matched run batches them")
+    notes.append("speed-up: over the matched run without speculation; same tokens: greedy output identical to it")
+    title = "speculative decoding"
+    if len({row[1] for row in rows}) == 1:  # one content type: say it once
+        title += f" on {rows[0][1]}"
+        headers.pop(1)
+        rows = [row[:1] + row[2:] for row in rows]
+        styles = [st[:1] + st[2:] for st in styles]
+    return Table(title, headers, rows, notes, styles)
 
 
 def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s") -> Table:
@@ -98,6 +161,11 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
     all_keys = sorted({r.cell_key(c) for r in results for c in r.cells})
     axes = [i for i, ax in enumerate(CELL_AXES) if varying([k[i] for k in all_keys])] or [0]
     headers = [AXIS_LABEL[CELL_AXES[i]] for i in axes]
+    params = sorted({name for k in all_keys for name, _ in k[3]})
+    params = [p for p in params if varying([dict(k[3]).get(p) for k in all_keys])]
+    headers += params
+    if varying([content_type(r) for r in results]):
+        titles = [f"{t} [{content_type(r)}]" for t, r in zip(titles, results)]
     for i, t in enumerate(titles):
         headers.append(f"{t} {label}")
         if i != baseline:
@@ -105,7 +173,7 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
     by_run = [{r.cell_key(c): c for c in r.cells} for r in results]
     rows, styles = [], []
     for key in all_keys:
-        row = [str(key[i]) for i in axes]
+        row = [str(key[i]) for i in axes] + [str(dict(key[3]).get(p, "-")) for p in params]
         style = ["done"] * len(row)
         base_cell = by_run[baseline].get(key)
         base_val = metric_value(base_cell, metric) if base_cell and base_cell["status"] == "done" else None
@@ -129,6 +197,7 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
         rows.append(row)
         styles.append(style)
     constant = [f"{AXIS_LABEL[ax]}={all_keys[0][i]}" for i, ax in enumerate(CELL_AXES) if i not in axes and all_keys]
+    constant += [f"{name}={v}" for name, v in (all_keys[0][3] if all_keys else ()) if name not in params]
     common = [k for k in ("engine", "precision", "attention", "quant") if k not in keys]
     shared = [str(results[0].config_value(k)) for k in common if results[0].config_value(k) is not None]
     notes = []

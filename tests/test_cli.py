@@ -14,7 +14,7 @@ BAD_RUNS = [
     (["--model", "./no/such/dir"], "does not exist"),
     (["--model", "/tmp/missing-model.gguf"], "does not exist"),
     (["--precision", "fp8"], "unknown precision 'fp8'"),
-    (["--attention", "flash_attention_2", "--device", "cpu"], "needs a CUDA GPU"),
+    (["--attention", "flash_attention_2", "--device", "cpu"], "is a CUDA kernel"),
     (["--batch", "1,x"], "'x' in '1,x' is not an integer"),
     (["--batch", "0"], "below 1"),
     (["--input-len", "-5"], "below 1"),

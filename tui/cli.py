@@ -7,13 +7,12 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
-COMMANDS = ("run", "eval", "check", "history", "engines", "microbench")  # modules in tui.commands; each registers its parsers
+COMMANDS = ("run", "eval", "check", "history", "engines", "microbench", "models", "probe")  # modules in tui.commands; each registers its parsers
 EXIT_USAGE = 2
 PROG = "codebench-tui"
 
 
-class UsageError(Exception):
-    """Bad input found by a command; the message is one line that names the problem and the fix."""
+from tui.errors import UsageError  # noqa: E402,F401 - re-exported for the commands
 
 
 class Parser(argparse.ArgumentParser):

@@ -44,6 +44,9 @@ def run_header(r: RunResult) -> Panel:
     ]
     if versions:
         lines.append(f"versions: {versions}")
+    workload = (run.get("spec") or {}).get("workload") or {}
+    if workload.get("kind", "synthetic") != "synthetic":
+        lines.append(f"workload: {workload['kind']} ({workload.get('content') or '?'})")
     timing = (run.get("spec") or {}).get("timing") or {}
     if timing and run.get("cells_total"):
         lines.append(f"timing: {timing.get('warmup')} warm-up, {timing.get('iters')} timed x {timing.get('repeats')} repeats per cell")
@@ -79,6 +82,94 @@ def tokens_chart(results: list[RunResult], width: int = 80, height: int = 18) ->
     return Text.from_ansi(fig.build())
 
 
+def _cell_short(c: dict) -> str:
+    p = c.get("params") or {}
+    if "shared_len" in p:
+        return f"N={c['batch']} P={p['shared_len']} U={p.get('suffix_len')} G={c['output_len']}"
+    return f"b={c['batch']} in={c['input_len']} out={c['output_len']}"
+
+
+MAX_BARS = 24
+
+
+def breakdown_chart(results: list[RunResult], width: int = 80) -> Text | None:
+    """Seed 004's stacked bars: ms per generated token in draft, verify forward and other, per run and cell.
+
+    A speculative cell brings its matched run's bar along (stored in its reference), so one run replays alone.
+    """
+    from plotext._figure import _figure_class
+
+    bars: list[tuple[str, dict]] = []
+    seen: set[tuple] = set()
+    for r in results:
+        name = (r.run.get("config") or {}).get("spec") or r.run["label"]
+        for c in r.cells:
+            m = c.get("metrics") or {}
+            ref = m.get("reference") or {}
+            if c["status"] != "done" or not m.get("breakdown"):
+                continue
+            if ref.get("breakdown") and (ref.get("run_id"), _cell_short(c)) not in seen:
+                ref_name = ref.get("label", "reference").rsplit("spec=", 1)[-1]
+                bars.append((f"{ref_name} {_cell_short(c)}", ref["breakdown"]))
+                seen.add((ref.get("run_id"), _cell_short(c)))
+            if (r.id, _cell_short(c)) not in seen:
+                bars.append((f"{name} {_cell_short(c)}", m["breakdown"]))
+                seen.add((r.id, _cell_short(c)))
+    if not bars:
+        return None
+    bars = bars[:MAX_BARS]
+    fig = _figure_class()
+    fig.plot_size(width, max(10, 3 * len(bars) + 6))
+    fig.theme("pro")
+    series = [[b[k] for _, b in bars] for k in ("draft_ms_per_token", "verify_ms_per_token", "other_ms_per_token")]
+    fig.stacked_bar([n for n, _ in bars], series, labels=["draft", "verify forward", "other"], orientation="horizontal")
+    fig.xlabel("ms per generated token")
+    fig.title("time per generated token by phase")
+    return Text.from_ansi(fig.build())
+
+
+def speedup_chart(results: list[RunResult], width: int = 80, height: int = 16) -> Text | None:
+    """Speed-up over the matched run against acceptance rate, one series per speculative method."""
+    from plotext._figure import _figure_class
+
+    series: dict[str, list[tuple[float, float]]] = {}
+    for r in results:
+        name = (r.run.get("config") or {}).get("spec") or r.run["label"]
+        for c in r.cells:
+            m = c.get("metrics") or {}
+            rate = (m.get("speculative") or {}).get("acceptance_rate")
+            speedup = (m.get("reference") or {}).get("speedup")
+            if c["status"] == "done" and rate is not None and speedup is not None:
+                series.setdefault(name, []).append((rate, speedup))
+    if not series:
+        return None
+    fig = _figure_class()
+    fig.plot_size(width, height)
+    fig.theme("pro")
+    for name, pts in series.items():
+        fig.scatter([x for x, _ in pts], [y for _, y in pts], label=name)
+    fig.hline(1.0)
+    fig.xlim(0, 1)
+    fig.xlabel("acceptance rate")
+    fig.ylabel("speed-up")
+    fig.title("speed-up over the matched run vs acceptance rate")
+    return Text.from_ansi(fig.build())
+
+
+def print_speculative(console: Console, results: list[RunResult]) -> None:
+    """The speculative-decoding table and its two charts, where the runs have the metrics."""
+    from store.tables import speculative_table
+
+    table = speculative_table(results)
+    if not table.rows:
+        return
+    console.print(rich_table(table))
+    width = min(console.width, 100)
+    for chart in (breakdown_chart(results, width), speedup_chart(results, width)):
+        if chart:
+            console.print(chart)
+
+
 def print_replay(console: Console, r: RunResult, table: Table, chart: bool = True) -> None:
     from store.tables import quality_table
 
@@ -92,4 +183,5 @@ def print_replay(console: Console, r: RunResult, table: Table, chart: bool = Tru
         chart = tokens_chart([r], width=width)
         if chart:
             console.print(chart)
+        print_speculative(console, [r])
     console.print(Group())

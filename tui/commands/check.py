@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from engines.agreement import format_line, summary
-from engines.spec import SpecError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,6 +39,8 @@ def _split(value: str | None) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     """A study with no speed cells and a check: every engine's agreement is stored with its run."""
+    from engines.agreement import format_line
+    from engines.spec import SpecError
     from engines.registry import expand, get
     from engines.spec import build_spec
     from store.db import open_db

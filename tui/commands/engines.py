@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import argparse
 
-from rich.console import Console
-from rich.table import Table
-from rich.text import Text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -16,6 +13,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
     from engines import registry
     from engines.hardware import resolve_device
     from engines.spec import EngineRun

@@ -41,14 +41,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a study headless and store it",
                        description="Run engines over a batch x input-length x output-length grid.")  # fmt: skip
     p.add_argument("--study", metavar="FILE", help="a study file (JSON) saved from the dashboard or --save-study")
-    p.add_argument("--model", help="tiny (default), a model directory, a .gguf file or an HF id")
+    p.add_argument("--model", help="tiny (default), NAME:random (a preset: `codebench-tui models`), a model directory, "
+                                   "a .gguf file or an HF id")
     p.add_argument("--engine", type=_list, help="comma list, e.g. hf-generate,hf-pipeline (default hf-generate)")
     p.add_argument("--precision", type=_list, help="comma list: fp32,bf16,fp16")
-    p.add_argument("--attention", type=_list, help="comma list: sdpa,eager,flash_attention_2")
-    p.add_argument("--quant", type=_list, help="comma list, e.g. f32,q8_0,q4_0 (llama.cpp) or int8,nf4")
+    p.add_argument("--attention", type=_list,
+                   help="comma list: sdpa,eager,sdpa-math,sdpa-efficient,sdpa-flash,flash_attention_2")
+    p.add_argument("--quant", type=_list,
+                   help="comma list, e.g. f32,q8_0,q4_0 (llama.cpp) or none,int8,nf4,fp4 (HF, compute dtype = --precision)")
+    p.add_argument("--spec", type=_list, help="speculative decoding, a list: none,ngram=4,draft=tiny-draft "
+                   "(hf-generate; vllm: ngram only); none is added as the matched baseline")
+    p.add_argument("--workload", help="prompts: synthetic (stdlib code, default), humaneval, jsonl:FILE "
+                   "(a \"text\" field per line) or shared-prefix")
+    p.add_argument("--shared-len", help="shared-prefix: shared prompt tokens P, e.g. 1024:16385:x2")
+    p.add_argument("--completions", help="shared-prefix: completions N per prompt (the batch axis), e.g. 32:257:x2")
+    p.add_argument("--suffix-len", help="shared-prefix: per-completion suffix tokens U (default 32)")
     p.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="engine option for every run, e.g. --opt n_threads=2 (repeatable)")  # fmt: skip
     p.add_argument("--batch", help="batch sizes, e.g. 1,2,4 or 1:65:x2")
+    p.add_argument("--concurrency", help="requests in flight for --engine openai (its batch axis), e.g. 1,2,4")
+    p.add_argument("--served-model", help="model name for --engine openai (default: the first of GET /v1/models)")
     p.add_argument("--input-len", help="prompt lengths in tokens, e.g. 32,128 or 32:129:x2")
     p.add_argument("--output-len", help="generated tokens per sequence, e.g. 32")
     p.add_argument("--warmup", type=int, help="untimed minibatches per cell (default 1)")
@@ -61,6 +73,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cell-mem-limit", type=parse_size, metavar="SIZE",
                    help="address space the worker may add after loading (RLIMIT_AS), e.g. 2GiB")  # fmt: skip
     add_quality_args(p)
+    p.add_argument("--check", action="store_true",
+                   help="also decode 8 prompts greedily and compare tokens with hf-generate fp32 (`check` for more)")  # fmt: skip
     p.add_argument("--save-study", metavar="FILE", help="also write the study to FILE")
     p.add_argument("--dry-run", action="store_true", help="validate and print the plan, run nothing")
     p.add_argument("--quiet", action="store_true", help="no live progress")
@@ -90,7 +104,7 @@ def quality_from_args(args: argparse.Namespace, base: dict | None) -> dict | Non
     if not given:
         return base
     if base is None and "metrics" not in given:
-        from tui.cli import UsageError
+        from tui.errors import UsageError
 
         raise UsageError("quality options need --quality perplexity,pass@k (or a study file with quality)")
     return {**(base or {}), **given}
@@ -105,19 +119,29 @@ def spec_from_args(args: argparse.Namespace):
         base["model"] = args.model
     if args.engine or not base.get("runs"):
         runs = expand(args.engine or ["hf-generate"], precision=args.precision, attention=args.attention,
-                      quant=args.quant)  # fmt: skip
+                      quant=args.quant, spec=args.spec)  # fmt: skip
         base["runs"] = [r.model_dump() for r in runs]
-    elif args.precision or args.attention or args.quant:
-        from tui.cli import UsageError
+    elif args.precision or args.attention or args.quant or args.spec:
+        from tui.errors import UsageError
 
-        raise UsageError("--precision/--attention/--quant need --engine when a study file gives the runs")
+        raise UsageError("--precision/--attention/--quant/--spec need --engine when a study file gives the runs")
     for run in base["runs"]:
         run["options"] = {**run.get("options", {}), **dict(args.opt)}
+    if args.concurrency is not None:
+        if args.batch is not None:
+            from tui.errors import UsageError
+
+            raise UsageError("give --batch or --concurrency, not both (concurrency is the batch axis of openai)")
+        args.batch = args.concurrency
+    if args.served_model:
+        for run in base["runs"]:
+            run["options"]["served_model"] = args.served_model
     grid = dict(base.get("grid") or {})
-    for key in ("batch", "input_len", "output_len"):
+    for key in ("batch", "input_len", "output_len", "shared_len", "suffix_len"):
         if getattr(args, key) is not None:
             grid[key] = getattr(args, key)
     base["grid"] = grid
+    _workload_args(args, base, grid)
     timing = dict(base.get("timing") or {})
     for key in ("warmup", "iters", "repeats"):
         if getattr(args, key) is not None:
@@ -129,8 +153,32 @@ def spec_from_args(args: argparse.Namespace):
             base[field] = getattr(args, key)
     if args.seed is not None:
         base["workload"] = {**base.get("workload", {}), "seed": args.seed}
+    if args.workload is not None:
+        kind, _, path = args.workload.partition(":")
+        base["workload"] = {**base.get("workload", {}), "kind": kind, "path": path or None}
     base["quality"] = quality_from_args(args, base.get("quality"))
+    if args.check:
+        base["check"] = base.get("check") or {}
     return build_spec(base)
+
+
+def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
+    """shared-prefix: N is the batch axis and input = P + U, so --batch/--input-len would be ambiguous."""
+    from engines.spec import SpecError as UsageError  # tui.cli's UsageError is another class under python -m tui.cli
+
+    shared = (args.workload or "") == "shared-prefix" or (base.get("workload") or {}).get("kind") == "shared-prefix"
+    if args.completions is not None:
+        if not shared or args.batch is not None:
+            raise UsageError("--completions is the shared-prefix batch axis: use it with --workload shared-prefix, "
+                             "without --batch")  # fmt: skip
+        grid["batch"] = args.completions
+    if shared and args.input_len is not None:
+        raise UsageError("--workload shared-prefix takes --shared-len and --suffix-len instead of --input-len")
+    if args.workload and args.workload.startswith("jsonl") and ":" not in args.workload:
+        raise UsageError("--workload jsonl needs a file: --workload jsonl:FILE")
+
+
+PRESET_ENGINES = ("hf-generate", "hf-pipeline", "torch-compile")
 
 
 def validate(spec) -> str:
@@ -140,9 +188,15 @@ def validate(spec) -> str:
     from engines.models import check_model
     from engines.spec import SpecError
 
-    check_model(spec.model)
+    kind = check_model(spec.model)
+    from engines.prompt_sources import check_workload
+
+    check_workload(spec.workload)
     device = resolve_device(spec.device)
-    for run in spec.runs:
+    for run in spec.runs + ([spec.check.reference] if spec.check else []):
+        if kind == "preset" and run.engine not in PRESET_ENGINES:
+            raise SpecError(f"{run.engine} cannot build {spec.model} (random weights need an HF engine); "
+                            f"use --engine {','.join(PRESET_ENGINES)}")  # fmt: skip
         avail = registry.check(run, device)
         if not avail.ok:
             hint = f"; {avail.hint}" if avail.hint else ""
@@ -206,7 +260,8 @@ def execute(spec, args: argparse.Namespace) -> int:
     from tui.progress import HeadlessProgress
 
     progress = HeadlessProgress(console, spec, enabled=not getattr(args, "quiet", False) and console.is_terminal)
-    console.print(plan)
+    if getattr(args, "print_results", True):
+        console.print(plan)
     try:
         with progress:
             result = Runner(spec, db, subscribers=[progress.on_event], cancel=cancel).run()
@@ -214,8 +269,15 @@ def execute(spec, args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, previous)
     from tui.commands.history import show_group
 
-    show_group(console, db, result.run_ids)
-    console.print(f"stored in {db.path} (group {result.group_id[:8]})")
+    args.run_ids = result.run_ids
+    if getattr(args, "print_results", True):
+        show_group(console, db, result.run_ids)
+        if len(result.run_ids) > 1:  # one run: show_group's replay already drew it
+            from tui.commands.history import _results
+            from tui.render import print_speculative
+
+            print_speculative(console, _results(db, result.run_ids))
+        console.print(f"stored in {db.path} (group {result.group_id[:8]})")
     db.close()
     if result.status == "cancelled":
         console.print("[yellow]cancelled: finished cells are kept[/]")
