@@ -10,6 +10,8 @@ a call where every request failed raises.
 
 from __future__ import annotations
 
+from engines.procmem import peak_rss
+
 import http.client
 import json
 import socket
@@ -413,7 +415,7 @@ class OpenAIEngine(Engine):
         if self.opts.get("request_rate"):
             extra["request_rate"] = self.opts["request_rate"]
         if self.server_pids:
-            extra["server_peak_rss_bytes"] = _peak_rss(self.server_pids)
+            extra["server_peak_rss_bytes"] = peak_rss(self.server_pids)
         # the batch's TTFT as the other engines mean it: until every good request has its first token
         firsts = [out.start - t0 + out.chunk_times[0] for out in good if out.chunk_times]
         return GenerateResult(tokens=tokens, ttft_s=max(firsts) if firsts else None, extra=extra)
@@ -442,18 +444,6 @@ def _process_tree(pid: Any, warnings: list[str]) -> list[int]:
     except (psutil.Error, ValueError) as exc:
         warnings.append(f"server_pid {pid}: {exc}; no server memory figures")
         return []
-
-
-def _peak_rss(pids: list[int]) -> int | None:
-    total, seen = 0, False
-    for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-                seen = True
-        except (OSError, StopIteration):
-            pass
-    return total if seen else None
 
 
 def _label(feats: dict[str, bool]) -> str:

@@ -421,18 +421,13 @@ class Runner:
                     client.close()
                     client = None  # a fresh worker resumes the remaining cells
                     break
-            if spec.quality and status == "done":
-                if client is None:
-                    client, error = self._loaded_worker(run_id, engine_run, device, attempt + 1, sampler, writer)
-                    status = "done" if client else "failed"
-                if client is not None:
-                    self._quality(client, writer, run_id)
-            if spec.check and status == "done":
-                if client is None:
-                    client, error = self._loaded_worker(run_id, engine_run, device, attempt + 1, sampler, writer)
-                    status = "done" if client else "failed"
-                if client is not None:
-                    self._agreement(client, writer, run_id)
+            for wanted, measure in ((spec.quality, self._quality), (spec.check, self._agreement)):
+                if wanted and status == "done":
+                    if client is None:  # the last cell crashed its worker: quality needs a fresh one
+                        client, error = self._loaded_worker(run_id, engine_run, device, attempt + 1, sampler, writer)
+                        status = "done" if client else "failed"
+                    if client is not None:
+                        measure(client, writer, run_id)
         except _Cancelled:
             status = "cancelled"
             if client:

@@ -7,6 +7,8 @@ from the run's `options` dict; `parse_options` validates them before vLLM is tou
 
 from __future__ import annotations
 
+from engines.procmem import peak_rss
+
 import json
 import os
 import struct
@@ -281,15 +283,7 @@ class VLLM(Engine):
                 pass
 
     def _children_peak_rss(self) -> int | None:
-        total, seen = 0, False
-        for pid in self._pids:
-            try:
-                with open(f"/proc/{pid}/status") as f:
-                    total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
-                    seen = True
-            except (OSError, StopIteration):
-                pass
-        return total if seen else None
+        return peak_rss(self._pids)
 
     def _spec_counters(self) -> dict[str, float]:
         """vLLM's speculative-decoding counters (Prometheus, kept by the frontend when stats are on)."""
