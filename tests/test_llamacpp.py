@@ -253,18 +253,14 @@ def test_cli_crash_inside_the_worker_is_contained(tmp_path):
     assert [s[3] for s in cell_statuses(db)] == ["crashed", "done"]
 
 
-def test_check_command_f32_agrees_fully_quantized_drift(capsys):
-    """`codebench-tui check` logic (tui/commands/check.py) with real workers: hf fp32 vs llama.cpp."""
-    import argparse
+def test_check_command_f32_agrees_fully_quantized_drift(capsys, tmp_path):
+    """`codebench-tui check --json` with real workers: hf fp32 vs llama.cpp."""
     import json
 
-    from tui.commands import check
+    from tui.cli import main
 
-    parser = argparse.ArgumentParser()
-    check.register(parser.add_subparsers())
-    args = parser.parse_args(["check", "--model", "tiny", "--engines", "llama.cpp", "--quant", "f32,q4_0",
-                              "--device", "cpu", "--json", "--min-agreement", "1.0"])  # fmt: skip
-    code = args.func(args)
+    code = main(["check", "--model", "tiny", "--engines", "llama.cpp", "--quant", "f32,q4_0", "--device", "cpu",
+                 "--json", "--min-agreement", "1.0", "--db", str(tmp_path / "runs.db")])  # fmt: skip
     doc = json.loads(capsys.readouterr().out)
     assert doc["reference"].startswith("hf-generate fp32 sdpa")
     f32, q4 = doc["results"]["llama.cpp f32"], doc["results"]["llama.cpp q4_0"]
