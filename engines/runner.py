@@ -56,6 +56,9 @@ class WorkerClient:
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         env.setdefault("TOKENIZERS_PARALLELISM", "false")
+        # Spinning OpenMP threads collapse (10x) when anything else wants a core, as the parent's
+        # telemetry does; passive waiting costs little when the machine is quiet. Set it to override.
+        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "engines.worker"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

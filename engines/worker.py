@@ -104,6 +104,7 @@ class Worker:
         self.engine = load_engine(run)
         info = self.engine.load(self.model_path, cmd["device"])
         info.load_s = info.load_s or (time.perf_counter() - t0)
+        info.extra.setdefault("omp_wait_policy", os.environ.get("OMP_WAIT_POLICY", ""))
         limit = cmd.get("cell_mem_limit_bytes")
         if limit:
             cap = _vms() + int(limit)

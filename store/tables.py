@@ -199,7 +199,7 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
     constant = [f"{AXIS_LABEL[ax]}={all_keys[0][i]}" for i, ax in enumerate(CELL_AXES) if i not in axes and all_keys]
     constant += [f"{name}={v}" for name, v in (all_keys[0][3] if all_keys else ()) if name not in params]
     common = [k for k in ("engine", "precision", "attention", "quant") if k not in keys]
-    shared = [str(results[0].config_value(k)) for k in common if results[0].config_value(k) is not None]
+    shared = [str(results[0].config_value(k)) for k in common if results[0].config_value(k) not in (None, "none")]
     notes = []
     if constant or shared:
         notes.append("all runs: " + " ".join(shared + constant))
