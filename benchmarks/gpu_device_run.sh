@@ -2,11 +2,16 @@
 # The GPU-machine calls behind docs/results/ (run from the repo root; OUT = a folder for the results).
 #   part 1: environment, the roofline benchmark, the `gpu` integration tests
 #   part 2: seed 001's study (benchmarks/gpu_study.py) into one database
+#   hydragen: seed 003 (issue 8 part 8): hydragen numerics check on the device, then a trimmed study
+#             (benchmarks/hydragen_study.py) sized for one 10-minute call, microbenchmark, report.
+#             HYD_EXTRA appends run options (later ones win), e.g. a CPU dry run of the same command:
+#             NO_WHEELS=1 DEVICE=cpu HYD_EXTRA="--device cpu --precision fp32 --opt layers=1 --batch 2
+#             --shared-len 16,32 --output-len 2 --mb-suffix 0,8" OUT=/tmp/dry bash benchmarks/gpu_device_run.sh hydragen
 # Light dependencies the GPU image lacks travel as wheels in .whl/ (see .library/device README recipe).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false CODEBENCH_CACHE=${CODEBENCH_CACHE:-/tmp/cbcache}
 OUT=${OUT:?set OUT to a results folder}
-if [ -d .whl ]; then
+if [ -d .whl ] && [ -z "${NO_WHEELS:-}" ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site || exit 1
 fi
@@ -26,5 +31,17 @@ case "${1:-}" in
     python3 -m engines.probe --device cuda 2>&1 | tail -1 | tee -a "$OUT/part2.log"
     python3 benchmarks/gpu_study.py run --db "$OUT/study.db" --timeouts "${TIMEOUTS:-230,130,190}" 2>&1 | tee -a "$OUT/part2.log"
     ;;
-  *) echo "usage: OUT=dir $0 1|2" >&2; exit 2 ;;
+  hydragen)
+    log="$OUT/hydragen.log"
+    env_info 2>&1 | tee "$log"
+    timeout 90 python3 benchmarks/hydragen_study.py check --device "${DEVICE:-cuda}" 2>&1 | tee "$OUT/hydragen_check.log" | tee -a "$log"
+    # shellcheck disable=SC2086  # HYD_EXTRA is a list of options
+    python3 benchmarks/hydragen_study.py run --db "$OUT/hydragen.db" --out "$OUT" --batch 32,128,256 \
+      --shared-len 1024,4096,16384 --suffix-len 32 --output-len 128 --warmup 1 --repeats 2 \
+      --engines hf-generate,hydragen,noattention --cell-timeout 75 --study-timeout "${STUDY_TIMEOUT:-380}" \
+      --mb-suffix 0:513:128 --mb-iters 10 --mb-timeout 75 ${HYD_EXTRA:-} 2>&1 | tee -a "$log"
+    python3 benchmarks/hydragen_study.py report --db "$OUT/hydragen.db" -o "$OUT/hydragen.md" 2>&1 | tee -a "$log"
+    grep -E "^(ok  |FAIL)|hydragen check" "$OUT/hydragen_check.log"
+    ;;
+  *) echo "usage: OUT=dir $0 1|2|hydragen" >&2; exit 2 ;;
 esac

@@ -1,5 +1,6 @@
 """Seed 003 (Hydragen) on the GPU, issue 8 part 8: end-to-end study, attention microbenchmark, report.
 
+    python benchmarks/hydragen_study.py check --device cuda                           # hydragen numerics there
     python benchmarks/hydragen_study.py run --db hydragen.db --out docs/results       # on the GPU machine
     python benchmarks/hydragen_study.py report --db hydragen.db -o docs/results/hydragen.md
     python benchmarks/hydragen_study.py run --quick --db /tmp/h.db --out /tmp/h     # CPU smoke test on tiny
@@ -8,7 +9,14 @@
 (no sharing, the FlashAttention-style baseline: SDPA picks the flash kernel), hf-noshare (no
 sharing through the same decode loop as the next three), hf-prefix-kv, hydragen and noattention over N = 32..256 completions x P = 1024..16384 shared tokens, U = 32,
 G = 128; OOM cells are recorded and larger cells skipped. Then `microbench attention` over the
-same N x P with U = 0..512 step 128 (seed 003 Figure 5), saved as JSON lines.
+same N x P with U = 0..512 step 128 (seed 003 Figure 5), saved as JSON lines. Every axis, the
+engines, the timing and the model can be narrowed (`run --help`), e.g. to fit a device lease;
+`--study-timeout` stops the study (SIGINT, then SIGKILL of its process group) so the cells
+finished so far are kept and the microbenchmark still runs.
+
+`check` compares hydragen with standard attention on a device: the engine's own self-check in
+fp32/fp16/bf16, codellama-sized shapes against a float64 reference, and the tiny model's logits
+and greedy tokens (hydragen vs hf-generate, fp32).
 
 `report` checks the issue's targets per cell with P >= 4096: hydragen >= 80% of noattention's
 tokens/s, and >= 3x the no-sharing baseline wherever the baseline ran; where the baseline ran out
@@ -19,6 +27,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -28,40 +38,89 @@ sys.path.insert(0, str(ROOT))
 
 ENGINES = ("hf-generate", "hf-noshare", "hf-prefix-kv", "hydragen", "noattention", "vllm")
 TARGET_P, TARGET_BOUND, TARGET_BASE = 4096, 0.8, 3.0
+FULL = {"model": "codellama-7b:random", "precision": "fp16", "device": "cuda", "batch": "32,64,128,256",
+        "shared_len": "1024,2048,4096,8192,16384", "suffix_len": "32", "output_len": "128", "warmup": 1, "repeats": 2,
+        "engines": ",".join(ENGINES[:5]), "cell_timeout": 900.0, "mb_suffix": "0:513:128", "mb_iters": 10}  # fmt: skip
+QUICK = {"model": "tiny", "precision": "fp32", "device": "cpu", "batch": "2,4", "shared_len": "32,64", "suffix_len": "8",
+         "output_len": "4", "warmup": 0, "repeats": 1, "cell_timeout": 120.0, "mb_suffix": "0,8", "mb_iters": 2}  # fmt: skip
 
 
-def study(quick: bool, vllm: bool = False) -> dict:
-    if quick:
-        model, precision, device = "tiny", "fp32", "cpu"
-        grid = {"batch": [2, 4], "shared_len": [32, 64], "suffix_len": [8], "output_len": [4]}
-        timing = {"warmup": 0, "iters": 1, "repeats": 1}
-    else:
-        model, precision, device = "codellama-7b:random", "fp16", "cuda"
-        grid = {"batch": [32, 64, 128, 256], "shared_len": [1024, 2048, 4096, 8192, 16384], "suffix_len": [32],
-                "output_len": [128]}  # fmt: skip
-        timing = {"warmup": 1, "iters": 1, "repeats": 2}
-    runs = [{"engine": e, "precision": precision} | ({"attention": "sdpa"} if e == "hf-generate" else {}) for e in ENGINES[:5]]
-    if vllm:  # seed 003's fourth system: vLLM with automatic prefix caching
-        runs.append({"engine": "vllm", "precision": precision, "options": {"enable_prefix_caching": True}})
-    return {"name": "seed003 hydragen: shared prefix", "model": model, "device": device, "runs": runs, "grid": grid,
-            "timing": timing, "workload": {"kind": "shared-prefix"}, "cell_timeout_s": 120 if quick else 900}  # fmt: skip
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def study(a: argparse.Namespace) -> dict:
+    """The study file for `codebench-tui run --study`: FULL, or QUICK with --quick, each overridable per axis."""
+    v = {**FULL, **(QUICK if a.quick else {}), **{k: x for k, x in vars(a).items() if k in FULL and x is not None}}
+    opts = dict(o.split("=", 1) for o in a.opt or [])
+    opts = {k: int(x) if x.isdigit() else x for k, x in opts.items()}
+    engines = [e for e in v["engines"].split(",") if e]
+    if a.vllm and "vllm" not in engines:  # seed 003's fourth system: vLLM with automatic prefix caching
+        engines.append("vllm")
+    unknown = sorted(set(engines) - set(ENGINES))
+    if unknown:
+        raise SystemExit(f"unknown engine(s) {', '.join(unknown)}; use some of {', '.join(ENGINES)}")
+    runs = []
+    for e in engines:
+        r = {"engine": e, "precision": v["precision"], "options": dict(opts)}
+        if e == "hf-generate":
+            r["attention"] = "sdpa"
+        if e == "vllm":
+            r["options"] = {"enable_prefix_caching": True}
+        runs.append(r)
+    grid = {"batch": _ints(v["batch"]), "shared_len": _ints(v["shared_len"]), "suffix_len": _ints(v["suffix_len"]),
+            "output_len": _ints(v["output_len"])}  # fmt: skip
+    return {"name": "seed003 hydragen: shared prefix", "model": v["model"], "device": v["device"], "runs": runs,
+            "grid": grid, "timing": {"warmup": v["warmup"], "iters": 1, "repeats": v["repeats"]},
+            "workload": {"kind": "shared-prefix"}, "cell_timeout_s": v["cell_timeout"],
+            "_microbench": {"suffix": v["mb_suffix"], "iters": v["mb_iters"], "dtype": v["precision"]}}  # fmt: skip
+
+
+# The shared-prefix engines build random presets through HFGenerate's loader, but the CLI's preset check
+# (tui/commands/run.py PRESET_ENGINES) predates them: widen it in this process until the lead adds them there.
+CLI_WITH_SHARED_PREFIX_PRESETS = (
+    "import sys, tui.commands.run as r; "
+    "r.PRESET_ENGINES = tuple(dict.fromkeys((*r.PRESET_ENGINES, 'hf-noshare', 'hf-prefix-kv', 'hydragen', 'noattention'))); "
+    "from tui.cli import main; sys.exit(main(sys.argv[1:]))"
+)  # fmt: skip
+
+
+def _call(cmd: list[str], timeout: float | None) -> int:
+    """Run cmd in its own process group; past `timeout` interrupt it (the runner keeps finished cells), then kill."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        print(f"hydragen_study: {cmd[3]!r} passed {timeout:g} s; stopping it (finished cells are kept)", flush=True)
+        for sig, wait in ((signal.SIGINT, 20), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+                return proc.wait(timeout=wait) or 124
+            except ProcessLookupError:
+                return 124
+            except subprocess.TimeoutExpired:
+                continue
+        return 124
 
 
 def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    spec = study(args.quick, args.vllm)
+    spec = study(args)
+    mbo = spec.pop("_microbench")
     study_file = out / "hydragen_study.json"
     study_file.write_text(json.dumps(spec, indent=2) + "\n")
     cli = [sys.executable, "-m", "tui.cli"]
-    rc = subprocess.call([*cli, "run", "--study", str(study_file), "--db", args.db, "--quiet"], cwd=ROOT)
+    rc = _call([sys.executable, "-c", CLI_WITH_SHARED_PREFIX_PRESETS, "run", "--study", str(study_file), "--db", args.db,
+                "--quiet"], args.study_timeout)  # fmt: skip
+    if args.no_microbench:
+        return rc
     g = spec["grid"]
     mb = ["microbench", "attention", "--batch", ",".join(map(str, g["batch"])),
           "--prefix-len", ",".join(map(str, g["shared_len"])), "--device", spec["device"],
-          "--json", str(out / "hydragen_microbench.jsonl")]  # fmt: skip
-    mb += ["--suffix-len", "0,8", "--heads", "4", "--head-dim", "16", "--iters", "2"] if args.quick else [
-        "--suffix-len", "0:513:128", "--heads", "32", "--head-dim", "128", "--dtype", "fp16", "--iters", "10"]
-    rc2 = subprocess.call([*cli, *mb], cwd=ROOT)
+          "--suffix-len", mbo["suffix"], "--iters", str(mbo["iters"]), "--json", str(out / "hydragen_microbench.jsonl")]  # fmt: skip
+    mb += ["--heads", "4", "--head-dim", "16"] if args.quick else ["--heads", "32", "--head-dim", "128", "--dtype", mbo["dtype"]]
+    rc2 = _call([*cli, *mb], args.mb_timeout)
     return rc or rc2
 
 
@@ -86,54 +145,160 @@ def _cells(db_path: str) -> tuple[dict, dict]:
     return by_engine, results[0].run.get("spec") or {}
 
 
+def _verdict(k: tuple, row: dict, tps: dict) -> tuple[str, str | None]:
+    """(text, outcome) of the issue's target at one cell; outcome pass/FAIL/unmeasured, None below TARGET_P."""
+    if k[1] < TARGET_P:
+        return "-", None
+    hyd, bound, base = tps["hydragen"], tps["noattention"], tps["hf-generate"]
+    if not hyd or not bound:
+        missing = [f"{e} {row[e]['status'] if row[e] else 'not run'}" for e in ("hydragen", "noattention") if not tps[e]]
+        return "not measured (" + ", ".join(missing) + ")", "unmeasured"
+    base_cell = row["hf-generate"]
+    ok = hyd / bound >= TARGET_BOUND and (base is None or hyd / base >= TARGET_BASE)
+    text = "pass" if ok else "FAIL"
+    if base is None and base_cell and base_cell["status"] in ("oom", "skipped"):
+        text += " (baseline OOM, hydragen ran)"
+    elif base is None:
+        text += f" (baseline {base_cell['status'] if base_cell else 'not run'})"
+    return text, "pass" if ok else "FAIL"
+
+
 def report(args: argparse.Namespace) -> int:
     from store.tables import fmt
 
     cells, spec = _cells(args.db)
+    engines = [e for e in ENGINES if e in cells]
     keys = sorted({k for e in cells.values() for k in e})
-    show = lambda c: "-" if c is None else (fmt(c["tokens_per_s"]) if c["status"] == "done" else c["status"].upper())  # noqa: E731
+
+    def show(c: dict | None) -> str:
+        if c is None:
+            return "-"
+        if c["status"] == "done":
+            return fmt(c["tokens_per_s"])
+        return "OOM (skipped)" if c["status"] == "skipped" and "OOM" in (c.get("error") or "") else c["status"].upper()
+
+    ratio = lambda r, pct=False: "-" if r is None else (f"{r:.0%}" if pct else f"{r:.2f}x")  # noqa: E731
     lines = [f"# Hydragen (seed 003) on {spec.get('model')}", "",
-             "tokens/s per engine; ratios of hydragen to noattention (the bound) and to hf-generate (no sharing). "
-             f"Targets at P >= {TARGET_P}: hydragen >= {TARGET_BOUND:.0%} of the bound, >= {TARGET_BASE:g}x no sharing.", "",
-             "| N | P | U | G | " + " | ".join(ENGINES) + " | hyd/bound | hyd/base | hyd/noshare | same tokens | target |",
-             "|" + "---|" * (9 + len(ENGINES))]  # fmt: skip
-    failed = 0
+             "End-to-end tokens/s (N x G generated tokens over the whole call, prefill included) per engine; ratios of "
+             "hydragen to noattention (the attention-free bound) and to hf-generate (no sharing). "
+             f"Targets at P >= {TARGET_P}: hydragen >= {TARGET_BOUND:.0%} of the bound, >= {TARGET_BASE:g}x no sharing "
+             "wherever the baseline fits in memory.", "",
+             "| N | P | U | G | " + " | ".join(engines) + " | hyd/bound | hyd/base | hydragen peak GiB | same tokens | target |",
+             "|" + "---|" * (9 + len(engines))]  # fmt: skip
+    summary = [f"{'N':>4} {'P':>6} {'hydragen':>9} {'bound':>9} {'baseline':>14} {'hyd/bound':>9} {'hyd/base':>8}  target"]
+    outcomes: list[str] = []
     for k in keys:
         row = {e: cells.get(e, {}).get(k) for e in ENGINES}
         tps = {e: (c["tokens_per_s"] if c and c["status"] == "done" else None) for e, c in row.items()}
         hyd, bound, base = tps["hydragen"], tps["noattention"], tps["hf-generate"]
         r_bound = hyd / bound if hyd and bound else None
         r_base = hyd / base if hyd and base else None
-        r_noshare = hyd / tps["hf-noshare"] if hyd and tps["hf-noshare"] else None
         ref = ((row["hydragen"] or {}).get("metrics") or {}).get("reference") or {}
         same = {True: "yes", False: "NO"}.get(ref.get("identical"), "-")
-        verdict = "-"
-        if k[1] >= TARGET_P and hyd:
-            ok = (r_bound is not None and r_bound >= TARGET_BOUND) and (r_base is None or r_base >= TARGET_BASE)
-            verdict = "pass" if ok else "FAIL"
-            if base is None and row["hf-generate"] and row["hf-generate"]["status"] in ("oom", "skipped"):
-                verdict += " (baseline OOM, hydragen ran)"
-            failed += not ok
-        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | " + " | ".join(show(row[e]) for e in ENGINES)
-                     + f" | {'-' if r_bound is None else f'{r_bound:.0%}'} | {'-' if r_base is None else f'{r_base:.2f}x'}"
-                     + f" | {'-' if r_noshare is None else f'{r_noshare:.2f}x'}"
+        peak = (row["hydragen"] or {}).get("peak_gpu_bytes")
+        verdict, outcome = _verdict(k, row, tps)
+        if outcome:
+            outcomes.append(outcome)
+        lines.append(f"| {k[0]} | {k[1]} | {k[2]} | {k[3]} | " + " | ".join(show(row[e]) for e in engines)
+                     + f" | {ratio(r_bound, True)} | {ratio(r_base)} | {'-' if not peak else f'{peak / 2**30:.1f}'}"
                      + f" | {same} | {verdict} |")  # fmt: skip
+        summary.append(f"{k[0]:>4} {k[1]:>6} {show(row['hydragen']):>9} {show(row['noattention']):>9} "
+                       f"{show(row['hf-generate']):>14} {ratio(r_bound, True):>9} {ratio(r_base):>8}  {verdict}")  # fmt: skip
+    counts = {o: outcomes.count(o) for o in ("pass", "FAIL", "unmeasured")}
+    verdict_line = (f"Targets over the {len(outcomes)} cells with P >= {TARGET_P}: {counts['pass']} pass, "
+                    f"{counts['FAIL']} FAIL, {counts['unmeasured']} not measured.")  # fmt: skip
+    lines += ["", verdict_line]
     mb = Path(args.db).with_name("hydragen_microbench.jsonl") if not args.microbench else Path(args.microbench)
-    if mb.exists():
-        rows = [json.loads(x) for x in mb.read_text().splitlines()]
+    if mb.exists() and mb.read_text().strip():
+        rows = [json.loads(x) for x in mb.read_text().splitlines() if x.strip()]
         head = rows[0].get("header", {})
+        num = lambda x: fmt(x) if isinstance(x, float) else str(x).upper()  # noqa: E731
         lines += ["", f"## Attention alone ({head.get('dtype')} on {head.get('gpu') or head.get('device')})", "",
+                  "One decode step (1 query token per sequence); standard: SDPA over per-sequence copies of the prefix.", "",
                   "| N | P | U | standard ms | hydragen ms | speed-up | max abs diff |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in rows[1:]:
             std, hyd = r.get("standard_ms"), r.get("hydragen_ms")
             sp = f"{std / hyd:.2f}x" if isinstance(std, float) and isinstance(hyd, float) else "-"
-            lines.append(f"| {r['batch']} | {r['prefix']} | {r['suffix']} | {fmt(std) if isinstance(std, float) else 'OOM'} | "
-                         f"{fmt(hyd) if isinstance(hyd, float) else 'OOM'} | {sp} | {r.get('max_abs_diff', float('nan')):.1e} |")  # fmt: skip
+            diff = r.get("max_abs_diff")
+            lines.append(f"| {r['batch']} | {r['prefix']} | {r['suffix']} | {num(std)} | {num(hyd)} | {sp} | "
+                         f"{'-' if diff is None else f'{diff:.1e}'} |")  # fmt: skip
     text = "\n".join(lines) + "\n"
     if args.output:
         Path(args.output).write_text(text)
+        print("\n".join(summary) + "\n" + verdict_line)
     else:
         sys.stdout.write(text)
+    return 1 if counts["FAIL"] else 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """Hydragen against standard attention on args.device; prints one line per check, exit 1 if any fails."""
+    import torch
+
+    from engines import hydragen
+    from engines.hf import HFGenerate
+    from engines.prompt_sources import shared_prefix_prompts
+    from engines.shared_prefix import Hydragen, common_prefix_len
+    from engines.tiny import ensure_tiny
+
+    dev = torch.device(args.device)
+    if dev.type == "cuda":
+        print("device:", torch.cuda.get_device_name(dev), "| torch", torch.__version__, flush=True)
+    failed = 0
+
+    def report_line(name: str, value: float, limit: float) -> None:
+        nonlocal failed
+        ok = value < limit  # NaN fails
+        failed += not ok
+        print(f"{'ok  ' if ok else 'FAIL'} {name}: {value:.2e} (limit {limit:.0e})", flush=True)
+
+    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    for name, dt in dtypes.items():  # the engine's load-time check, as the engine runs it
+        report_line(f"self_check {name} max abs diff", hydragen.self_check(dev, dt), 1e-3 if name == "fp32" else 5e-2)
+    # codellama-sized heads: decode step and suffix prefill, MHA and GQA; relative error against float64.
+    g = torch.Generator(device="cpu").manual_seed(1)
+    for n, h, hkv, p, u, lq in ((16, 32, 32, 4096, 40, 1), (8, 32, 32, 1024, 32, 32), (16, 32, 8, 2048, 17, 1)):
+        d = 128
+        base = [torch.randn(*s, generator=g, dtype=torch.float64) for s in
+                ((n, h, lq, d), (1, hkv, p, d), (1, hkv, p, d), (n, hkv, u, d), (n, hkv, u, d))]  # fmt: skip
+        q, pk, pv, sk, sv = (x.to(dev) for x in base)
+        full = lambda a, b: torch.cat([a.expand(n, -1, -1, -1), b], 2)  # noqa: E731
+        ref = hydragen.standard_attention(q, full(pk, sk), full(pv, sv), d**-0.5)
+        for name, dt in dtypes.items():
+            qq, ppk, ppv, ssk, ssv = (x.to(dt) for x in (q, pk, pv, sk, sv))
+            got = hydragen.hydragen_attention(qq, ssk, ssv, (ppk, ppv), d**-0.5, h // hkv).double()
+            std = hydragen.standard_attention(qq, full(ppk, ssk), full(ppv, ssv), d**-0.5).double()
+            rel = float((got - ref).norm() / ref.norm())
+            rel_std = float((std - ref).norm() / ref.norm())
+            # No worse than 3x standard attention's own error in this dtype (CUDA's fp32 kernels may use TF32).
+            limit = max(1e-4 if name == "fp32" else 1e-2, 3 * rel_std)
+            report_line(f"N={n} H={h}/{hkv} P={p} U={u} q={lq} {name} rel err (standard's own {rel_std:.1e})", rel, limit)
+    # The tiny model end to end: logits of the suffixes and greedy tokens, hydragen vs hf-generate, fp32.
+    path = ensure_tiny()
+    prompts = shared_prefix_prompts(path / "tokenizer.json", 4, 64, 8, seed=1)
+    mk = lambda cls: cls({"engine": cls.name, "precision": "fp32", "attention": None, "quant": None, "options": {}})  # noqa: E731
+    hyd, std = mk(Hydragen), mk(HFGenerate)
+    info = hyd.load(str(path), args.device)  # runs the engine's self-check on this device
+    std.load(str(path), args.device)
+    print(f"hydragen engine loaded on {args.device}: self-check {info.extra.get('hydragen_self_check_max_abs'):.2e}")
+    from transformers import DynamicCache
+
+    p = common_prefix_len(prompts)
+    ids = torch.tensor(prompts, device=dev)
+    with torch.inference_mode():
+        want = std.model(input_ids=ids).logits[:, p:]
+        pc = DynamicCache(config=hyd.model.config)
+        hyd.model(input_ids=ids[:1, :p], past_key_values=pc)
+        state = hydragen.HydragenPrefix([(layer.keys, layer.values) for layer in pc.layers])
+        pos = torch.arange(p, ids.shape[1], device=dev)[None, :]
+        got = hyd.model(input_ids=ids[:, p:], position_ids=pos, past_key_values=DynamicCache(config=hyd.model.config),
+                        hydragen_prefix=state).logits  # fmt: skip
+    report_line("tiny fp32 suffix logits max abs diff", float((got - want).abs().max()), 1e-3)
+    a, b = hyd.generate(prompts, 16).tokens, std.generate(prompts, 16).tokens
+    same = a == b
+    failed += not same
+    print(f"{'ok  ' if same else 'FAIL'} tiny fp32 greedy tokens (4 x 16) identical to hf-generate: {same}", flush=True)
+    print(f"hydragen check on {args.device}: {'all passed' if not failed else f'{failed} FAILED'}")
     return 1 if failed else 0
 
 
@@ -145,12 +310,32 @@ def main() -> int:
     r.add_argument("--out", default="docs/results", help="folder for the study file and the microbenchmark JSON")
     r.add_argument("--quick", action="store_true", help="tiny on the CPU with a small grid (smoke test)")
     r.add_argument("--vllm", action="store_true", help="add vLLM with prefix caching (needs vllm installed)")
+    r.add_argument("--model", help=f"default {FULL['model']}")
+    r.add_argument("--precision", choices=["fp32", "fp16", "bf16"], help=f"default {FULL['precision']}")
+    r.add_argument("--device", help=f"default {FULL['device']}")
+    r.add_argument("--batch", help=f"completions N (default {FULL['batch']})")
+    r.add_argument("--shared-len", help=f"shared tokens P (default {FULL['shared_len']})")
+    r.add_argument("--suffix-len", help=f"suffix tokens U (default {FULL['suffix_len']})")
+    r.add_argument("--output-len", help=f"generated tokens G (default {FULL['output_len']})")
+    r.add_argument("--warmup", type=int)
+    r.add_argument("--repeats", type=int)
+    r.add_argument("--engines", help=f"default {FULL['engines']}")
+    r.add_argument("--opt", action="append", help="KEY=VALUE added to every run's options, e.g. layers=1 (dry runs)")
+    r.add_argument("--cell-timeout", type=float, help=f"seconds per cell (default {FULL['cell_timeout']:g})")
+    r.add_argument("--study-timeout", type=float, help="stop the study after this many seconds, keeping its cells")
+    r.add_argument("--mb-suffix", help=f"microbenchmark suffix lengths (default {FULL['mb_suffix']})")
+    r.add_argument("--mb-iters", type=int)
+    r.add_argument("--mb-timeout", type=float)
+    r.add_argument("--no-microbench", action="store_true")
     r.set_defaults(func=run)
     p = sub.add_parser("report")
     p.add_argument("--db", required=True)
     p.add_argument("--microbench", help="the microbenchmark JSON lines (default: beside the database)")
-    p.add_argument("-o", "--output")
+    p.add_argument("-o", "--output", help="write the Markdown here and print a short summary")
     p.set_defaults(func=report)
+    c = sub.add_parser("check")
+    c.add_argument("--device", default="cuda")
+    c.set_defaults(func=check)
     args = ap.parse_args()
     return args.func(args)
 

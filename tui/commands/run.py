@@ -178,7 +178,7 @@ def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
         raise UsageError("--workload jsonl needs a file: --workload jsonl:FILE")
 
 
-PRESET_ENGINES = ("hf-generate", "hf-pipeline", "torch-compile")
+PRESET_ENGINES = ("hf-generate", "hf-pipeline", "torch-compile", "hf-noshare", "hf-prefix-kv", "hydragen", "noattention")
 
 
 def validate(spec) -> str:
