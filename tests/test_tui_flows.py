@@ -13,7 +13,7 @@ import pytest
 
 from engines import events as ev
 from tests.test_tui_snapshots import settle
-from tests.test_tui_support import fill_store, utc  # noqa: F401  (fixture)
+from tests.tui_support import fill_store, utc  # noqa: F401  (fixture)
 from tui.screens.live import LiveScreen
 
 

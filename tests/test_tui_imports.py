@@ -14,7 +14,7 @@ HEAVY = ("torch", "transformers", "vllm", "llama_cpp")
 SCRIPT = r"""
 import asyncio, json, sys, time
 from pathlib import Path
-from tests.test_tui_support import fill_store
+from tests.tui_support import fill_store
 from tui.app import make_app
 from tui.screens.compare import CompareScreen
 from tui.screens.live import LiveScreen

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.test_tui_support import fill_store, fixed_check, scripted_events, utc  # noqa: F401  (fixture)
+from tests.tui_support import fill_store, fixed_check, scripted_events, utc  # noqa: F401  (fixture)
 from tui.feed import FeedInfo, ScriptedFeed
 
 SIZES = [pytest.param((100, 30), id="100x30"), pytest.param((80, 24), id="80x24")]
@@ -51,7 +51,7 @@ def app_for(path, **kw):
 @pytest.mark.parametrize("size", SIZES)
 def test_setup_screen(snap_compare, store, size, monkeypatch):
     from engines import registry
-    from tests.test_tui_support import fixed_engines
+    from tests.tui_support import fixed_engines
 
     monkeypatch.setattr(registry, "ENGINES", fixed_engines())
     path, _ = store

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, rows
-from tests.test_tui_support import fill_store
+from tests.tui_support import fill_store
 
 
 class Tmux:
