@@ -7,7 +7,6 @@ comparable), so a text longer than the cell's input length keeps its last `input
 
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,28 +20,10 @@ _SHIFTS = 8  # token shifts tried when a cut does not survive decode -> encode
 
 
 def read_jsonl_texts(path: str | Path) -> list[str]:
-    """The "text" field of every line; a one-line SpecError for anything else."""
-    p = Path(path).expanduser()
-    try:
-        lines = p.read_text(encoding="utf-8").splitlines()
-    except FileNotFoundError:
-        raise SpecError(f"workload file {p} does not exist; give a .jsonl file with a \"text\" field per line") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"workload file {p} cannot be read ({exc}); give a UTF-8 .jsonl file") from None
-    texts = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise SpecError(f"workload file {p} line {n} is not JSON; each line must be an object with a \"text\" field") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise SpecError(f"workload file {p} line {n} has no string \"text\" field (e.g. {{\"text\": \"...\"}})")
-        texts.append(row["text"])
-    if not texts:
-        raise SpecError(f"workload file {p} has no lines; add {{\"text\": ...}} lines")
-    return texts
+    """The "text" field of every line; a one-line SpecError for anything else (the corpus reader's rules)."""
+    from engines.quality.perplexity import jsonl_corpus
+
+    return jsonl_corpus(path, "text", kind="workload file")
 
 
 @lru_cache(maxsize=4)

@@ -71,8 +71,8 @@ def test_prompts_for_every_workload(tiny_model, tmp_path):
         prompts_for(tok_file, {"kind": "jsonl", "path": str(f)}, 1, 5000, 0)
 
 
-@pytest.mark.parametrize("line, fragment", [("not json", "line 1 is not JSON"), ('{"txt": "x"}', 'no string "text"'),
-                                            ("", "has no lines")])  # fmt: skip
+@pytest.mark.parametrize("line, fragment", [("not json", ":1: not valid JSON"), ('{"txt": "x"}', "needs a string field 'text'"),
+                                            ("", "is empty")])  # fmt: skip
 def test_bad_jsonl_files(tmp_path, line, fragment):
     from engines.prompt_sources import read_jsonl_texts
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
-import sqlite3
 import time
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 
 from engines import events as ev
 from tests.test_tui_snapshots import settle
+from tests.helpers import rows  # noqa: E402
 from tests.tui_support import fill_store, utc  # noqa: F401  (fixture)
 from tui.screens.live import LiveScreen
 
@@ -39,14 +39,6 @@ class Messages:
 
     def of(self, cls) -> list:
         return [m for m in self.seen if isinstance(m, cls)]
-
-
-def rows(db: Path, sql: str, *params) -> list[tuple]:
-    con = sqlite3.connect(db)
-    try:
-        return con.execute(sql, params).fetchall()
-    finally:
-        con.close()
 
 
 async def focus(pilot, widget_id: str, limit: int = 40) -> None:

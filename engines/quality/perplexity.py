@@ -90,24 +90,24 @@ def stdlib_corpus(n_files: int = 20) -> list[str]:
     return [p.read_text(encoding="utf-8", errors="replace") for p in stdlib_files(n_files)]
 
 
-def text_corpus(path: str | Path) -> list[str]:
+def text_corpus(path: str | Path, kind: str = "corpus file") -> list[str]:
     """A whole text file as one document."""
-    p = Path(path)
+    p = Path(path).expanduser()
     try:
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise SpecError(f"corpus file {p} does not exist") from None
+        raise SpecError(f"{kind} {p} does not exist") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise SpecError(f"corpus file {p} cannot be read as UTF-8 text ({exc}); convert it to UTF-8") from None
+        raise SpecError(f"{kind} {p} cannot be read as UTF-8 text ({exc}); convert it to UTF-8") from None
     if not text.strip():
-        raise SpecError(f"corpus file {p} is empty")
+        raise SpecError(f"{kind} {p} is empty")
     return [text]
 
 
-def jsonl_corpus(path: str | Path, field: str = "text") -> list[str]:
+def jsonl_corpus(path: str | Path, field: str = "text", kind: str = "corpus file") -> list[str]:
     """One document per JSON line's `field`; a bad line raises SpecError naming file and line."""
-    p = Path(path)
-    (text,) = text_corpus(p)
+    p = Path(path).expanduser()
+    (text,) = text_corpus(p, kind)
     docs = []
     for no, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -121,7 +121,7 @@ def jsonl_corpus(path: str | Path, field: str = "text") -> list[str]:
             raise SpecError(f"{p}:{no}: needs a string field {field!r}, e.g. {{\"{field}\": \"def f(): ...\"}}")
         docs.append(row[field])
     if not docs:
-        raise SpecError(f"corpus file {p} holds no JSON lines")
+        raise SpecError(f"{kind} {p} holds no JSON lines")
     return docs
 
 
