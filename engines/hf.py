@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import time
 from importlib.metadata import version
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from transformers import AutoTokenizer, StoppingCriteria, StoppingCriteriaList, pipeline
 
-from engines import gpu_meter, hf_build, hf_options, presets, roofline
+from engines import gpu_meter, hf_build, hf_options, presets, roofline, tp
 from engines.base import Engine, GenerateResult, LoadInfo
 from engines.spec import SpecError
 
@@ -70,6 +71,10 @@ class HFGenerate(Engine):
         attention = self.config.get("attention") or "sdpa"
         quant = self.config.get("quant")
         self.quant = None if quant in (None, "none") else quant
+        self.tp = int(self.config.get("tp") or 1)  # > 1: this process is one rank (engines/tp.py)
+        if self.tp > 1 and (self.quant or self.name not in tp.TORCHRUN_ENGINES):
+            what = f"{self.name} with {self.quant}" if self.quant else self.name
+            raise SpecError(f"{what} does not run tensor-parallel; use --tp 1")
         self.dtype = DTYPES[precision]
         self.kernel = hf_options.SDPA_FORCED.get(attention)
         impl = "sdpa" if attention.startswith("sdpa") else attention
@@ -94,9 +99,14 @@ class HFGenerate(Engine):
             props = torch.cuda.get_device_properties(self.device)
             gpu_name = props.name
             self.meter = gpu_meter.GpuMeter(str(getattr(props, "uuid", "") or ""), self.device.index or 0)
+            if self.tp > 1 and os.environ.get("RANK") == "0":  # rank 0 reports energy of every GPU of the group
+                uuids = [str(getattr(torch.cuda.get_device_properties(i), "uuid", "") or "") for i in range(self.tp)]
+                self.meter = tp.GroupMeter([gpu_meter.GpuMeter(u, i) for i, u in enumerate(uuids)])
         from engines.probe import peak_bandwidth
 
         self.peak_bw, peak_source = peak_bandwidth(gpu_name)
+        if self.peak_bw and self.tp > 1 and self.device.type == "cuda":
+            self.peak_bw *= self.tp  # each GPU reads its shard: the group's bandwidth is the roofline
         self.flash_mask_ok = self.kernel != "FLASH_ATTENTION" or _flash_takes_mask(self.device)
         self.compile_mode = self.opts["compile"]
         if self.compile_mode != "off":
@@ -137,6 +147,15 @@ class HFGenerate(Engine):
         overrides_for = hf_build.config_overrides
         preset_name = presets.parse_ref(model_dir)
         try:
+            if self.tp > 1:
+                if preset_name:
+                    preset = presets.load(preset_name)
+                    return hf_build.tp_random_model(preset, self.device, self.dtype, impl, self.tp,
+                                                    overrides_for(preset.config, self.opts))  # fmt: skip
+                if self.opts.get("layers") is not None:
+                    raise ValueError("option layers applies to random presets (NAME:random) only")
+                overrides = overrides_for(hf_build._read_config(model_dir), self.opts)
+                return hf_build.tp_checkpoint_model(model_dir, self.dtype, impl, self.tp, overrides)
             if preset_name:
                 if self.quant == "gptq":
                     raise ValueError("random presets have no GPTQ weights; use --quant int8, nf4 or fp4")

@@ -155,6 +155,80 @@ def random_model(preset: presets.Preset, device: torch.device, dtype: torch.dtyp
     return model
 
 
+def _tp_ready(model: nn.Module, tp: int) -> nn.Module:
+    if not model.tp_plan:
+        raise ValueError(f"transformers has no tensor-parallel plan for {type(model).__name__}; use --tp 1")
+    return model
+
+
+def tp_random_model(preset: presets.Preset, device: torch.device, dtype: torch.dtype, attn_implementation: str,
+                    tp: int, overrides: dict[str, Any] | None = None, seed: int = WEIGHTS_SEED) -> nn.Module:  # fmt: skip
+    """This rank's shard of random_model's weights under transformers' tensor-parallel plan (torchrun with tp
+    ranks). Each weight is drawn whole on the device from its own generator, as random_model draws it, and
+    only this rank's slice is kept: the shards of all ranks make exactly the tp=1 model."""
+    from accelerate import init_empty_weights
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, distribute_tensor
+    from transformers import AutoModelForCausalLM
+    from transformers.distributed.tensor_parallel import apply_tensor_parallelism
+
+    config = hf_config(preset, overrides)
+    with torch.device(device), init_empty_weights(include_buffers=False):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
+    _tp_ready(model, tp)
+    out_emb, in_emb = model.get_output_embeddings(), model.get_input_embeddings()
+    tied_head = out_emb is not None and bool(getattr(config.get_text_config(), "tie_word_embeddings", False))
+    # Names and kinds before sharding (sharding replaces parameters): a tied head draws as the embedding.
+    source: dict[int, tuple[str, str]] = {}
+    for mname, module in model.named_modules():
+        for pname, p in module._parameters.items():
+            if p is not None and id(p) not in source:
+                source[id(p)] = (f"{mname}.{pname}" if mname else pname, _kind(mname, pname, p, tied_head))
+    plan: dict[tuple[str, str], tuple[str, str]] = {}
+    for mname, module in model.named_modules():
+        for pname, p in module._parameters.items():
+            if p is not None:
+                src = in_emb.weight if tied_head and module is out_emb and pname == "weight" else p
+                plan[(mname, pname)] = source[id(src)]
+    mesh = init_device_mesh(device.type, (tp,))
+    apply_tensor_parallelism(model, mesh)
+    model._tp_size, model._device_mesh = tp, mesh  # what from_pretrained(distributed_config=...) sets
+    for mname, module in model.named_modules():
+        for pname, p in list(module._parameters.items()):
+            if p is None or not (p.to_local() if isinstance(p, DTensor) else p).is_meta:
+                continue
+            name, kind = plan[(mname, pname)]
+            full = _fill(torch.empty(p.shape, dtype=dtype, device=device), name, kind, seed)
+            if isinstance(p, DTensor):
+                shard = distribute_tensor(full, p.device_mesh, p.placements, src_data_rank=None)
+                local = shard.to_local().clone()  # a copy: the whole tensor is freed now
+                t = DTensor.from_local(local, p.device_mesh, p.placements, run_check=False, shape=p.shape,
+                                       stride=shard.stride())  # fmt: skip
+                del shard
+            else:
+                t = full
+            module._parameters[pname] = nn.Parameter(t, requires_grad=False)
+            del full
+    for name, b in model.named_buffers():
+        if b.device.type == "meta":
+            raise RuntimeError(f"buffer {name} was left on the meta device")
+    model.eval()
+    return model
+
+
+def tp_checkpoint_model(model_dir: str, dtype: torch.dtype, attn_implementation: str, tp: int,
+                        overrides: dict[str, Any] | None = None) -> nn.Module:  # fmt: skip
+    """This rank's shard of a checkpoint: transformers reads only its slices (the process group exists)."""
+    from transformers import AutoModelForCausalLM
+    from transformers.distributed import DistributedConfig
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, attn_implementation=attn_implementation,
+                                                 distributed_config=DistributedConfig(tp_size=tp),
+                                                 **(overrides or {}))  # fmt: skip
+    model.eval()
+    return _tp_ready(model, tp)
+
+
 def checkpoint_model(model_dir: str, device: torch.device, dtype: torch.dtype, attn_implementation: str,
                      quant: str | None = None, double_quant: bool = False,
                      overrides: dict[str, Any] | None = None) -> nn.Module:  # fmt: skip

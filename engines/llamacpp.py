@@ -13,6 +13,7 @@ default: grown to fit each cell, n_seq x per-sequence length, during warm-up).
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import time
@@ -34,7 +35,8 @@ _KV_TYPES = {
 }
 _FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
 OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "flash_attn", "type_k", "type_v",
-           "n_ctx", "kv_unified")  # fmt: skip
+           "n_ctx", "kv_unified", "split_mode")  # fmt: skip
+_SPLIT = {"layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}  # --tp N: how N GPUs share the model
 _CTX_MIN = 256  # per-sequence context the first cell gets before it grows
 
 _backend_ready = False
@@ -88,6 +90,9 @@ def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
         o[key] = kv
     if o["type_v"] not in ("f16", "f32", "bf16") and o["flash_attn"] == 0:
         raise SpecError("llama.cpp needs flash_attn on (or auto) for a quantized V cache; drop flash_attn=off")
+    split = o.setdefault("split_mode", "row")  # row: each weight matrix split across GPUs (tensor parallel)
+    if split not in _SPLIT:
+        raise SpecError(f"llama.cpp split_mode must be row or layer, got {split!r}")
     o.setdefault("n_threads", _threads())
     o.setdefault("n_threads_batch", o["n_threads"])
     o.setdefault("kv_unified", False)  # independent prompts: per-sequence KV streams decode faster
@@ -130,8 +135,17 @@ class LlamaCpp(Engine):
             _backend_ready = True
         mparams = ll.llama_model_default_params()
         mparams.n_gpu_layers = self.opts["n_gpu_layers"]
+        first = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        tp = int(self.config.get("tp") or 1)
         if device.startswith("cuda:"):
-            mparams.main_gpu = int(device.split(":")[1])
+            mparams.main_gpu = first
+        if tp > 1:  # --tp N: GPUs first..first+N-1 take equal shares, the others none
+            if not device.startswith("cuda"):
+                raise SpecError("llama.cpp --tp splits a model across GPUs; use --device cuda, or --tp 1")
+            self._split = (ctypes.c_float * ll.LLAMA_MAX_DEVICES)(*[1.0 if first <= i < first + tp else 0.0
+                                                                    for i in range(ll.LLAMA_MAX_DEVICES)])  # fmt: skip
+            mparams.split_mode = _SPLIT[self.opts["split_mode"]]
+            mparams.tensor_split = self._split  # kept on self: llama.cpp reads it while loading
         self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
         if not self.model:
             arch = meta["architecture"]
@@ -142,7 +156,8 @@ class LlamaCpp(Engine):
         on_gpu = self.opts["n_gpu_layers"] > 0
         return LoadInfo(
             load_s=time.perf_counter() - t0,
-            device=(device if ":" in device else "cuda:0") if on_gpu else "cpu",
+            device=(",".join(f"cuda:{first + i}" for i in range(tp)) if tp > 1
+                    else (device if ":" in device else "cuda:0")) if on_gpu else "cpu",
             dtype=quant,
             weight_bytes=int(ll.llama_model_size(self.model)),
             versions={"llama_cpp_python": ll.__version__},
@@ -152,6 +167,7 @@ class LlamaCpp(Engine):
                 "convert_s": round(convert_s, 3),
                 "n_threads": self.opts["n_threads"],
                 "n_gpu_layers": self.opts["n_gpu_layers"],
+                **({"tp": {"size": tp, "split_mode": self.opts["split_mode"]}} if tp > 1 else {}),
                 "flash_attn": {-1: "auto", 0: "off", 1: "on"}[self.opts["flash_attn"]],
                 "kv_cache": f"{self.opts['type_k']}/{self.opts['type_v']}",
                 "system_info": ll.llama_print_system_info().decode(errors="replace").strip(),

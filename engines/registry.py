@@ -225,6 +225,12 @@ def check(run: EngineRun, device: str) -> Availability:
     missing = missing_modules(info)
     if missing:
         return Availability.no(f"{info.name} needs {', '.join(missing)}, which is not installed", info.install_hint())
+    if run.tp > 1:
+        from engines.tp import check as tp_check
+
+        split = tp_check(run, device)
+        if not split.ok:
+            return split
     if run.spec:
         from engines.speculation import SPEC_OPTIONS, check_draft_model, parse_spec, spec_options
 

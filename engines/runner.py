@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 
 from engines import events as ev
 from engines.grid import Cell
+from engines.executors import parse_executor, ray_cpus
 from engines.hardware import fingerprint, resolve_device
 from engines.spec import EngineRun, StudySpec
 from engines.telemetry import Sampler
@@ -34,8 +35,11 @@ _ROOT = str(Path(__file__).resolve().parent.parent)
 class WorkerExited:
     returncode: int
     stderr_tail: str
+    reason: str = ""  # set where the exit code does not say it (a lost Ray node)
 
     def describe(self) -> str:
+        if self.reason:
+            return self.reason
         rc = self.returncode
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.Signals._value2member_map_ else f"exit code {rc}"
         return f"worker died ({how})"
@@ -44,9 +48,13 @@ class WorkerExited:
 class WorkerClient:
     """A `python -m engines.worker` child: commands in on stdin, events out on stdout."""
 
-    def __init__(self, run_id: str, env: dict[str, str] | None = None, tail_lines: int = 60):
+    remote = False
+
+    def __init__(self, run_id: str, env: dict[str, str] | None = None, tail_lines: int = 60,
+                 argv: list[str] | None = None):  # fmt: skip
         self.run_id = run_id
         self.env = env
+        self.argv = argv or [sys.executable, "-m", "engines.worker"]
         self.proc: subprocess.Popen | None = None
         self.events: queue.Queue = queue.Queue()
         self._tail: deque[str] = deque(maxlen=tail_lines)
@@ -60,7 +68,7 @@ class WorkerClient:
         # telemetry does; passive waiting costs little when the machine is quiet. Set it to override.
         env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "engines.worker"],
+            self.argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
             env=env, start_new_session=True,  # Ctrl-C reaches the parent only; it decides
         )  # fmt: skip
@@ -151,16 +159,24 @@ class Runner:
         self.subscribers = list(subscribers)
         self.cancel = cancel or threading.Event()
         self.telemetry_hz = telemetry_hz
-        self._samples: queue.Queue = queue.Queue()
-        self._run_id = ""
-        self._cell_nvml_peak: int | None = None
+        self._samples: queue.Queue = queue.Queue()  # (run id, t, cpu %, rss, gpus) from local or remote samplers
+        self._local_run = ""  # the run the local sampler watches ("" between runs)
+        self._cell_nvml_peak: dict[str, int] = {}  # per run: NVML memory peak (all GPUs summed) of the cell in flight
+        self._cell_gpu_peaks: dict[str, dict[str, int]] = {}  # per run: the same per GPU ("node:index" remotely)
         self._last_commit = 0.0
-        # Finished cells of earlier runs of this study: (run, id, {cell: result}) for matched references.
-        self._finished: list[tuple[EngineRun, str, dict[Cell, dict]]] = []
+        # Finished cells of this study's runs, in start order: {run id: (run, {cell: result})} for matched references.
+        self._finished: dict[str, tuple[EngineRun, dict[Cell, dict]]] = {}
+        self._emit_lock = threading.Lock()
+        self._kind = "local"
+        self._active: set[str] = set()  # runs in flight (the Ray executor runs several at once)
 
     # --- plumbing ---------------------------------------------------------------------
 
     def emit(self, event: ev.Event) -> None:
+        with self._emit_lock:
+            self._emit(event)
+
+    def _emit(self, event: ev.Event) -> None:
         for sub in self.subscribers:
             try:
                 sub(event)
@@ -168,21 +184,26 @@ class Runner:
                 print(f"codebench: subscriber failed: {exc!r}", file=sys.stderr)
 
     def _on_sample(self, t: float, cpu: float, rss: int, gpus: list) -> None:
-        self._samples.put((t, cpu, rss, gpus))
+        self._samples.put((self._local_run, t, cpu, rss, gpus))
 
     def _drain_samples(self, writer: RunWriter) -> None:
         while True:
             try:
-                t, cpu, rss, gpus = self._samples.get_nowait()
+                run_id, t, cpu, rss, gpus = self._samples.get_nowait()
             except queue.Empty:
                 break
-            if not self._run_id:
+            if not run_id:
                 continue
-            writer.add_telemetry(self._run_id, t, cpu, rss, gpus)
+            writer.add_telemetry(run_id, t, cpu, rss, gpus)
             used = [g["mem_used"] for g in gpus if g.get("mem_used") is not None]
-            if used and self._cell_nvml_peak is not None:
-                self._cell_nvml_peak = max(self._cell_nvml_peak, sum(used))
-            self.emit(ev.TelemetrySample(self._run_id, t, cpu_percent=cpu, rss_bytes=rss, gpus=gpus))
+            if used and run_id in self._cell_nvml_peak:
+                self._cell_nvml_peak[run_id] = max(self._cell_nvml_peak[run_id], sum(used))
+                peaks = self._cell_gpu_peaks.setdefault(run_id, {})
+                for g in gpus:
+                    if g.get("mem_used") is not None:
+                        key = f"{g['node']}:{g.get('index', 0)}" if g.get("node") else str(g.get("index", 0))
+                        peaks[key] = max(peaks.get(key, 0), g["mem_used"])
+            self.emit(ev.TelemetrySample(run_id, t, cpu_percent=cpu, rss_bytes=rss, gpus=gpus))
         if time.monotonic() - self._last_commit > 1.0:
             writer.commit()
             self._last_commit = time.monotonic()
@@ -203,7 +224,8 @@ class Runner:
             if isinstance(item, WorkerExited):
                 return item
             if isinstance(item, ev.CellStarted):
-                self._cell_nvml_peak = 0
+                self._cell_nvml_peak[client.run_id] = 0
+                self._cell_gpu_peaks[client.run_id] = {}
             if not isinstance(item, (ev.CellFinished, ev.Loaded, ev.RunFinished, ev.QualityResult, ev.Completions,
                                      ev.GreedyTokens)):
                 self.emit(item)
@@ -214,16 +236,25 @@ class Runner:
 
     def run(self) -> StudyResult:
         spec = self.spec
-        device = resolve_device(spec.device)
+        kind, address = parse_executor(spec.executor)
+        self._kind = kind
+        if kind == "ray":
+            from engines.ray_executor import connect
+
+            connect(address)
+        device = resolve_device(spec.device) if kind == "local" else spec.device  # a Ray node resolves its own
         host = fingerprint()
-        writer = RunWriter(self.db)
+        writer = SerialWriter(RunWriter(self.db))
         sampler = Sampler(self._on_sample, hz=self.telemetry_hz)
-        sampler.start()
+        if kind == "local":  # Ray workers are sampled on their own nodes
+            sampler.start()
         result = StudyResult(writer.begin_group(spec.model_dump(mode="json"), spec.name))
         if spec.check:
-            self._reference_tokens(device)
+            self._reference_tokens(resolve_device(spec.device))
         try:
-            for engine_run in spec.runs:
+            if kind == "ray":
+                self._run_concurrently(device, host, writer, sampler, result)
+            for engine_run in spec.runs if kind == "local" else ():
                 if self.cancel.is_set():
                     result.status = "cancelled"
                     break
@@ -239,11 +270,54 @@ class Runner:
             writer.close()
         return result
 
+    def _run_concurrently(self, device: str, host: dict, writer: "SerialWriter", sampler: Sampler,
+                          result: StudyResult) -> None:  # fmt: skip
+        """Every run at once, as the cluster has room; a run measured against a reference waits for it."""
+        from engines.speculation import reference_match
+
+        runs = self.spec.runs
+        done = [threading.Event() for _ in runs]
+        outcome: list[tuple[str, str] | None] = [None] * len(runs)
+
+        def one(i: int) -> None:
+            try:
+                for j in range(i):
+                    if reference_match(runs[i], runs[j]):
+                        while not done[j].wait(0.2) and not self.cancel.is_set():
+                            pass
+                if not self.cancel.is_set():
+                    outcome[i] = self._run_one(runs[i], device, host, writer, sampler, result.group_id)
+            finally:
+                done[i].set()
+
+        threads = [threading.Thread(target=one, args=(i,), name=f"codebench-run-{i}", daemon=True)
+                   for i in range(len(runs))]  # fmt: skip
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(0.2)  # short joins keep Ctrl-C deliverable to the main thread
+        result.run_ids += [o[0] for o in outcome if o]
+        if self.cancel.is_set() or any(o and o[1] == "cancelled" for o in outcome):
+            result.status = "cancelled"
+
     def _start_worker(self, run_id: str, engine_run: EngineRun, device: str, attempt: int,
                       sampler: Sampler) -> WorkerClient:  # fmt: skip
-        client = WorkerClient(run_id)
-        pid = client.start()
-        sampler.watch(pid)
+        argv = worker_command(engine_run, device)
+        if self._kind == "ray":
+            from engines.ray_executor import RayWorkerClient
+
+            sink = lambda t, cpu, rss, gpus: self._samples.put((run_id, t, cpu, rss, gpus))  # noqa: E731
+            client: Any = RayWorkerClient(run_id, engine_run, device, sink, argv=argv, telemetry_hz=self.telemetry_hz,
+                                          busy=lambda: len(self._active) > 1,
+                                          cpus_per_rank=ray_cpus(self.spec.executor))  # fmt: skip
+            pid = client.start()
+            device = client.device
+        else:
+            client = WorkerClient(run_id, argv=argv)
+            pid = client.start()
+            self._local_run = run_id
+            sampler.watch(pid)
         self.emit(ev.WorkerStarted(run_id, time.time(), pid=pid, attempt=attempt))
         client.send({
             "cmd": "load", "run_id": run_id, "run": engine_run.model_dump(mode="json"), "model": self.spec.model,
@@ -261,7 +335,12 @@ class Runner:
     def _loaded_worker(self, run_id: str, engine_run: EngineRun, device: str, attempt: int, sampler: Sampler,
                        writer: RunWriter) -> tuple[WorkerClient | None, str]:  # fmt: skip
         """A worker with the model loaded, or (None, why loading failed)."""
-        client = self._start_worker(run_id, engine_run, device, attempt, sampler)
+        try:
+            client = self._start_worker(run_id, engine_run, device, attempt, sampler)
+        except RuntimeError as exc:  # no Ray node took it
+            return None, f"starting {engine_run.label()} failed: {exc}"
+        if client.remote:
+            writer.set_host(run_id, client.host)
         loaded = self._wait(client, writer, lambda e: isinstance(e, (ev.Loaded, ev.RunFinished)))
         if not isinstance(loaded, ev.Loaded):
             why = loaded.error if isinstance(loaded, ev.RunFinished) else loaded.describe()
@@ -272,7 +351,7 @@ class Runner:
                                     "versions": loaded.versions, **loaded.extra}, loaded.device)  # fmt: skip
         server = loaded.extra.get("server_pid")
         if isinstance(server, int) and server > 0:  # a local server under test: its memory counts too
-            sampler.watch(client.proc.pid, server)
+            client.watch_also(server) if client.remote else sampler.watch(client.proc.pid, server)
         self.emit(loaded)
         return client, ""
 
@@ -286,11 +365,9 @@ class Runner:
         from store.metrics import summarise
 
         result["tokens_per_s"] = summarise(result.get("repeats") or [], cell.batch, cell.output_len)["tokens_per_s"]
-        if not self._finished or self._finished[-1][1] != run_id:
-            self._finished.append((engine_run, run_id, {}))
-        self._finished[-1][2][cell] = result
-        for ref_run, ref_id, ref_cells in self._finished[:-1]:
-            if reference_match(engine_run, ref_run) and cell in ref_cells:
+        self._finished.setdefault(run_id, (engine_run, {}))[1][cell] = result
+        for ref_id, (ref_run, ref_cells) in list(self._finished.items()):
+            if ref_id != run_id and reference_match(engine_run, ref_run) and cell in ref_cells:
                 ref = compare_to_reference(engine_run, result, ref_run.label(), ref_id, ref_cells[cell])
                 result.setdefault("metrics", {})["reference"] = ref
                 break
@@ -373,7 +450,7 @@ class Runner:
             config=engine_run.model_dump(mode="json"), spec=spec.model_dump(mode="json"), host=host,
             cells_total=len(cells), name=spec.name,
         )  # fmt: skip
-        self._run_id = run_id
+        self._active.add(run_id)
         self.emit(ev.RunStarted(run_id, time.time(), label=engine_run.label(), cells_total=len(cells)))
         pending = list(range(len(cells)))
         ooms: list[Cell] = []
@@ -407,8 +484,9 @@ class Runner:
                     current = None
                     if isinstance(out, ev.CellFinished):
                         result = dict(out.result)
-                        if self._cell_nvml_peak:
-                            result["peak_nvml_bytes"] = self._cell_nvml_peak
+                        if self._cell_nvml_peak.get(run_id):
+                            result["peak_nvml_bytes"] = self._cell_nvml_peak[run_id]
+                            result.setdefault("metrics", {})["peak_nvml_bytes_per_gpu"] = self._cell_gpu_peaks[run_id]
                         if out.status == "done":
                             self._against_reference(engine_run, run_id, cell, result)
                         self._finish_cell(writer, run_id, index, cell, out.status, result, out.error)
@@ -440,12 +518,40 @@ class Runner:
         finally:
             if client:
                 client.close()
-            sampler.watch(None)
+            if not (client and client.remote):
+                sampler.watch(None)
             self._drain_samples(writer)
             writer.finish_run(run_id, status, error)
             self.emit(ev.RunFinished(run_id, time.time(), status=status, error=error))
-            self._run_id = ""
+            self._active.discard(run_id)
+            self._local_run = "" if self._local_run == run_id else self._local_run
         return run_id, status
+
+
+class SerialWriter:
+    """The study's one RunWriter behind a lock: concurrent runs (the Ray executor) share it."""
+
+    def __init__(self, writer: RunWriter):
+        self._writer = writer
+        self._lock = threading.RLock()
+
+    def __getattr__(self, name: str) -> Any:
+        method = getattr(self._writer, name)
+
+        def locked(*args: Any, **kwargs: Any) -> Any:
+            with self._lock:
+                return method(*args, **kwargs)
+
+        return locked
+
+
+def worker_command(run: EngineRun, device: str) -> list[str]:
+    """The argv that starts a worker for `run` (tensor-parallel runs get a launcher: engines.tp)."""
+    try:
+        from engines.tp import worker_command as tp_command
+    except ImportError:
+        return [sys.executable, "-m", "engines.worker"]
+    return tp_command(run, device)
 
 
 def _died(out: object) -> str:
@@ -456,7 +562,7 @@ def greedy_tokens(model: str, engine_run: EngineRun, device: str, max_new_tokens
                   prompts: list[list[int]] | None = None, batch: int = 8, input_len: int = 32,
                   seed: int = 0, timeout_s: float = 600) -> tuple[list[list[int]], list[list[int]]]:  # fmt: skip
     """(prompts, greedy tokens) from `engine_run` in its own worker: the agreement check."""
-    client = WorkerClient("check")
+    client = WorkerClient("check", argv=worker_command(engine_run, resolve_device(device)))
     client.start()
     try:
         client.send({"cmd": "load", "run_id": "check", "run": engine_run.model_dump(mode="json"), "model": model,

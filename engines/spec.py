@@ -56,6 +56,7 @@ class EngineRun(BaseModel):
     attention: str | None = None
     quant: str | None = None
     spec: str | None = None  # speculative decoding: none, ngram=N, draft=MODEL (engines.speculation)
+    tp: int = Field(1, ge=1, le=64, description="tensor-parallel size: GPUs (or CPU ranks) one model is split over")
     options: dict[str, Any] = {}
 
     @field_validator("spec")
@@ -69,6 +70,7 @@ class EngineRun(BaseModel):
         # quant "none" is the HF engines' unquantized default: labels leave it out
         parts = [self.engine] + [p for p in (self.precision, self.attention, self.quant) if p and p != "none"]
         parts += [f"spec={self.spec}"] if self.spec else []
+        parts += [f"tp={self.tp}"] if self.tp > 1 else []
         parts += [f"{k}={v}" for k, v in sorted(self.options.items())]
         return " ".join(parts)
 
@@ -168,6 +170,8 @@ class StudySpec(BaseModel):
     cell_timeout_s: float | None = Field(None, gt=0)
     quality: QualitySpec | None = None
     check: CheckSpec | None = None
+    # Where runs execute: "local" worker processes, or a Ray cluster "ray://HOST:PORT" (engines.executors).
+    executor: str = "local"
 
     def cells(self) -> list[Cell]:
         return self.grid.cells() if self.grid is not None else []
@@ -189,6 +193,14 @@ class StudySpec(BaseModel):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"unknown device '{value}' (use auto, cpu, cuda or cuda:N)")
+
+    @field_validator("executor")
+    @classmethod
+    def _executor(cls, value: str) -> str:
+        from engines.executors import parse_executor
+
+        parse_executor(value)
+        return value
 
     def to_json(self) -> str:
         return self.model_dump_json(indent=2)

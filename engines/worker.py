@@ -2,7 +2,8 @@
 
 Protocol: JSON commands on stdin (load, cell, tokens, exit), events as JSON lines on the
 original stdout. Anything a library prints goes to stderr, which the parent keeps a tail of.
-Run as `python -m engines.worker`; it exits when its parent goes away.
+Run as `python -m engines.worker`; it exits when its parent goes away. Under torchrun (tensor
+parallelism, engines/tp.py) rank 0 speaks this protocol and relays each command to the other ranks.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import sys
 import threading
 import time
 import traceback
-from typing import Any, TextIO
+from typing import Any, Iterator, TextIO
 
 from engines import events as ev
+from engines import tp
 from engines.base import Engine
 from engines.spec import EngineRun
 from engines.roofline import cell_efficiency
@@ -27,10 +29,11 @@ from engines.speculation import cell_metrics, tokens_digest
 _FAULT = os.environ.get("CODEBENCH_FAULT", "")  # test hook: "kill:N" or "segv:N" dies in cell N
 
 
-def _watch_parent(parent: int) -> None:
+def _watch_parent(parent: int, grandparent: int | None = None) -> None:
+    # Under torchrun the parent is its agent: the study (grandparent) dying ends every rank too.
     while True:
         time.sleep(0.5)
-        if os.getppid() != parent:
+        if os.getppid() != parent or (grandparent and tp.parent_of(parent) != grandparent):
             os._exit(3)
 
 
@@ -71,8 +74,9 @@ def _maybe_fault(index: int) -> None:
 
 
 class Worker:
-    def __init__(self, out: TextIO):
+    def __init__(self, out: TextIO, group: tp.Group | None = None):
         self.out = out
+        self.group = group  # tensor-parallel ranks: every rank runs the same calls, rank 0 reports
         self.run_id = ""
         self.engine: Engine | None = None
         self.model_path = ""
@@ -102,7 +106,20 @@ class Worker:
             tok = tokenizer_file(str(ensure_tiny()))
         self.tokenizer_file = str(tok)
         self.engine = load_engine(run)
-        info = self.engine.load(self.model_path, cmd["device"])
+        if self.group is None:
+            info = self.engine.load(self.model_path, cmd["device"])
+        else:
+            info, failed = None, None
+            try:
+                info = self.engine.load(self.model_path, self.group.device)
+            except Exception as exc:  # every rank hears of it, so none waits in a collective for this one
+                failed = exc
+            self.group.agree(f"{type(failed).__name__}: {failed}" if failed else None)
+            if failed is not None:
+                raise failed
+            assert info is not None
+            info.device = self.group.devices_label
+            info.extra["tp"] = {"size": self.group.size, "backend": self.group.backend, "init_s": self.group.init_s}
         info.load_s = info.load_s or (time.perf_counter() - t0)
         info.extra.setdefault("omp_wait_policy", os.environ.get("OMP_WAIT_POLICY", ""))
         limit = cmd.get("cell_mem_limit_bytes")
@@ -182,6 +199,9 @@ class Worker:
                 metrics["efficiency"] = efficiency
             metrics.update(cell_metrics(extras, batch, out_len), tokens_sha256=digests[-1],
                            tokens_stable=len(set(digests)) == 1)  # fmt: skip
+            ranks = getattr(self.engine, "rank_peaks", None)  # engines that start their own ranks (vllm)
+            if ranks is not None and (per_rank := ranks()):
+                metrics["tp"] = per_rank
             result = {
                 "repeats": repeats,
                 "peak_rss_bytes": _peak_rss(),
@@ -189,7 +209,7 @@ class Worker:
                 "metrics": metrics,
                 "started_at": started,
             }
-            self.emit(ev.CellFinished(self.run_id, time.time(), index=index, status="done", result=result))
+            status, text = "done", ""
         except BaseException as exc:  # noqa: BLE001 - every failure of a cell is recorded, the worker lives on
             if isinstance(exc, (KeyboardInterrupt, SystemExit)):
                 raise
@@ -198,8 +218,12 @@ class Worker:
             text = f"{type(exc).__name__}: {exc}".strip()
             if not oom:
                 text += "\n" + "".join(traceback.format_exception(exc)[-3:])
-            self.emit(ev.CellFinished(self.run_id, time.time(), index=index, status="oom" if oom else "failed",
-                                      error=text[:4000], result={"started_at": started}))  # fmt: skip
+            status, result = ("oom" if oom else "failed"), {"started_at": started}
+        if self.group is not None:  # per-rank peaks to rank 0, and one status for the cell
+            peaks = (result.get("peak_gpu_bytes"), result.get("peak_rss_bytes") or _peak_rss())
+            status, result, text = self.group.merge_cell(status, result, text, peaks)
+        self.emit(ev.CellFinished(self.run_id, time.time(), index=index, status=status, error=text[:4000],
+                                  result=result))  # fmt: skip
 
     def _tokenizer(self):
         from tokenizers import Tokenizer
@@ -256,16 +280,37 @@ class Worker:
         self.emit(ev.GreedyTokens(self.run_id, time.time(), prompts=prompts, tokens=res.tokens))
 
 
+def _commands(group: tp.Group | None) -> Iterator[dict[str, Any]]:
+    """Commands from stdin; under torchrun rank 0 reads them and broadcasts each to the other ranks."""
+    if group is not None and not group.leader:
+        while True:
+            try:
+                yield group.broadcast(None)
+            except RuntimeError:  # rank 0 is gone; torchrun ends the group
+                return
+    for line in sys.stdin:
+        cmd = json.loads(line)
+        if group is not None:
+            group.broadcast(cmd)
+        yield cmd
+    if group is not None:  # stdin closed: the parent is gone, so the other ranks stop too
+        group.broadcast({"cmd": "exit"})
+
+
 def main() -> int:
     events_fd = os.dup(1)
     os.dup2(2, 1)  # C and Python prints from libraries must not corrupt the event stream
     sys.stdout = sys.stderr
-    out = os.fdopen(events_fd, "w", buffering=1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides about Ctrl-C
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    worker = Worker(out)
-    for line in sys.stdin:
-        cmd = json.loads(line)
+    threading.Thread(target=_watch_parent, args=(os.getppid(), tp.grandparent(sys.argv[1:])), daemon=True).start()
+    group = tp.start(sys.argv[1:])
+    if group is None or group.leader:
+        out = os.fdopen(events_fd, "w", buffering=1)
+    else:  # one event stream: rank 0's
+        os.close(events_fd)
+        out = open(os.devnull, "w")
+    worker = Worker(out, group)
+    for cmd in _commands(group):
         name = cmd.get("cmd")
         try:
             if name == "load":
@@ -285,9 +330,13 @@ def main() -> int:
         except Exception as exc:  # a failed load or tokens command: report it and stop
             text = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
             worker.emit(ev.RunFinished(worker.run_id, time.time(), status="failed", error=text[:4000]))
+            if group is not None and not group.leader:
+                print(f"rank {group.rank}: {text}", file=sys.stderr)
             return 1
     if worker.engine is not None:
         worker.engine.unload()
+    if group is not None:
+        group.close()
     return 0
 
 

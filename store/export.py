@@ -21,7 +21,7 @@ EXPORT_TAG = "codebench-tui export"
 CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
                "device", "batch", "input_len", "output_len", "params", "status", "tokens_per_s", "latency_s",
                "latency_spread", "latency_ci95", "ttft_s", "decode_tps", "peak_rss_bytes", "peak_gpu_bytes",
-               "peak_nvml_bytes", "repeats", "error"]  # fmt: skip
+               "peak_nvml_bytes", "peak_bytes_per_rank", "repeats", "error"]  # fmt: skip
 
 
 class ImportError_(ValueError):
@@ -47,12 +47,14 @@ def to_csv(results: list[RunResult]) -> str:
                 c["status"], *("" if c.get(k) is None else c[k] for k in
                                ("tokens_per_s", "latency_s", "latency_spread", "latency_ci95", "ttft_s", "decode_tps",
                                 "peak_rss_bytes", "peak_gpu_bytes", "peak_nvml_bytes")),
+                json.dumps(((c.get("metrics") or {}).get("tp") or {}).get("peak_bytes_per_rank") or []),
                 len(c.get("repeats") or []), (c.get("error") or "").splitlines()[0] if c.get("error") else "",
             ])  # fmt: skip
     return buf.getvalue()
 
 
-def _md_table(t: Table) -> str:
+def markdown_table(t: Table) -> str:
+    """A Table as a GitHub Markdown table: bold title, centred columns, notes in italics."""
     esc = lambda s: s.replace("|", "\\|")  # noqa: E731
     lines = [f"**{esc(t.title)}**", "", "| " + " | ".join(map(esc, t.headers)) + " |",
              "|" + "|".join(":---:" for _ in t.headers) + "|"]  # fmt: skip
@@ -74,11 +76,11 @@ def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "toke
                    f"{r.status}, {when(r.run.get('created_at'))}: {host_line(r.run)}")  # fmt: skip
     out.append("")
     if len(results) > 1:
-        out += [_md_table(comparison_table(results, baseline, metric)), ""]
+        out += [markdown_table(comparison_table(results, baseline, metric)), ""]
     if any(r.quality for r in results):
-        out += [_md_table(quality_table(results, baseline)), ""]
+        out += [markdown_table(quality_table(results, baseline)), ""]
     for r in results:
-        out += [_md_table(cell_table(r)), ""]
+        out += [markdown_table(cell_table(r)), ""]
     return "\n".join(out).rstrip() + "\n"
 
 

@@ -11,7 +11,7 @@ from store import queries
 from store.models import CellRow, Run, Telemetry
 
 CELL_AXES = ("batch", "input_len", "output_len")
-CONFIG_KEYS = ("engine", "precision", "attention", "quant")
+CONFIG_KEYS = ("engine", "precision", "attention", "quant", "tp")
 
 
 @dataclass
@@ -36,7 +36,7 @@ class RunResult:
     def config_value(self, key: str) -> Any:
         cfg = self.run.get("config") or {}
         if key in CONFIG_KEYS:
-            return cfg.get(key)
+            return cfg.get(key, 1) if key == "tp" else cfg.get(key)  # runs stored before --tp ran on one device
         return (cfg.get("options") or {}).get(key)
 
     def cell_key(self, cell: dict[str, Any]) -> tuple:
@@ -97,5 +97,5 @@ def run_title(result: RunResult, keys: list[str] | None = None) -> str:
     for k in keys:
         v = result.run[k] if k in ("model", "device") else result.config_value(k)
         if v is not None:
-            parts.append(str(v) if k in CONFIG_KEYS or k in ("model", "device") else f"{k}={v}")
+            parts.append(f"tp={v}" if k == "tp" else str(v) if k in CONFIG_KEYS or k in ("model", "device") else f"{k}={v}")
     return " ".join(parts) or result.run["label"]

@@ -71,9 +71,11 @@ def cell_table(result: RunResult) -> Table:
         row.append(STATUS_MARK.get(status, status))
         spread = c.get("latency_spread")
         gpu = c.get("peak_gpu_bytes") or c.get("peak_nvml_bytes")
+        per_gpu = (((c.get("metrics") or {}).get("tp") or {}).get("peak_gpu_bytes_per_rank")) or []
         row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")),
                 "-" if spread is None else f"{spread * 100:.1f}%", fmt(c.get("ttft_s")),
-                fmt(c.get("decode_tps")), *spec_columns(c), mb(c.get("peak_rss_bytes")), mb(gpu),
+                fmt(c.get("decode_tps")), *spec_columns(c), mb(c.get("peak_rss_bytes")),
+                mb(gpu) + (f" ({' + '.join(mb(g) for g in per_gpu)})" if len(per_gpu) > 1 else ""),
                 *efficiency_columns(c)]  # fmt: skip
         rows.append(row)
         styles.append([status] * len(row))

@@ -42,6 +42,16 @@ class RunWriter:
         run.device = device
         self.session.add(run)
 
+    def set_host(self, run_id: str, host: dict[str, Any]) -> None:
+        """The machine a remote run ran on; a run resumed on another node keeps every node it used."""
+        run = self.session.get(Run, run_id)
+        old = run.host or {}
+        if old.get("ray") and old.get("ray") != host.get("ray"):
+            host = {**host, "earlier_nodes": [*old.get("earlier_nodes", []), old["ray"]]}
+        run.host = host
+        self.session.add(run)
+        self.commit()
+
     def add_cell(self, run_id: str, index: int, cell: Any, status: str, *, result: dict | None = None,
                  error: str = "", finished_at: float | None = None) -> CellRow:  # fmt: skip
         result = result or {}

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="comma list, e.g. f32,q8_0,q4_0 (llama.cpp) or none,int8,nf4,fp4 (HF, compute dtype = --precision)")
     p.add_argument("--spec", type=_list, help="speculative decoding, a list: none,ngram=4,draft=tiny-draft "
                    "(hf-generate; vllm: ngram only); none is added as the matched baseline")
+    p.add_argument("--tp", type=_list, help="tensor-parallel sizes, a list: 1,2 (hf-generate, hf-pipeline via "
+                   "torchrun; vllm; llama.cpp on GPUs); each run is repeated for each size")
     p.add_argument("--workload", help="prompts: synthetic (stdlib code, default), humaneval, jsonl:FILE "
                    "(a \"text\" field per line) or shared-prefix")
     p.add_argument("--shared-len", help="shared-prefix: shared prompt tokens P, e.g. 1024:16385:x2")
@@ -67,6 +69,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, help="timed minibatches per repeat (default 2)")
     p.add_argument("--repeats", type=int, help="repeats per cell, each stored (default 3)")
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
+    p.add_argument("--executor", help="where runs execute: local worker processes (default), or a Ray cluster: "
+                   "ray://HOST:PORT (its client server) or ray (a cluster started on this host)")
     p.add_argument("--seed", type=int, help="workload seed (default 0)")
     p.add_argument("--name", help="a name for the study")
     p.add_argument("--cell-timeout", type=float, metavar="S", help="kill a cell's worker after S seconds")
@@ -125,6 +129,9 @@ def spec_from_args(args: argparse.Namespace):
         from tui.errors import UsageError
 
         raise UsageError("--precision/--attention/--quant/--spec need --engine when a study file gives the runs")
+    if args.tp:
+        tps = _tp_sizes(args.tp)
+        base["runs"] = [{**run, "tp": t} for run in base["runs"] for t in tps]
     for run in base["runs"]:
         run["options"] = {**run.get("options", {}), **dict(args.opt)}
     if args.concurrency is not None:
@@ -147,7 +154,7 @@ def spec_from_args(args: argparse.Namespace):
         if getattr(args, key) is not None:
             timing[key] = getattr(args, key)
     base["timing"] = timing
-    for key, field in (("device", "device"), ("name", "name"), ("cell_timeout", "cell_timeout_s"),
+    for key, field in (("device", "device"), ("name", "name"), ("executor", "executor"), ("cell_timeout", "cell_timeout_s"),
                        ("cell_mem_limit", "cell_mem_limit_bytes")):  # fmt: skip
         if getattr(args, key) is not None:
             base[field] = getattr(args, key)
@@ -160,6 +167,15 @@ def spec_from_args(args: argparse.Namespace):
     if args.check:
         base["check"] = base.get("check") or {}
     return build_spec(base)
+
+
+def _tp_sizes(values: list[str]) -> list[int]:
+    from engines.spec import SpecError
+
+    bad = [v for v in values if not v.isdigit() or not 1 <= int(v) <= 64]
+    if bad:
+        raise SpecError(f"--tp takes tensor-parallel sizes from 1 to 64, e.g. --tp 1,2; got '{bad[0]}'")
+    return list(dict.fromkeys(int(v) for v in values))
 
 
 def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
@@ -183,7 +199,7 @@ PRESET_ENGINES = ("hf-generate", "hf-pipeline", "torch-compile", "hf-noshare", "
 
 def validate(spec) -> str:
     """Everything that can be known before running: model, engines, device. Returns the device."""
-    from engines import registry
+    from engines import registry, tp
     from engines.hardware import resolve_device
     from engines.models import check_model
     from engines.spec import SpecError
@@ -192,18 +208,34 @@ def validate(spec) -> str:
     from engines.prompt_sources import check_workload
 
     check_workload(spec.workload)
-    device = resolve_device(spec.device)
+    remote = _connect_executor(spec.executor)
+    device = spec.device if remote else resolve_device(spec.device)  # Ray nodes resolve their own
     for run in spec.runs + ([spec.check.reference] if spec.check else []):
         if kind == "preset" and run.engine not in PRESET_ENGINES:
             raise SpecError(f"{run.engine} cannot build {spec.model} (random weights need an HF engine); "
                             f"use --engine {','.join(PRESET_ENGINES)}")  # fmt: skip
-        avail = registry.check(run, device)
+        tp.check_model(spec.model, run)  # heads that --tp cannot split evenly
+        if remote and run is not (spec.check.reference if spec.check else None):
+            continue  # what a node can run is for the node to say: a run it cannot load fails with the reason
+        avail = registry.check(run, resolve_device(spec.device) if remote else device)
         if not avail.ok:
             hint = f"; {avail.hint}" if avail.hint else ""
             raise SpecError(f"{run.label()}: {avail.reason}{hint}")
     if spec.quality:
         validate_quality(spec.quality)
     return device
+
+
+def _connect_executor(executor: str) -> bool:
+    """Join a Ray cluster now, so an unreachable one is a one-line error before anything is written."""
+    from engines.executors import parse_executor
+
+    kind, address = parse_executor(executor)
+    if kind == "ray":
+        from engines.ray_executor import connect
+
+        connect(address)
+    return kind == "ray"
 
 
 def validate_quality(q) -> None:

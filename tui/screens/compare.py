@@ -175,9 +175,9 @@ class CompareScreen(Screen):
         self.query_one("#cmp-tabs", TabbedContent).active = TABS[int(index)]
 
     def markdown(self) -> str:
-        from store.export import _md_table
+        from store.export import markdown_table
 
-        return _md_table(self.table())
+        return markdown_table(self.table())
 
     def action_copy(self) -> None:
         text = self.markdown()
