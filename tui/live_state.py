@@ -46,6 +46,7 @@ class CellResult:
 @dataclass
 class GpuSeries:
     index: int
+    node: str = ""  # the host of a GPU sampled on a remote node (Ray executor); "" here
     mem_total: int | None = None
     mem_used: int | None = None
     util: float | None = None
@@ -53,6 +54,10 @@ class GpuSeries:
     mem: deque = field(default_factory=lambda: deque(maxlen=SERIES))
     utils: deque = field(default_factory=lambda: deque(maxlen=SERIES))
     power: deque = field(default_factory=lambda: deque(maxlen=SERIES))
+
+    @property
+    def label(self) -> str:
+        return f"{self.node} GPU{self.index}" if self.node else f"GPU{self.index}"
 
 
 def _peak(result: dict[str, Any]) -> int | None:
@@ -81,7 +86,8 @@ class LiveState:
         self.rss: deque[float] = deque(maxlen=SERIES)
         self.cpu_now = 0.0
         self.rss_now = 0
-        self.gpus: dict[int, GpuSeries] = {}
+        self.gpus: dict[tuple[str, int], GpuSeries] = {}  # by (node, index)
+        self._procs: dict[str, tuple[float, int]] = {}  # latest CPU % and RSS of each run's worker
         self.results: list[CellResult] = []
         self.log: deque[tuple[float, str, str]] = deque(maxlen=LOG_LINES)
         self.log_total = 0  # lines ever logged: the screen writes only the new ones
@@ -142,6 +148,7 @@ class LiveState:
         elif isinstance(e, ev.RunFinished):
             if run:
                 run.status, run.ended = e.status, e.t
+            self._procs.pop(e.run_id, None)
             self.current = None
             self._say(e.t, "error" if e.error else "info",
                       f"run {e.run_id[:8]} {e.status}" + (f": {e.error.splitlines()[0]}" if e.error else ""))  # fmt: skip
@@ -178,11 +185,15 @@ class LiveState:
 
     def _telemetry(self, e: ev.TelemetrySample) -> None:
         self.samples_seen += 1
-        self.cpu_now, self.rss_now = e.cpu_percent, e.rss_bytes
-        self.cpu.append(e.cpu_percent)
-        self.rss.append(e.rss_bytes / 2**30)
+        # Runs on several nodes at once (Ray) sample separately: the gauges show their sum.
+        self._procs[e.run_id] = (e.cpu_percent, e.rss_bytes)
+        self.cpu_now = sum(c for c, _ in self._procs.values())
+        self.rss_now = sum(r for _, r in self._procs.values())
+        self.cpu.append(self.cpu_now)
+        self.rss.append(self.rss_now / 2**30)
         for g in e.gpus:
-            s = self.gpus.setdefault(g.get("index", 0), GpuSeries(g.get("index", 0)))
+            key = (g.get("node") or "", g.get("index", 0))
+            s = self.gpus.setdefault(key, GpuSeries(key[1], key[0]))
             s.mem_total = g.get("mem_total") or s.mem_total
             s.mem_used, s.util, s.power_w = g.get("mem_used"), g.get("util"), g.get("power_w")
             if s.mem_used is not None:
