@@ -158,10 +158,18 @@ def _screen(module: str, name: str) -> Any:
 
 def _preload() -> None:
     """Import what later screens need while the user reads the first one."""
+    import gc
     import importlib
 
-    for name in PRELOAD:
-        importlib.import_module(name)
+    collect = gc.isenabled()
+    gc.disable()  # a full collection mid-import holds the GIL and rescans half-built modules: a UI stall
+    try:
+        for name in PRELOAD:
+            importlib.import_module(name)
+    finally:
+        gc.freeze()  # what was imported stays out of later collections
+        if collect:
+            gc.enable()
 
 
 def make_app(db_path: str | None = None, replay: str | None = None, **kw: Any) -> CodebenchApp:

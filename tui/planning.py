@@ -102,6 +102,75 @@ def engine_choices(device: str, check: Callable | None = None) -> list[EngineCho
     return out
 
 
+def engine_axes(choice: EngineChoice) -> dict[str, list[str]]:
+    """The option axes an engine has (spec aside), each with its values in the registry's order."""
+    out: dict[str, list[str]] = {}
+    for axis in AXES:
+        values = list(dict.fromkeys(getattr(c.run, axis) for c in choice.combos))
+        if values != [None]:
+            out[axis] = values
+    return out
+
+
+def default_picks(choice: EngineChoice) -> dict[str, list[str]]:
+    """The engine's first combination that runs here: its defaults where they can."""
+    first = next((c for c in choice.combos if c.ok), None)
+    return {a: [getattr(first.run, a)] for a in engine_axes(choice)} if first else {a: [] for a in engine_axes(choice)}
+
+
+def axis_offers(choice: EngineChoice, picks: dict[str, list[str]]) -> dict[str, list[tuple[str, bool, str]]]:
+    """Per axis: (value, offered, why not). A value is offered when a combination that runs here has it
+    together with values picked on the other axes (any value, where an axis has none picked)."""
+    axes = engine_axes(choice)
+    out = {}
+    for axis, values in axes.items():
+        others = [(b, set(picks.get(b) or axes[b])) for b in axes if b != axis]
+        offers = []
+        for value in values:
+            matching = [c for c in choice.combos if getattr(c.run, axis) == value
+                        and all(getattr(c.run, b) in ok for b, ok in others)]  # fmt: skip
+            ok = any(c.ok for c in matching)
+            offers.append((value, ok, "" if ok else next((c.reason for c in matching if c.reason), "")))
+        out[axis] = offers
+    return out
+
+
+def engine_runs(choice: EngineChoice, picks: dict[str, list[str]], spec: list[str], device: str,
+                check: Callable | None = None) -> tuple[list[Any], list[str]]:  # fmt: skip
+    """The runs `engines.registry.expand` builds from the picks (the CLI's --precision/--attention/--quant/
+    --spec lists), less the combinations that cannot run here; returns (runs, why each left-out one cannot)."""
+    from engines import registry
+
+    missing = [a for a in engine_axes(choice) if not picks.get(a)]
+    if missing:
+        return [], [f"pick a value for {missing[0]}"]
+    runs = registry.expand([choice.name], **{a: list(picks.get(a) or []) or None for a in AXES}, spec=spec or None)
+    runnable = {tuple(getattr(c.run, a) for a in AXES): c for c in choice.combos}
+    check = check or registry.check
+    keep, why = [], []
+    for run in runs:
+        combo = runnable.get(tuple(getattr(run, a) for a in AXES))
+        avail = check(run, device) if run.spec else None  # a draft model or spec option: checked as typed
+        reason = combo.reason if combo is not None and not combo.ok else ""
+        reason = reason or (avail.reason if avail is not None and not avail.ok else "")
+        if combo is None or reason:
+            why.append(f"{run.label()}: {reason or 'not offered here'}")
+        else:
+            keep.append(run)
+    return keep, why
+
+
+def picks_from_runs(choice: EngineChoice, runs: list[Any]) -> tuple[dict[str, list[str]], list[str]]:
+    """The picks (and spec values) that select `runs` of this engine, in the registry's order."""
+    axes = engine_axes(choice)
+    mine = [r for r in runs if r.engine == choice.name]
+    default = default_picks(choice)
+    picks = {a: [v for v in values if any(getattr(r, a) == v for r in mine)] or default.get(a, [])
+             for a, values in axes.items()}  # fmt: skip  (a run that leaves an axis out gets the default)
+    spec = list(dict.fromkeys(r.spec for r in mine if r.spec and r.spec != "none"))
+    return picks, spec
+
+
 def parse_grid_axis(text: str, name: str) -> tuple[list[int] | None, str]:
     from engines.grid import GridError, parse_axis
 

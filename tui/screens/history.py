@@ -11,14 +11,20 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import Input, Static
 
 from tui.widgets.footer import Footer
+from tui.widgets.runtable import Column, RunTable
 
-PAGE = 100  # rows per page: the table measures every cell it holds
+PAGE = 100  # rows per page: one SQL page; the table draws only the rows on screen
 SORT_KEYS = ("started", "name", "model", "run", "status", "cells", "best", "host")
-COLUMNS = [("sel", " "), ("id", "id"), ("started", "started"), ("run", "run"), ("status", "status"),
-           ("cells", "cells"), ("best", "best tok/s"), ("model", "model"), ("name", "name"), ("host", "host")]  # fmt: skip
+# Too narrow for all: long cells are cut (…), then host, model and name go, in that order.
+COLUMNS = [Column("sel", " ", min_width=1), Column("id", "id"), Column("started", "started"),
+           Column("run", "run", shrink=True, min_width=12, soft_width=28), Column("status", "status"),
+           Column("cells", "cells", shrink=True, min_width=5), Column("best", "best tok/s", right=True),
+           Column("model", "model", drop=2, shrink=True, min_width=6, soft_width=16),
+           Column("name", "name", drop=1, shrink=True, min_width=6, soft_width=16),
+           Column("host", "host", drop=3, shrink=True, min_width=6)]  # fmt: skip
 STATUS_STYLE = {"done": "green", "running": "cyan", "failed": "red", "cancelled": "yellow", "interrupted": "magenta"}
 
 
@@ -27,6 +33,7 @@ def _when(ts: float | None) -> str:
 
 
 class HistoryScreen(Screen):
+    AUTO_FOCUS = "#hist-table"  # not the filter: the footer would be built twice, first for typing
     BINDINGS = [
         Binding("slash", "focus_filter", "Filter", tooltip="Filter by model, engine, status, name, host or id"),
         Binding("space", "toggle_select", "Select", tooltip="Select or unselect the run under the cursor"),
@@ -57,6 +64,10 @@ class HistoryScreen(Screen):
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
+        try:  # styled as it mounts: spare the two full CSS re-parses Textual runs on a mode's first switch (~100 ms)
+            self._css_update_count = self.app._css_update_count
+        except Exception:
+            pass
         self.sort, self.descending = "started", True
         self.page_offset = 0
         self.filter_text = ""
@@ -73,14 +84,11 @@ class HistoryScreen(Screen):
             yield Input(placeholder="/ filter: model engine status name host id", id="hist-filter",
                         compact=True)  # fmt: skip
             yield Static(id="hist-status")
-        yield DataTable(id="hist-table", cursor_type="row", zebra_stripes=True)
+        yield RunTable(COLUMNS, id="hist-table")
         yield Footer()
 
     def on_mount(self) -> None:
-        table = self.query_one("#hist-table", DataTable)
-        for key, label in COLUMNS:
-            table.add_column(label, key=key)
-        table.focus()
+        self._update_header()
         self.reload()
 
     def on_screen_resume(self) -> None:
@@ -115,30 +123,27 @@ class HistoryScreen(Screen):
 
         self.loaded_at = time.monotonic()
         self.total, self.all_runs = message.total, message.all_runs
-        table = self.query_one("#hist-table", DataTable)
-        cursor_key = self._cursor_id()
-        table.clear()
+        table = self.query_one("#hist-table", RunTable)
+        cursor_key = table.cursor_key
         self.rows = {r.id: r for r in message.rows}
-        for r in message.rows:
-            table.add_row(*self._cells(r), key=r.id)
-        if cursor_key in self.rows:
-            table.move_cursor(row=table.get_row_index(cursor_key))
+        table.set_rows(list(self.rows), [self._cells(r) for r in message.rows], cursor_key)
         self._update_header()
         self._status()
 
+    def _mark(self, run_id: str) -> Any:
+        return (("✓", "bold green"),) if run_id in self.selected else " "
+
     def _cells(self, r: Any) -> list[Any]:
+        """Plain strings, or (text, style) pieces where a colour says something."""
         bad = " ".join(f"{n} {k}" for k, n in r.bad.items())
-        cells = Text(f"{r.done}/{r.cells_total}")
-        if bad:
-            cells.append(f" {bad}", style="red")
-        title = Text(r.label)
+        done = f"{r.done}/{r.cells_total}"
         return [
-            Text("✓" if r.id in self.selected else " ", style="bold green"),
-            Text(r.id[:8], style="bold"),
+            self._mark(r.id),
+            ((r.id[:8], "bold"),),
             _when(r.created_at),
-            title,
-            Text(r.status, style=STATUS_STYLE.get(r.status, "")),
-            cells,
+            r.label,
+            ((r.status, STATUS_STYLE.get(r.status, "")),),
+            ((done, ""), (f" {bad}", "red")) if bad else done,
             "-" if r.best_tps is None else f"{r.best_tps:,.1f}",
             r.model,
             r.name or "",
@@ -157,21 +162,12 @@ class HistoryScreen(Screen):
         self.query_one("#hist-status", Static).update(text)
 
     def _update_header(self) -> None:
-        table = self.query_one("#hist-table", DataTable)
-        for key, label in COLUMNS:
-            mark = (" ↓" if self.descending else " ↑") if key == self.sort else ""
-            table.columns[key].label = Text(label + mark)  # type: ignore[index]  # ColumnKey hashes as its str
-        table._require_update_dimensions = True
-        table.refresh()
+        mark = " ↓" if self.descending else " ↑"
+        labels = {c.key: c.label + (mark if c.key == self.sort else "") for c in COLUMNS}
+        self.query_one("#hist-table", RunTable).set_labels(labels)
 
     def _cursor_id(self) -> str | None:
-        table = self.query_one("#hist-table", DataTable)
-        if not table.row_count:
-            return None
-        try:
-            return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
-        except Exception:
-            return None
+        return self.query_one("#hist-table", RunTable).cursor_key
 
     # --- filter ------------------------------------------------------------------------------
 
@@ -189,18 +185,18 @@ class HistoryScreen(Screen):
 
     @on(Input.Submitted, "#hist-filter")
     def _filter_done(self) -> None:
-        self.query_one("#hist-table", DataTable).focus()
+        self.query_one("#hist-table", RunTable).focus()
 
-    @on(DataTable.HeaderSelected)
-    def _header(self, event: DataTable.HeaderSelected) -> None:
-        key = event.column_key.value
+    @on(RunTable.HeaderSelected)
+    def _header(self, event: RunTable.HeaderSelected) -> None:
+        key = event.column_key
         if key in SORT_KEYS:
             self.descending = not self.descending if key == self.sort else key in ("started", "best", "cells")
             self.sort = key
             self.page_offset = 0
             self.reload()
 
-    @on(DataTable.RowSelected)
+    @on(RunTable.RowSelected)
     def _row_selected(self) -> None:
         self.action_replay()
 
@@ -218,7 +214,7 @@ class HistoryScreen(Screen):
 
     def action_clear(self) -> None:
         if isinstance(self.focused, Input):
-            self.query_one("#hist-table", DataTable).focus()
+            self.query_one("#hist-table", RunTable).focus()
             return
         self.selected.clear()
         if self.filter_text:
@@ -233,10 +229,9 @@ class HistoryScreen(Screen):
             self.selected.remove(run_id)
         else:
             self.selected.append(run_id)
-        table = self.query_one("#hist-table", DataTable)
-        table.update_cell(run_id, "sel", Text("✓" if run_id in self.selected else " ", style="bold green"))
-        if table.cursor_row < table.row_count - 1:
-            table.move_cursor(row=table.cursor_row + 1)
+        table = self.query_one("#hist-table", RunTable)
+        table.update_cell(run_id, "sel", self._mark(run_id))
+        table.move_cursor(table.cursor_row + 1)
         self._status()
 
     def action_select_page(self) -> None:

@@ -15,7 +15,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import RichLog, Sparkline, Static
+from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from tui.widgets.footer import Footer
@@ -23,6 +23,8 @@ from tui.feed import Feed, FeedInfo
 from tui.live_state import STATUS_WORD, LiveState
 from tui.planning import clock
 from tui.widgets.bars import Gauge, bar, gib
+from tui.widgets.spark import Spark
+from tui.widgets.tail import TailLog
 
 DRAIN_HZ = 8.0
 CELL_STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim",
@@ -84,6 +86,8 @@ class LiveScreen(Screen):
         self._painted_series: tuple[int, int] = (-1, -1)
         self._runs_lines = -1
         self.run_ids: list[str] = []
+        self._widgets: dict[str, Any] = {}  # selector -> widget: a DOM query per widget per frame adds up
+        self._gpu_widgets: dict[Any, tuple[Gauge, Static, Spark]] = {}  # by (node, index)
 
     def compose(self):
         yield Static(id="live-head")
@@ -94,16 +98,16 @@ class LiveScreen(Screen):
         with Horizontal(id="live-body"):
             with Vertical(id="live-table"):  # a log of fixed-width rows: appending renders one line, not the table
                 yield Static(id="results-head")
-                yield RichLog(id="live-results", max_lines=20000, wrap=False, markup=False, min_width=20)
+                yield TailLog(id="live-results", max_lines=20000, cut_at_space=True)
             with VerticalScroll(id="live-side"):
                 yield Static("tok/s", id="tok-label", classes="side-label")
-                yield Sparkline([], id="spark-tok")
+                yield Spark([], id="spark-tok")
                 yield Gauge("CPU", id="g-cpu")
-                yield Sparkline([], id="spark-cpu", classes="spark-small")
+                yield Spark([], id="spark-cpu", classes="spark-small")
                 yield Gauge("RSS", id="g-rss")
-                yield Sparkline([], id="spark-rss", classes="spark-small")
+                yield Spark([], id="spark-rss", classes="spark-small")
                 yield Vertical(id="live-gpus")
-        yield RichLog(id="live-log", max_lines=2000, wrap=True, markup=False, min_width=20)
+        yield TailLog(id="live-log", max_lines=2000, wrap=True)
         yield Footer()
 
     def on_mount(self) -> None:
@@ -145,7 +149,7 @@ class LiveScreen(Screen):
                         exit_on_error=False)  # fmt: skip
 
     def _columns(self, info: FeedInfo) -> None:
-        self.query_one("#live-results", RichLog).clear()
+        self.query_one("#live-results", TailLog).clear()
         self._show_run = len(info.labels) > 1  # one run: its label is on the progress line already
         cols = (COLUMNS[:1] if self._show_run else []) + COLUMNS[1:]
         head = Text(" ".join(name.rjust(w) if right else name.ljust(w) for name, w, right in cols), style="bold")
@@ -156,9 +160,10 @@ class LiveScreen(Screen):
         self._painted_series = (-1, -1)
         self._columns(info)
         self._shown_results = 0
-        self.query_one("#live-log", RichLog).clear()
+        self.query_one("#live-log", TailLog).clear()
         self._shown_log = 0
         self.query_one("#live-gpus", Vertical).remove_children()
+        self._gpu_widgets.clear()
 
     def _drain(self) -> None:
         feed = self.feed
@@ -233,8 +238,8 @@ class LiveScreen(Screen):
         peak = f"{max(tok):,.1f}" if tok else "-"
         self._update("#tok-label", Text.assemble(("tok/s ", "bold"), f"{last}  (max {peak})"))
         cpus = max(s.host_cpus, 1)
-        self.query_one("#g-cpu", Gauge).set(s.cpu_now, cpus * 100.0, f"{s.cpu_now:.0f}%/{cpus * 100}%")
-        self.query_one("#g-rss", Gauge).set(float(s.rss_now), float(s.host_mem or 1), f"{gib(s.rss_now)}/{gib(s.host_mem)}")
+        self._get("#g-cpu").set(s.cpu_now, cpus * 100.0, f"{s.cpu_now:.0f}%/{cpus * 100}%")
+        self._get("#g-rss").set(float(s.rss_now), float(s.host_mem or 1), f"{gib(s.rss_now)}/{gib(s.host_mem)}")
         self._paint_gpus()
         self._paint_results()
         self._paint_log()
@@ -245,16 +250,22 @@ class LiveScreen(Screen):
         if self._last_text.get(selector) == text:
             return
         self._last_text[selector] = text
-        self.query_one(selector, Static).update(text, layout=layout)
+        self._get(selector).update(text, layout=layout)
+
+    def _get(self, selector: str) -> Any:
+        widget = self._widgets.get(selector)
+        if widget is None:
+            widget = self._widgets[selector] = self.query_one(selector)
+        return widget
 
     def _paint_series(self) -> None:
         s = self.state
-        self.query_one("#spark-tok", Sparkline).data = list(s.tokens)
-        self.query_one("#spark-cpu", Sparkline).data = list(s.cpu)
-        self.query_one("#spark-rss", Sparkline).data = list(s.rss)
+        self._get("#spark-tok").data = s.tokens
+        self._get("#spark-cpu").data = s.cpu
+        self._get("#spark-rss").data = s.rss
         for idx, g in s.gpus.items():
-            for spark in self.query(f"#gpu-{idx}-spark").results(Sparkline):
-                spark.data = list(g.mem)
+            if idx in self._gpu_widgets:
+                self._gpu_widgets[idx][2].data = g.mem
 
     def _head(self, now: float) -> Text:
         feed = self.feed
@@ -329,25 +340,29 @@ class LiveScreen(Screen):
         return out
 
     def _paint_gpus(self) -> None:
-        box = self.query_one("#live-gpus", Vertical)
         for idx, g in sorted(self.state.gpus.items()):
             mem = (float(g.mem_used or 0), float(g.mem_total or 1), f"{gib(g.mem_used)}/{gib(g.mem_total)}")
-            info = f"util {_fmt(g.util, 0)}%  power {_fmt(g.power_w, 0)} W"
-            found = box.query(f"#gpu-{idx}")
-            if not found:  # first sample of this GPU: its widgets, filled before they mount
-                gauge = Gauge(f"GPU{idx}", id=f"gpu-{idx}")
-                gauge.set(*mem)
-                box.mount(gauge, Static(info, id=f"gpu-{idx}-info", classes="gpu-info"),
-                          Sparkline(list(g.mem), id=f"gpu-{idx}-spark", classes="spark-small"))  # fmt: skip
+            info = Text(f"util {_fmt(g.util, 0)}%  power {_fmt(g.power_w, 0)} W")
+            widgets = self._gpu_widgets.get(idx)
+            if widgets is None:  # first sample of this GPU: its widgets, filled before they mount
+                # No ids: after a seek back the old ones may still be on their way out.
+                widgets = self._gpu_widgets[idx] = (Gauge(g.label), Static(info, classes="gpu-info"),
+                                                    Spark(g.mem, classes="spark-small"))  # fmt: skip
+                widgets[0].set(*mem)
+                self._last_text[f"gpu-{idx}"] = info
+                self._get("#live-gpus").mount(*widgets)
                 continue
-            found.first(Gauge).set(*mem)
-            self._update(f"#gpu-{idx}-info", Text(info))
+            gauge, label, _ = widgets
+            gauge.set(*mem)
+            if self._last_text.get(f"gpu-{idx}") != info:
+                self._last_text[f"gpu-{idx}"] = info
+                label.update(info, layout=False)
 
     def _paint_results(self) -> None:
         results = self.state.results
         if self._shown_results >= len(results):
             return
-        log = self.query_one("#live-results", RichLog)
+        log = self._get("#live-results")
         for r in results[self._shown_results :]:
             cells = [str(r.run_number)] if self._show_run else []
             cells += [str(r.batch), str(r.input_len), str(r.output_len), STATUS_WORD.get(r.status, r.status),
@@ -365,7 +380,7 @@ class LiveScreen(Screen):
         new = s.log_total - self._shown_log
         if new <= 0:
             return
-        log = self.query_one("#live-log", RichLog)
+        log = self._get("#live-log")
         for t, level, text in list(s.log)[-min(new, len(s.log)) :]:
             stamp = time.strftime("%H:%M:%S", time.localtime(t))
             log.write(Text.assemble((stamp + " ", "dim"), (text, LOG_STYLE.get(level, ""))))

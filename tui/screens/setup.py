@@ -6,6 +6,7 @@ Engine availability and past timings load in a thread after the first frame.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,21 @@ from textual.widgets import Button, Input, Label, Select, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
 from tui.widgets.footer import Footer
+from tui.widgets.picker import AxisPicker
 from tui.planning import axis_text, human_duration
 
 DEVICES = [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")]
 GRID_FIELDS = (("batch", "batch sizes"), ("input_len", "input lengths"), ("output_len", "output lengths"))
 TIMING_FIELDS = (("warmup", "warm-up", 0), ("iters", "iters", 1), ("repeats", "repeats", 1))
 DEFAULTS = {"batch": "1,2,4", "input_len": "32,128", "output_len": "32", "warmup": "1", "iters": "2", "repeats": "3"}
+
+
+@dataclass
+class EngineBlock:
+    box: Vertical
+    head: Static
+    pickers: list[AxisPicker]
+    notes: Static
 
 
 class SetupScreen(Screen):
@@ -52,10 +62,14 @@ class SetupScreen(Screen):
         self.device = "cpu"
         self.base: dict[str, Any] = {}  # spec fields the form does not edit (kept from a loaded study)
         self.pending_runs: list | None = None  # runs of a study loaded before the engines were
-        self.extra_combos: dict[str, Any] = {}  # key -> EngineRun from a loaded study (e.g. with options)
+        self.picks: dict[str, dict[str, list[str]]] = {}  # engine -> axis -> values ticked
+        self.spec_text: dict[str, str] = {}  # engine -> what was typed in its spec field
+        self.loaded_runs: list | None = None  # a loaded study's runs the pickers cannot say (options, tp): kept as is
+        self.blocks: dict[str, EngineBlock] = {}  # engine -> its option pickers, while ticked
+        self._runs: dict[str, tuple[Any, list, list[str]]] = {}  # engine -> (picks key, runs, why some are left out)
         self.estimate_s: float | None = None
-        self._combo_keys: list[str] = []
         self._ready = False  # the Lazy parts of the form are mounted
+        self._unbuilt: Any = None  # engines checked while another screen was shown: the form is built on return
 
     def compose(self):
         # The model line paints first; the rest mounts right after (Lazy): a blank terminal is what feels slow.
@@ -72,9 +86,8 @@ class SetupScreen(Screen):
                         yield Static("Engines", classes="section")
                         yield SelectionList(id="engines", compact=True)
                         yield Static("checking engines…", id="engine-notes", classes="msg")
-                        yield Static("Options  (valid combinations here)", classes="section")
-                        yield SelectionList(id="combos", compact=True)
-                        yield Static(id="combo-notes", classes="msg")
+                        yield Static("Options  (← → move, space ticks)", id="options-title", classes="section")
+                        yield Vertical(id="options")
                 with Lazy(Vertical(id="setup-right")):
                     yield Static("Grid  (1,2,4  or  32:129:x2)", classes="section")
                     for key, label in GRID_FIELDS:
@@ -106,7 +119,7 @@ class SetupScreen(Screen):
         self.call_after_refresh(self._after_first_frame)
 
     def _after_first_frame(self) -> None:
-        if not self.query("#plan-msg") or not self.query("#combos"):  # the Lazy parts are not mounted yet
+        if not self.query("#plan-msg") or not self.query("#options"):  # the Lazy parts are not mounted yet
             self.set_timer(0.02, self._after_first_frame)
             return
         self._ready = True
@@ -125,17 +138,24 @@ class SetupScreen(Screen):
         override = getattr(app, "device_override", None)
 
         def work() -> None:  # thread: plain data back as a message
-            from store.history import engine_rates, recent_models
-            from tui.planning import engine_choices, model_choices
+            import gc
 
-            if device_choice == "auto":
+            # A second of imports (pydantic, sqlmodel, the engines): a full collection in the middle would
+            # hold the GIL and rescan them, stalling the UI (50-150 ms); after, they leave the collector's sight.
+            collect = gc.isenabled()
+            gc.disable()
+            try:
+                from store.history import engine_rates, recent_models
+                from tui.planning import engine_choices, model_choices
+
+                import engines.models  # noqa: F401  (the model check, typed live, imports it)
                 from engines.hardware import resolve_device
-
-                device = override or resolve_device("auto")
-            else:
-                device = device_choice
+            finally:
+                gc.freeze()
+                if collect:
+                    gc.enable()
+            device = (override or resolve_device("auto")) if device_choice == "auto" else device_choice
             choices = engine_choices(device, check)
-            import engines.models  # noqa: F401  (the model check, typed live, imports it)
             try:
                 with app.database().session() as s:
                     rates, recent = engine_rates(session=s), recent_models(session=s)
@@ -148,6 +168,18 @@ class SetupScreen(Screen):
     @on(Loaded)
     def _loaded(self, message: Loaded) -> None:
         self.device, self.choices, self.rates = message.device, message.choices, message.rates
+        self._runs.clear()
+        if self.is_current:
+            self._build(message)
+        else:  # a study or a replay is on screen: building a form nobody sees would stall its frames
+            self._unbuilt = message
+
+    def on_screen_resume(self) -> None:
+        if self._unbuilt is not None:
+            message, self._unbuilt = self._unbuilt, None
+            self._build(message)
+
+    def _build(self, message: Loaded) -> None:
         self._check_model()
         pick = self.query_one("#model-pick", Select)
         current = self.query_one("#model", Input).value.strip()
@@ -156,76 +188,157 @@ class SetupScreen(Screen):
             pick.value = current
         engines = self.query_one("#engines", SelectionList)
         ticked = set(engines.selected) if engines.option_count else {"hf-generate"}
-        engines.clear_options()
         notes = Text()
         name_w = max((len(c.name) for c in self.choices), default=10) + 2
-        for c in self.choices:
-            if c.ok:
-                engines.add_option(Selection(Text.assemble((c.name.ljust(name_w), "bold"), c.summary), c.name,
-                                             c.name in ticked, id=c.name))  # fmt: skip
-            else:
-                engines.add_option(Selection(Text.assemble((c.name, "strike"), " " * (name_w - len(c.name)), c.reason), c.name, False,
-                                             id=c.name, disabled=True))  # fmt: skip
-                notes.append(f"{c.name}: ", style="bold")
-                notes.append(f"{c.reason}")
-                if c.hint:
-                    notes.append(f"\n  {c.hint}", style="italic")
-                notes.append("\n")
+        with engines.prevent(SelectionList.SelectedChanged):  # the blocks are synced below, once
+            engines.clear_options()
+            for c in self.choices:
+                if c.ok:
+                    engines.add_option(Selection(Text.assemble((c.name.ljust(name_w), "bold"), c.summary), c.name,
+                                                 c.name in ticked, id=c.name))  # fmt: skip
+                else:
+                    label = Text.assemble((c.name, "strike"), " " * (name_w - len(c.name)), c.reason)
+                    engines.add_option(Selection(label, c.name, False, id=c.name, disabled=True))
+                    notes.append(f"{c.name}: ", style="bold")
+                    notes.append(f"{c.reason}")
+                    if c.hint:
+                        notes.append(f"\n  {c.hint}", style="italic")
+                    notes.append("\n")
         notes.rstrip()
         self.query_one("#engine-notes", Static).update(notes or Text(f"all engines available on {self.device}", style="dim"))
         if self.pending_runs is not None:
             self._apply_runs(self.pending_runs)
             self.pending_runs = None
         else:
-            self._rebuild_combos()
+            self._sync_blocks()
         self._refresh_plan()
 
-    # --- engines and options -----------------------------------------------------------------
+    # --- engines and their options -------------------------------------------------------------
 
-    def _rebuild_combos(self, select: set[str] | None = None) -> None:
-        combos = self.query_one("#combos", SelectionList)
-        previous = set(combos.selected) if select is None else select
+    def _choice(self, name: str) -> Any:
+        return next(c for c in self.choices if c.name == name)
+
+    def _ticked(self) -> list[str]:
+        """Ticked engines that run here, in the registry's order."""
         ticked = set(self.query_one("#engines", SelectionList).selected)
-        had = set(self._combo_keys)
-        combos.clear_options()
-        keys: list[str] = []
-        hidden = Text()
-        for c in self.choices:
-            if c.name not in ticked:
-                continue
-            ok = [x for x in c.combos if x.ok]
-            extras = [r for r in self.extra_combos.values() if r.engine == c.name]
-            first_time = not any(x.key in had for x in ok)
-            for i, combo in enumerate(ok):
-                on_ = combo.key in previous or (select is None and first_time and i == 0)
-                combos.add_option((combo.run.label(), combo.key, on_))
-                keys.append(combo.key)
-            for run in extras:
-                key = run.model_dump_json()
-                if key not in keys:
-                    combos.add_option((run.label(), key, key in previous))
-                    keys.append(key)
-            reasons = sorted({x.reason for x in c.combos if not x.ok})
-            if reasons and c.ok:
-                n = sum(1 for x in c.combos if not x.ok)
-                hidden.append(f"{c.name}: {n} not offered ({'; '.join(reasons)})\n", style="dim")
-        self._combo_keys = keys
-        hidden.rstrip()
-        self.query_one("#combo-notes", Static).update(hidden)
+        return [c.name for c in self.choices if c.ok and c.name in ticked]
+
+    def _sync_blocks(self, rebuild: bool = False) -> None:
+        """One block of pickers per ticked engine, in the engine list's order; offers follow the picks."""
+        from tui.planning import default_picks
+
+        ticked = self._ticked()
+        for name in list(self.blocks):
+            if name not in ticked:
+                self.blocks.pop(name).box.remove()
+        if rebuild or any(name not in self.blocks for name in ticked):  # all anew: blocks keep the list's order
+            for block in self.blocks.values():
+                block.box.remove()
+            for name in ticked:
+                self.picks.setdefault(name, default_picks(self._choice(name)))
+            self.blocks = {name: self._block(self._choice(name)) for name in ticked}
+            self.query_one("#options", Vertical).mount_all([b.box for b in self.blocks.values()])
+        for name in ticked:
+            self._refresh_engine(name)
+
+    def _block(self, choice: Any) -> EngineBlock:
+        """Header (engine and its run count), a picker per option axis, the spec field, notes."""
+        from tui.planning import axis_offers
+
+        from engines import registry
+
+        name = choice.name
+        offers = axis_offers(choice, self.picks[name])
+        head, notes = Static(Text(name, style="bold"), classes="opt-head"), Static(classes="opt-notes msg")
+        pickers = [AxisPicker(axis, values, self.picks[name].get(axis, []), name=name, classes="picker")
+                   for axis, values in offers.items()]  # fmt: skip
+        children: list[Any] = [head, *pickers]
+        spec_values = registry.ENGINES[name].axes.get("spec") if name in registry.ENGINES else None
+        if spec_values:  # free values (ngram=N, draft=MODEL): typed, checked as you type
+            field = Input(self.spec_text.get(name, ""), name=name, compact=True, classes="spec-input",
+                          placeholder=", ".join(v for v in spec_values if v != "none"))  # fmt: skip
+            children.append(Horizontal(Label("spec", classes="spec-label"), field, classes="spec-field"))
+        children.append(notes)
+        return EngineBlock(Vertical(*children, classes="engine-opts"), head, pickers, notes)
+
+    def engine_runs(self, name: str) -> tuple[list[Any], list[str]]:
+        """This engine's runs from its pickers (cached until they change), and why some combinations are left out."""
+        from engines.spec import SpecError
+        from tui.planning import engine_runs
+
+        spec = [v.strip() for v in self.spec_text.get(name, "").split(",") if v.strip() and v.strip() != "none"]
+        key = (repr(self.picks.get(name)), tuple(spec), self.device)
+        cached = self._runs.get(name)
+        if cached is None or cached[0] != key:
+            try:
+                runs, why = engine_runs(self._choice(name), self.picks.get(name, {}), spec, self.device,
+                                        getattr(self.app, "engine_check", None))  # fmt: skip
+            except SpecError as exc:
+                runs, why = [], [f"✗ {str(exc).splitlines()[0]}"]
+            cached = self._runs[name] = (key, runs, why)
+        return cached[1], cached[2]
+
+    def _refresh_engine(self, name: str) -> None:
+        """Offers, run count and notes of one engine's block."""
+        from tui.planning import axis_offers
+
+        block = self.blocks.get(name)
+        if block is None:
+            return
+        offers = axis_offers(self._choice(name), self.picks[name])
+        for picker in block.pickers:
+            picker.set_values(offers[picker.axis])
+        runs, why = self.engine_runs(name)
+        head = Text.assemble((name, "bold"), "  → ", (f"{len(runs)} run{'s' if len(runs) != 1 else ''}",
+                                                      "bold green" if runs else "bold red"))  # fmt: skip
+        block.head.update(head)
+        notes = Text()
+        for axis, values in offers.items():  # why a value is struck through
+            for value, ok, reason in values:
+                if not ok and reason:
+                    notes.append((reason if value in reason else f"{value}: {reason}") + "\n", style="dim")
+        errors = [w for w in why if w.startswith(("✗", "pick a value"))]
+        left = [w for w in why if w not in errors]
+        for w in errors:
+            notes.append(w + "\n", style="red")
+        if left:
+            reasons = sorted({w.split(": ", 1)[-1] for w in left})
+            many = "s" if len(left) != 1 else ""
+            notes.append(f"{len(left)} combination{many} left out: {'; '.join(reasons)}", style="dim")
+        notes.rstrip()
+        block.notes.update(notes)
 
     @on(SelectionList.SelectedChanged, "#engines")
     def _engines_changed(self) -> None:
-        self._rebuild_combos()
+        self.loaded_runs = None
+        self._sync_blocks()
         self._refresh_plan()
 
-    @on(SelectionList.SelectedChanged, "#combos")
-    def _combos_changed(self) -> None:
+    @on(AxisPicker.Changed)
+    def _picked(self, event: AxisPicker.Changed) -> None:
+        name = event.picker.name or ""
+        self.picks.setdefault(name, {})[event.picker.axis] = list(event.picker.selected)
+        self.loaded_runs = None
+        self._refresh_engine(name)
         self._refresh_plan()
+
+    def option_problems(self) -> list[str]:
+        """A ticked engine whose pickers say nothing that can run: a bad spec value, an empty option row."""
+        if self.loaded_runs is not None:
+            return []
+        out = []
+        for name in self._ticked():
+            runs, why = self.engine_runs(name)
+            bad = [w.lstrip("✗ ") for w in why if w.startswith(("✗", "pick a value"))]
+            if bad or not runs:
+                out.append(f"{name}: {bad[0] if bad else 'no combination of the picked options runs here'}")
+        return out
 
     def selected_runs(self) -> list[Any]:
-        from engines.spec import EngineRun
-
-        return [EngineRun.model_validate_json(k) for k in self.query_one("#combos", SelectionList).selected]
+        """The study's runs: the loaded study's own while the pickers are untouched, else the pickers'."""
+        if self.loaded_runs is not None:
+            return list(self.loaded_runs)
+        return [run for name in self._ticked() for run in self.engine_runs(name)[0]]
 
     # --- model -------------------------------------------------------------------------------
 
@@ -255,6 +368,10 @@ class SetupScreen(Screen):
     def _changed(self, event: Input.Changed) -> None:
         if event.input.id == "model" and self.choices:
             self._check_model()
+        if event.input.has_class("spec-input") and event.input.name:
+            self.spec_text[event.input.name] = event.value
+            self.loaded_runs = None
+            self._refresh_engine(event.input.name)
         self._refresh_plan()
 
     def _form(self) -> tuple[dict[str, Any] | None, list[str]]:
@@ -303,14 +420,21 @@ class SetupScreen(Screen):
         if not self.choices:
             plan.update(Text("checking engines…", style="dim"))
             return
+        problems = self.option_problems()
+        if problems:
+            plan.update(Text("✗ " + problems[0], style="red"))
+            self.estimate_s = None
+            return
         if not runs:
-            plan.update(Text("✗ tick an engine and at least one option combination", style="red"))
+            plan.update(Text("✗ tick an engine and pick a value on each of its option rows", style="red"))
             self.estimate_s = None
             return
         total, basis = estimate_seconds(runs, cells, form["timing"], self.rates)
         self.estimate_s = total
+        loaded = "\nruns as loaded from the study file (pick options to replace them)" if self.loaded_runs else ""
         plan.update(Text.assemble((f"{len(runs)} run(s) × {len(cells)} cells = {len(runs) * len(cells)} cells", "bold"),
-                                  f"\nabout {human_duration(total)} ({basis})\non {self.device}"))  # fmt: skip
+                                  f"\nabout {human_duration(total)} ({basis})\non {self.device}",
+                                  (loaded, "italic")))  # fmt: skip
 
     # --- the spec ----------------------------------------------------------------------------
 
@@ -322,9 +446,12 @@ class SetupScreen(Screen):
         form, errors = self._form()
         if form is None:
             raise SpecError(errors[0])
+        problems = self.option_problems()
+        if problems:
+            raise SpecError(problems[0])
         runs = self.selected_runs()
         if not runs:
-            raise SpecError("no engine option selected; tick an engine and one of its combinations")
+            raise SpecError("no run selected; tick an engine and pick a value on each of its option rows")
         device = str(self.query_one("#device", Select).value)
         return build_study(self.base, model=self.query_one("#model", Input).value, runs=runs, grid=form["grid"],
                            timing=form["timing"], name=self.query_one("#name", Input).value, device=device)  # fmt: skip
@@ -419,22 +546,32 @@ class SetupScreen(Screen):
                 self.query_one(f"#grid-{key}", Input).value = axis_text(getattr(spec.grid, key))
         for key, _, _ in TIMING_FIELDS:
             self.query_one(f"#timing-{key}", Input).value = str(getattr(spec.timing, key))
-        if self.choices:
+        if self.choices and self._unbuilt is None:
             self._apply_runs(list(spec.runs))
         else:
             self.pending_runs = list(spec.runs)
         self._refresh_plan()
 
     def _apply_runs(self, runs: list[Any]) -> None:
+        """Tick the engines of `runs` and set their pickers; runs the pickers cannot say are kept as loaded."""
+        from tui.planning import picks_from_runs
+
         engines = self.query_one("#engines", SelectionList)
         ok = {c.name for c in self.choices if c.ok}
-        engines.deselect_all()
-        for r in runs:
-            if r.engine in ok:
-                engines.select(r.engine)
-        offered = {x.key for c in self.choices for x in c.combos if x.ok}
-        self.extra_combos = {r.model_dump_json(): r for r in runs if r.model_dump_json() not in offered}
-        self._rebuild_combos(select={r.model_dump_json() for r in runs})
+        with engines.prevent(SelectionList.SelectedChanged):
+            engines.deselect_all()
+            for r in runs:
+                if r.engine in ok:
+                    engines.select(r.engine)
+        for name in self._ticked():
+            self.picks[name], spec = picks_from_runs(self._choice(name), runs)
+            self.spec_text[name] = ",".join(spec)
+        self._runs.clear()
+        self._sync_blocks(rebuild=True)
+        self.loaded_runs = None
+        picked = self.selected_runs()
+        mine = [r for r in runs if r.engine in ok]
+        self.loaded_runs = None if picked == mine else mine
         missing = [r.label() for r in runs if r.engine not in ok]
         if missing:
             self.notify(f"not available here: {', '.join(missing)}", severity="warning")
@@ -449,7 +586,10 @@ class SetupScreen(Screen):
         self.query_one("#model", Input).value = value
 
     def _reset(self) -> None:
-        self.base, self.extra_combos = {}, {}
+        self.base, self.loaded_runs = {}, None
+        self.picks.clear()
+        self.spec_text.clear()
+        self._runs.clear()
         self.query_one("#model", Input).value = "tiny"
         self.query_one("#name", Input).value = ""
         for key, _ in GRID_FIELDS:
@@ -457,9 +597,9 @@ class SetupScreen(Screen):
         for key, _, _ in TIMING_FIELDS:
             self.query_one(f"#timing-{key}", Input).value = DEFAULTS[key]
         engines = self.query_one("#engines", SelectionList)
-        engines.deselect_all()
-        if any(c.name == "hf-generate" and c.ok for c in self.choices):
-            engines.select("hf-generate")
-        self._combo_keys = []
-        self.query_one("#combos", SelectionList).deselect_all()
-        self._rebuild_combos()
+        with engines.prevent(SelectionList.SelectedChanged):
+            engines.deselect_all()
+            if any(c.name == "hf-generate" and c.ok for c in self.choices):
+                engines.select("hf-generate")
+        self._sync_blocks(rebuild=True)
+        self._refresh_plan()
