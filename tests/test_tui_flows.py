@@ -356,3 +356,33 @@ async def test_every_binding_is_in_the_command_palette(store):
         await pilot.press("enter")
         await pilot.pause(0.3)
         assert app.clipboard.startswith("**peak MB by cell**")
+
+
+@aio
+async def test_tp_and_executor_fields_reach_the_spec_and_the_study_file(store, tmp_path):
+    from engines.spec import load_study
+    from tui.app import make_app
+
+    path, _ = store
+    app = make_app(str(path), preload=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await small_study(pilot, batch="1", name="scale")
+        await type_into(pilot, "executor", "ray://cluster")
+        assert app.screen.query_one("#executor").has_class("-invalid")
+        assert "unknown executor" in str(app.screen.query_one("#grid-msg").render())
+        await type_into(pilot, "executor", "ray://head:10001?cpus=4")
+        await type_into(pilot, "tp", "1,2")
+        assert not app.screen.query_one("#executor").has_class("-invalid")
+        spec = app.screen.build()
+        assert spec.executor == "ray://head:10001?cpus=4"
+        assert [r.tp for r in spec.runs] == [1, 2] and spec.runs[1].label().endswith("tp=2")
+        assert "via ray://head:10001?cpus=4" in str(app.screen.query_one("#plan-msg").render())
+        study = tmp_path / "scale.json"
+        study.write_text(spec.to_json())
+    app = make_app(str(path), preload=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: bool(app.screen.choices), 60, "engine checks")
+        app.screen.fill(load_study(study))
+        await pilot.pause(0.2)
+        assert app.screen.query_one("#tp").value == "1,2"
+        assert app.screen.build() == load_study(study)

@@ -232,13 +232,13 @@ def clock(seconds: float | None) -> str:
 
 
 def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict[str, list[int]],
-                timing: dict[str, int], name: str, device: str) -> Any:  # fmt: skip
+                timing: dict[str, int], name: str, device: str, executor: str = "local") -> Any:  # fmt: skip
     """The StudySpec the CLI would build: the same pydantic model, the same validation."""
     from engines.spec import build_spec
 
     data = dict(base)
     data.update(model=model.strip(), runs=[r.model_dump() for r in runs], grid=grid, timing=timing,
-                name=name.strip() or None, device=device)  # fmt: skip
+                name=name.strip() or None, device=device, executor=executor)  # fmt: skip
     return build_spec(data)
 
 

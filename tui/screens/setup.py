@@ -107,6 +107,12 @@ class SetupScreen(Screen):
                     with Horizontal(classes="field"):
                         yield Label("device", classes="field-label")
                         yield Select(DEVICES, value="auto", id="device", compact=True, allow_blank=False)
+                    with Horizontal(classes="field"):
+                        yield Label("tp", classes="field-label")
+                        yield Input("1", id="tp", compact=True, placeholder="tensor-parallel sizes: 1 or 1,2")
+                    with Horizontal(classes="field"):
+                        yield Label("executor", classes="field-label")
+                        yield Input("local", id="executor", compact=True, placeholder="local or ray://HOST:PORT")
                     yield Static(id="plan-msg", classes="plan")
                     with Horizontal(id="setup-buttons"):
                         yield Button("Start ^r", id="start", variant="success", compact=True)
@@ -395,9 +401,13 @@ class SetupScreen(Screen):
                 errors.append(err)
             else:
                 timing[key] = value
+        tp, err = _tp_sizes(self.query_one("#tp", Input))
+        errors += [err] if err else []
+        executor, err = _executor(self.query_one("#executor", Input))
+        errors += [err] if err else []
         if errors:
             return None, errors
-        return {"grid": grid, "timing": timing}, []
+        return {"grid": grid, "timing": timing, "tp": tp, "executor": executor}, []
 
     def _refresh_plan(self) -> None:
         from tui.planning import estimate_seconds
@@ -409,14 +419,14 @@ class SetupScreen(Screen):
         plan = self.query_one("#plan-msg", Static)
         if form is None:
             grid_msg.update(Text("✗ " + errors[0], style="red"))
-            plan.update(Text("fix the grid to see the plan", style="dim"))
+            plan.update(Text("fix the field marked in red to see the plan", style="dim"))
             self.estimate_s = None
             return
         g = form["grid"]
         cells = [(b, i, o) for b in g["batch"] for i in g["input_len"] for o in g["output_len"]]
         grid_msg.update(Text(f"✓ {len(g['batch'])} × {len(g['input_len'])} × {len(g['output_len'])} = "
                              f"{len(cells)} cells", style="green"))  # fmt: skip
-        runs = self.selected_runs() if self.choices else []
+        runs = [r.model_copy(update={"tp": t}) for r in self.selected_runs() for t in form["tp"]] if self.choices else []
         if not self.choices:
             plan.update(Text("checking engines…", style="dim"))
             return
@@ -433,7 +443,8 @@ class SetupScreen(Screen):
         self.estimate_s = total
         loaded = "\nruns as loaded from the study file (pick options to replace them)" if self.loaded_runs else ""
         plan.update(Text.assemble((f"{len(runs)} run(s) × {len(cells)} cells = {len(runs) * len(cells)} cells", "bold"),
-                                  f"\nabout {human_duration(total)} ({basis})\non {self.device}",
+                                  f"\nabout {human_duration(total)} ({basis})\non {self.device}"
+                                  + ("" if form["executor"] == "local" else f" via {form['executor']}"),
                                   (loaded, "italic")))  # fmt: skip
 
     # --- the spec ----------------------------------------------------------------------------
@@ -449,12 +460,13 @@ class SetupScreen(Screen):
         problems = self.option_problems()
         if problems:
             raise SpecError(problems[0])
-        runs = self.selected_runs()
+        runs = [r.model_copy(update={"tp": t}) for r in self.selected_runs() for t in form["tp"]]
         if not runs:
             raise SpecError("no run selected; tick an engine and pick a value on each of its option rows")
         device = str(self.query_one("#device", Select).value)
         return build_study(self.base, model=self.query_one("#model", Input).value, runs=runs, grid=form["grid"],
-                           timing=form["timing"], name=self.query_one("#name", Input).value, device=device)  # fmt: skip
+                           timing=form["timing"], name=self.query_one("#name", Input).value, device=device,
+                           executor=form["executor"])  # fmt: skip
 
     def _validated(self) -> Any | None:
         from engines.grid import GridError
@@ -536,7 +548,10 @@ class SetupScreen(Screen):
     def fill(self, spec: Any) -> None:
         """Put a StudySpec into the form; fields the form does not show are kept for the next save/start."""
         data = spec.model_dump()
-        self.base = {k: v for k, v in data.items() if k not in ("model", "runs", "grid", "timing", "name", "device")}
+        self.base = {k: v for k, v in data.items()
+                     if k not in ("model", "runs", "grid", "timing", "name", "device", "executor")}  # fmt: skip
+        self.query_one("#tp", Input).value = ",".join(str(t) for t in dict.fromkeys(r.tp for r in spec.runs)) or "1"
+        self.query_one("#executor", Input).value = spec.executor
         self.query_one("#model", Input).value = spec.model
         self.query_one("#name", Input).value = spec.name or ""
         if spec.device in dict(DEVICES):
@@ -546,10 +561,13 @@ class SetupScreen(Screen):
                 self.query_one(f"#grid-{key}", Input).value = axis_text(getattr(spec.grid, key))
         for key, _, _ in TIMING_FIELDS:
             self.query_one(f"#timing-{key}", Input).value = str(getattr(spec.timing, key))
+        # The tp field says the sizes; the pickers get each configuration once.
+        runs = list({r.model_copy(update={"tp": 1}).model_dump_json(): r.model_copy(update={"tp": 1})
+                     for r in spec.runs}.values())  # fmt: skip
         if self.choices and self._unbuilt is None:
-            self._apply_runs(list(spec.runs))
+            self._apply_runs(runs)
         else:
-            self.pending_runs = list(spec.runs)
+            self.pending_runs = runs
         self._refresh_plan()
 
     def _apply_runs(self, runs: list[Any]) -> None:
@@ -603,3 +621,27 @@ class SetupScreen(Screen):
                 engines.select("hf-generate")
         self._sync_blocks(rebuild=True)
         self._refresh_plan()
+
+
+def _tp_sizes(field: Input) -> tuple[list[int], str]:
+    """The tp field: tensor-parallel sizes applied to every run, as the CLI's --tp."""
+    values = [v.strip() for v in field.value.split(",") if v.strip()] or ["1"]
+    bad = next((v for v in values if not v.isdigit() or not 1 <= int(v) <= 64), None)
+    field.set_class(bad is not None, "-invalid")
+    if bad is not None:
+        return [], f"tp takes tensor-parallel sizes from 1 to 64, e.g. 1,2; got '{bad}'"
+    return list(dict.fromkeys(int(v) for v in values)), ""
+
+
+def _executor(field: Input) -> tuple[str, str]:
+    from engines.executors import parse_executor
+    from engines.spec import SpecError
+
+    value = field.value.strip() or "local"
+    try:
+        parse_executor(value)
+    except SpecError as exc:
+        field.set_class(True, "-invalid")
+        return "", str(exc)
+    field.set_class(False, "-invalid")
+    return value, ""
