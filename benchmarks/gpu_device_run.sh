@@ -7,6 +7,10 @@
 #             HYD_EXTRA appends run options (later ones win), e.g. a CPU dry run of the same command:
 #             NO_WHEELS=1 DEVICE=cpu HYD_EXTRA="--device cpu --precision fp32 --opt layers=1 --batch 2
 #             --shared-len 16,32 --output-len 2 --mb-suffix 0,8" OUT=/tmp/dry bash benchmarks/gpu_device_run.sh hydragen
+#   hydragen-quick: the fast check of hydragen against the bound (about 5 minutes): numerics check, then
+#             `hydragen_study.py bench` (one model load; noattention, hydragen, hydragen without CUDA graphs,
+#             interleaved) and the runner's study, both at N = 128,256 x P = 4096; BENCH_EXTRA / HYD_EXTRA
+#             append options to each.
 # Light dependencies the GPU image lacks travel as wheels in .whl/ (see .library/device README recipe).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false CODEBENCH_CACHE=${CODEBENCH_CACHE:-/tmp/cbcache}
@@ -43,5 +47,19 @@ case "${1:-}" in
     python3 benchmarks/hydragen_study.py report --db "$OUT/hydragen.db" -o "$OUT/hydragen.md" 2>&1 | tee -a "$log"
     grep -E "^(ok  |FAIL)|hydragen check" "$OUT/hydragen_check.log"
     ;;
-  *) echo "usage: OUT=dir $0 1|2|hydragen" >&2; exit 2 ;;
+  hydragen-quick)
+    log="$OUT/hydragen.log"
+    env_info 2>&1 | tee "$log"
+    timeout 100 python3 benchmarks/hydragen_study.py check --device "${DEVICE:-cuda}" 2>&1 | tee "$OUT/hydragen_check.log" | tee -a "$log"
+    # shellcheck disable=SC2086  # BENCH_EXTRA / HYD_EXTRA are lists of options
+    timeout 200 python3 benchmarks/hydragen_study.py bench --device "${DEVICE:-cuda}" --batch 128,256 --shared-len 4096 \
+      --variants noattention,hydragen,hydragen-eager --repeats 3 ${BENCH_EXTRA:-} 2>&1 | tee -a "$log"
+    # shellcheck disable=SC2086
+    python3 benchmarks/hydragen_study.py run --db "$OUT/hydragen.db" --out "$OUT" --batch 128,256 --shared-len 4096 \
+      --suffix-len 32 --output-len 128 --warmup 1 --repeats 2 --engines hydragen,noattention --cell-timeout 75 \
+      --study-timeout "${STUDY_TIMEOUT:-200}" --no-microbench ${HYD_EXTRA:-} 2>&1 | tee -a "$log"
+    python3 benchmarks/hydragen_study.py report --db "$OUT/hydragen.db" -o "$OUT/hydragen.md" 2>&1 | tee -a "$log"
+    grep -E "^(ok  |FAIL)|hydragen check" "$OUT/hydragen_check.log"
+    ;;
+  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick" >&2; exit 2 ;;
 esac

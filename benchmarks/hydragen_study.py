@@ -4,6 +4,7 @@
     python benchmarks/hydragen_study.py run --db hydragen.db --out docs/results       # on the GPU machine
     python benchmarks/hydragen_study.py report --db hydragen.db -o docs/results/hydragen.md
     python benchmarks/hydragen_study.py run --quick --db /tmp/h.db --out /tmp/h     # CPU smoke test on tiny
+    python benchmarks/hydragen_study.py bench --device cuda                           # quick: hydragen vs bound
 
 `run` is one `codebench-tui run` (one run group) on codellama-7b:random in fp16: hf-generate
 (no sharing, the FlashAttention-style baseline: SDPA picks the flash kernel), hf-noshare (no
@@ -17,6 +18,12 @@ finished so far are kept and the microbenchmark still runs.
 `check` compares hydragen with standard attention on a device: the engine's own self-check in
 fp32/fp16/bf16, codellama-sized shapes against a float64 reference, and the tiny model's logits
 and greedy tokens (hydragen vs hf-generate, fp32).
+
+`bench` is the fast device check: one model load, then noattention and hydragen (static suffix
+cache with CUDA graphs as the engine runs it; without graphs; HF's DynamicCache) through the
+engines' own generate at N = 128,256, P = 4096 by default, tokens/s and decode ms per step, warm-up 1 + 3 timed calls; `--profile` adds the GPU
+kernel time per decode step (torch.profiler), which says whether a step is bound by the GPU or
+by the CPU launching kernels (HF's eager loop is, on an H100, at N <= 256).
 
 `report` checks the issue's targets per cell with P >= 4096: hydragen >= 80% of noattention's
 tokens/s, and >= 3x the no-sharing baseline wherever the baseline ran; where the baseline ran out
@@ -38,6 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 ENGINES = ("hf-generate", "hf-noshare", "hf-prefix-kv", "hydragen", "noattention", "vllm")
 TARGET_P, TARGET_BOUND, TARGET_BASE = 4096, 0.8, 3.0
+BENCH_VARIANTS = ("noattention", "hydragen", "hydragen-eager", "hydragen-dynamic")
 FULL = {"model": "codellama-7b:random", "precision": "fp16", "device": "cuda", "batch": "32,64,128,256",
         "shared_len": "1024,2048,4096,8192,16384", "suffix_len": "32", "output_len": "128", "warmup": 1, "repeats": 2,
         "engines": ",".join(ENGINES[:5]), "cell_timeout": 900.0, "mb_suffix": "0:513:128", "mb_iters": 10}  # fmt: skip
@@ -273,6 +281,19 @@ def check(args: argparse.Namespace) -> int:
             # No worse than 3x standard attention's own error in this dtype (CUDA's fp32 kernels may use TF32).
             limit = max(1e-4 if name == "fp32" else 1e-2, 3 * rel_std)
             report_line(f"N={n} H={h}/{hkv} P={p} U={u} q={lq} {name} rel err (standard's own {rel_std:.1e})", rel, limit)
+            if lq == 1 and dev.type == "cuda":  # the engine's decode step: static cache, CUDA graph replay
+                state = hydragen.HydragenPrefix([(ppk, ppv)])
+                state.allocate(n, u, graphs=True)
+                state.begin(0)
+                state.write(0, ssk[:, :, : u - 1], ssv[:, :, : u - 1])  # the suffix so far; its last token decodes
+                state.begin(u - 1)
+                with torch.inference_mode():
+                    out = state.graphs.run(state, 0, qq, ssk[:, :, u - 1 :], ssv[:, :, u - 1 :], d**-0.5)
+                if out is None:
+                    report_line(f"  the same as a CUDA graph: capture failed ({state.graphs.error})", float("nan"), limit)
+                    continue
+                rel_g = float((out.double() - ref).norm() / ref.norm())
+                report_line(f"  the same decode step as a CUDA graph (static cache) {name} rel err", rel_g, limit)
     # The tiny model end to end: logits of the suffixes and greedy tokens, hydragen vs hf-generate, fp32.
     path = ensure_tiny()
     prompts = shared_prefix_prompts(path / "tokenizer.json", 4, 64, 8, seed=1)
@@ -294,12 +315,134 @@ def check(args: argparse.Namespace) -> int:
         got = hyd.model(input_ids=ids[:, p:], position_ids=pos, past_key_values=DynamicCache(config=hyd.model.config),
                         hydragen_prefix=state).logits  # fmt: skip
     report_line("tiny fp32 suffix logits max abs diff", float((got - want).abs().max()), 1e-3)
-    a, b = hyd.generate(prompts, 16).tokens, std.generate(prompts, 16).tokens
+    res = hyd.generate(prompts, 16)
+    a, b = res.tokens, std.generate(prompts, 16).tokens
     same = a == b
     failed += not same
-    print(f"{'ok  ' if same else 'FAIL'} tiny fp32 greedy tokens (4 x 16) identical to hf-generate: {same}", flush=True)
+    mode = res.extra.get("hydragen_decode")
+    print(f"{'ok  ' if same else 'FAIL'} tiny fp32 greedy tokens (4 x 16) identical to hf-generate: {same} "
+          f"(decode: {mode})", flush=True)  # fmt: skip
+    if dev.type == "cuda" and not str(mode).startswith("cuda graphs"):
+        failed += 1
+        print(f"FAIL hydragen decode on CUDA should run as CUDA graphs: {mode} {res.extra.get('hydragen_graph_error', '')}")
     print(f"hydragen check on {args.device}: {'all passed' if not failed else f'{failed} FAILED'}")
     return 1 if failed else 0
+
+
+def _gpu_ms_per_step(eng, prompts: list[list[int]], a: int = 8, b: int = 40) -> tuple[float, list[str]]:
+    """GPU kernel time per decode step (torch.profiler): two calls of a and b new tokens, the difference / (b - a)."""
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    def kernels(new_tokens: int) -> dict[str, float]:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            eng.generate(prompts, new_tokens)
+            torch.cuda.synchronize()
+        return {e.key: e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA}
+
+    ka, kb = kernels(a), kernels(b)
+    per = {k: (t - ka.get(k, 0.0)) / (b - a) / 1e3 for k, t in kb.items()}
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:6]
+    return sum(per.values()), [f"    {ms:7.3f} ms/step  {k[:100]}" for k, ms in top]
+
+
+def bench(args: argparse.Namespace) -> int:
+    """noattention vs hydragen (static and dynamic suffix cache) on one loaded model; prints a table."""
+    import copy
+    import statistics
+    import time
+
+    import torch
+
+    from engines.models import materialize
+    from engines.shared_prefix import Hydragen, NoAttention
+
+    run = {"engine": "hydragen", "precision": args.precision, "attention": None, "quant": None,
+           "options": dict(o.split("=", 1) for o in args.opt or [])}  # fmt: skip
+    run["options"] = {k: int(x) if x.isdigit() else x for k, x in run["options"].items()}
+    hyd = Hydragen(run)
+    t0 = time.perf_counter()
+    info = hyd.load(materialize(args.model), args.device)
+    dev = hyd.device
+    print(f"loaded {args.model} {args.precision} on {dev} in {time.perf_counter() - t0:.1f} s "
+          f"(self-check {info.extra.get('hydragen_self_check_max_abs'):.1e}); torch {torch.__version__}", flush=True)  # fmt: skip
+    # One model, three engines: the same weights and loop; only the attention function and the cache differ.
+    variants = {}
+    for name, cls, impl, cache, graphs in (("noattention", NoAttention, "noattention", "dynamic", False),
+                                           ("hydragen", Hydragen, "hydragen", "static", True),
+                                           ("hydragen-eager", Hydragen, "hydragen", "static", False),
+                                           ("hydragen-dynamic", Hydragen, "hydragen", "dynamic", False)):  # fmt: skip
+        if name in (args.variants or ",".join(BENCH_VARIANTS)).split(","):
+            e = copy.copy(hyd)
+            e.__class__, e.opts, e.graphs = cls, {**hyd.opts, "cache": cache}, graphs
+            variants[name] = (e, impl)
+    vocab = hyd.model.config.vocab_size
+    g = torch.Generator().manual_seed(0)
+    rows = []
+    for n in _ints(args.batch):
+        for p in _ints(args.shared_len):
+            prefix = torch.randint(2, vocab, (p,), generator=g).tolist()
+            prompts = [prefix + torch.randint(2, vocab, (args.suffix_len,), generator=g).tolist() for _ in range(n)]
+            res: dict[str, dict] = {}
+            times: dict[str, list[tuple[float, float]]] = {name: [] for name in variants}
+
+            def once(name: str) -> None:
+                eng, impl = variants[name]
+                hyd.model.set_attn_implementation(impl)
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                t = time.perf_counter()
+                r = eng.generate(prompts, args.output_len)
+                wall = time.perf_counter() - t
+                times[name].append((wall, (wall - r.ttft_s) / max(1, args.output_len - 1)))
+                res[name] = {"tokens": r.tokens, "mode": r.extra.get("hydragen_decode", "")}
+
+            # Warm-up, then rounds that run every variant once: the host CPU's speed drifts, and each
+            # round's variants see the same drift.
+            for rnd in range(args.repeats + 1):
+                for name in variants:
+                    if "error" in res.get(name, {}):
+                        continue
+                    try:
+                        once(name)
+                    except Exception as exc:  # noqa: BLE001 - an OOM is this cell's result
+                        res[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:80]}"}
+                        if dev.type == "cuda":
+                            torch.cuda.empty_cache()
+                    if rnd == 0:
+                        times[name].clear()
+            for name, (eng, impl) in variants.items():
+                if times[name] and "error" not in res[name]:
+                    wall = statistics.median(w for w, _ in times[name])
+                    step = statistics.median(x for _, x in times[name])
+                    res[name].update(tps=n * args.output_len / wall, step_ms=1e3 * step)
+                    if args.profile and dev.type == "cuda":
+                        hyd.model.set_attn_implementation(impl)
+                        gpu_ms, top = _gpu_ms_per_step(eng, prompts)
+                        print(f"N={n} P={p} {name}: GPU kernels {gpu_ms:.2f} ms per decode step (wall {1e3 * step:.2f} ms; "
+                              "the difference is the CPU launching them)", flush=True)  # fmt: skip
+                        print("\n".join(top), flush=True)
+                print(f"N={n} P={p} {name}: {res[name].get('tps', 0):,.0f} tok/s, "
+                      f"{res[name].get('step_ms', float('nan')):.2f} ms/step {res[name].get('mode', '')} "
+                      f"{res[name].get('error', '')}", flush=True)  # fmt: skip
+            rows.append((n, p, res))
+    names = list(variants)
+    bound = "noattention"
+    print(f"\n{'N':>4} {'P':>6} " + " ".join(f"{x:>24}" for x in names) + "  hyd/bound  hydragen variants same tokens (fp16/bf16: kernel order may flip)")
+    worst = None
+    for n, p, res in rows:
+        cells = [f"{res[x]['tps']:>9,.0f} tok/s {res[x]['step_ms']:>6.2f} ms" if "tps" in res[x] else f"{res[x]['error'][:24]:>24}"
+                 for x in names]  # fmt: skip
+        ratio = res["hydragen"]["tps"] / res[bound]["tps"] if "tps" in res.get("hydragen", {}) and "tps" in res.get(bound, {}) else None
+        toks = [res[x]["tokens"] for x in names if x.startswith("hydragen") and "tokens" in res[x]]
+        same = "-" if len(toks) < 2 else "yes" if all(t == toks[0] for t in toks) else "NO"
+        if ratio is not None:
+            worst = ratio if worst is None else min(worst, ratio)
+        print(f"{n:>4} {p:>6} " + " ".join(cells) + f"  {'-' if ratio is None else f'{ratio:.0%}':>9}  {same}")
+    if worst is not None:
+        print(f"hydragen / noattention, lowest over the grid: {worst:.0%} (target >= {TARGET_BOUND:.0%} at P >= {TARGET_P})")
+    return 0
 
 
 def main() -> int:
@@ -336,6 +479,20 @@ def main() -> int:
     c = sub.add_parser("check")
     c.add_argument("--device", default="cuda")
     c.set_defaults(func=check)
+    b = sub.add_parser("bench", help="quick device check: noattention vs hydragen, one model load")
+    b.add_argument("--model", default=FULL["model"])
+    b.add_argument("--precision", choices=["fp32", "fp16", "bf16"], default=FULL["precision"])
+    b.add_argument("--device", default="cuda")
+    b.add_argument("--batch", default="128,256", help="completions N (default 128,256)")
+    b.add_argument("--shared-len", default="4096", help="shared tokens P (default 4096)")
+    b.add_argument("--suffix-len", type=int, default=32)
+    b.add_argument("--output-len", type=int, default=128)
+    b.add_argument("--repeats", type=int, default=3)
+    b.add_argument("--variants", help=f"some of {','.join(BENCH_VARIANTS)} (default all): hydragen-eager is the static "
+                   "cache without CUDA graphs, hydragen-dynamic HF's DynamicCache")
+    b.add_argument("--opt", action="append", help="KEY=VALUE engine option, e.g. layers=2 (CPU dry runs)")
+    b.add_argument("--profile", action="store_true", help="GPU kernel time per step and the top kernels")
+    b.set_defaults(func=bench)
     args = ap.parse_args()
     return args.func(args)
 

@@ -5,7 +5,10 @@ token left per sequence), prefill it once with batch 1, then run the N suffixes 
 loop of their own (EOS ignored, exactly max_new_tokens tokens):
     hf-noshare     no sharing: the full prompts, batch N, the same loop (seed 003's hydragen_noshared)
     hf-prefix-kv   the prefix KV cache copied to every sequence (HF cannot share the memory)
-    hydragen       the prefix KV kept once; attention split by engines.hydragen
+    hydragen       the prefix KV kept once; attention split by engines.hydragen; the suffix KV in a
+                   preallocated cache of U + G slots written in place, with no HF cache (as
+                   noattention), each layer's decode attention a CUDA graph on a GPU;
+                   `--opt cache=dynamic` keeps the suffix in HF's DynamicCache (eager) instead
     noattention    attention skipped and no KV cache: the attention-free upper bound (lossy)
 The issue's no-sharing baseline is plain hf-generate on the full prompts; hf-noshare separates
 what sharing gains from what the leaner loop gains.
@@ -41,11 +44,17 @@ class _SharedPrefix(HFGenerate):
     attn = "sdpa"
     share = True
 
+    caches: tuple[str, ...] = ("dynamic",)  # values of --opt cache, the first the default
+
     def load(self, model_dir: str, device: str) -> LoadInfo:
         hydragen.register()
         info = super().load(model_dir, device)
-        if self.opts.get("cache", "dynamic") != "dynamic" or self.opts.get("compile", "off") != "off":
-            raise SpecError(f"{self.name} runs its own decode loop with a dynamic cache; leave out --opt cache/compile")
+        asked = (self.config.get("options") or {}).get("cache")
+        self.opts["cache"] = self.caches[0] if asked is None else self.opts["cache"]  # also in info.extra
+        if self.opts["cache"] not in self.caches or self.opts.get("compile", "off") != "off":
+            allowed = "leave out --opt cache/compile" if len(self.caches) == 1 else \
+                f"--opt cache={'|'.join(self.caches)} only, no compile"  # fmt: skip
+            raise SpecError(f"{self.name} runs its own decode loop; {allowed}")
         attn = [m for m in self.model.modules() if hasattr(m, "layer_idx") and hasattr(m, "num_key_value_groups")]
         if not attn:
             raise SpecError(f"{self.name} needs a Llama-style HF model (attention modules with layer_idx); "
@@ -56,7 +65,7 @@ class _SharedPrefix(HFGenerate):
         if self.attn == "hydragen":  # the kernels this device picks, checked against standard attention
             diff = hydragen.self_check(self.device, self.model.dtype)
             info.extra["hydragen_self_check_max_abs"] = diff
-            if diff > (1e-3 if self.model.dtype == torch.float32 else 5e-2):
+            if not diff <= (1e-3 if self.model.dtype == torch.float32 else 5e-2):  # NaN fails too
                 raise RuntimeError(f"hydragen attention differs from standard attention by {diff:.2e} on {self.device} "
                                    f"({self.model.dtype}); its numbers would be wrong, so the run stops")  # fmt: skip
         return info
@@ -67,7 +76,7 @@ class _SharedPrefix(HFGenerate):
                          logits_to_keep=1, **kw)  # fmt: skip
         return out.logits[:, -1, :].argmax(-1)
 
-    def _prefill(self, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    def _prefill(self, ids: torch.Tensor, p: int, max_new_tokens: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
         """Prefix once (batch 1), then the suffixes: (first tokens, cache, extra kwargs for decode)."""
         cache = DynamicCache(config=self.model.config)
         if p:
@@ -79,16 +88,22 @@ class _SharedPrefix(HFGenerate):
         if len({len(p) for p in prompts}) != 1:
             raise ValueError(f"{self.name} expects prompts of one length (the workloads make them so)")
         p = common_prefix_len(prompts) if self.share else 0
-        res = self._measured(len(prompts), len(prompts[0]), max_new_tokens, lambda: self._loop(prompts, p, max_new_tokens))
-        res.extra.update(shared_prefix_len=p, completions=len(prompts))
+        try:
+            res = self._measured(len(prompts), len(prompts[0]), max_new_tokens, lambda: self._loop(prompts, p, max_new_tokens))
+        finally:
+            extra = self._loop_extra()  # also drops the call's state when it failed (an OOM frees its memory)
+        res.extra.update(shared_prefix_len=p, completions=len(prompts), **extra)
         return res
+
+    def _loop_extra(self) -> dict[str, Any]:
+        return {}
 
     def _loop(self, prompts: list[list[int]], p: int, max_new_tokens: int) -> tuple[list[list[int]], float, None]:
         ids = torch.tensor(prompts, device=self.device)
         pos = ids.shape[1]
         t0 = time.perf_counter()
         with torch.inference_mode():
-            nxt, cache, kw = self._prefill(ids, p)
+            nxt, cache, kw = self._prefill(ids, p, max_new_tokens)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()  # the first tokens exist now
             ttft = time.perf_counter() - t0
@@ -113,23 +128,50 @@ class HFPrefixKV(_SharedPrefix):
 class Hydragen(_SharedPrefix):
     name = "hydragen"
     attn = "hydragen"
+    caches = ("static", "dynamic")
+    graphs = True  # CUDA graphs of the decode attention with the static cache (benchmarks turn them off to compare)
+    _state: hydragen.HydragenPrefix | None = None
 
-    def _prefill(self, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    def _prefill(self, ids: torch.Tensor, p: int, max_new_tokens: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
         state = hydragen.HydragenPrefix()
         if p:
             prefix_cache = DynamicCache(config=self.model.config)
             self._forward(ids[:1, :p], 0, prefix_cache)  # no prefix state yet: plain causal SDPA
             state.layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
-        cache = DynamicCache(config=self.model.config)  # the suffixes and generated tokens only
+            del prefix_cache
         kw = {"hydragen_prefix": state} if p else {}
+        if p and self.opts["cache"] == "static":
+            # Suffix and generated tokens in place (engines.hydragen); the model keeps no cache of its own.
+            state.allocate(ids.shape[0], ids.shape[1] - p + max_new_tokens, graphs=self.graphs)
+            self._state = state
+            return self._forward(ids[:, p:], p, None, **kw), None, kw
+        self._state = None
+        cache = DynamicCache(config=self.model.config)  # the suffixes and generated tokens only
         return self._forward(ids[:, p:], p, cache, **kw), cache, kw
+
+    def _forward(self, ids: torch.Tensor, start: int, cache: Any, **kw: Any) -> torch.Tensor:
+        state = kw.get("hydragen_prefix")
+        if state is not None and state.suffix:
+            state.begin(start - len(state))  # suffix slots before this call's tokens
+        return super()._forward(ids, start, cache, **kw)
+
+    def _loop_extra(self) -> dict[str, Any]:
+        """How the last call's decode attention ran: graphs, or eager (and why)."""
+        state, self._state = self._state, None  # the graphs and caches go with it
+        if state is None:
+            return {"hydragen_decode": f"eager, cache={self.opts['cache']}"}
+        if state.graphs is None:
+            return {"hydragen_decode": "eager, static cache"}
+        if state.graphs.error:
+            return {"hydragen_decode": "eager, static cache", "hydragen_graph_error": state.graphs.error}
+        return {"hydragen_decode": f"cuda graphs x {len(state.graphs.entries)} layers, static cache"}
 
 
 class NoAttention(_SharedPrefix):
     name = "noattention"
     attn = "noattention"
 
-    def _prefill(self, ids: torch.Tensor, p: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
+    def _prefill(self, ids: torch.Tensor, p: int, max_new_tokens: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
         if p:
             self._forward(ids[:1, :p], 0, None)  # the prefix's linear layers still run once
         return self._forward(ids[:, p:], p, None), None, {}

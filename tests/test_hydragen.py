@@ -41,6 +41,89 @@ def test_hydragen_matches_standard_attention(n, h, hkv, p, u, lq):
     assert (got - ref).abs().max().item() < TOL
 
 
+@pytest.mark.parametrize("h, hkv", [(8, 8), (8, 2)])
+def test_static_suffix_cache_matches_standard_attention_step_by_step(h, hkv):
+    """Suffix prefill then decode steps through the preallocated cache: the eager path (slices of the
+    cache, flash kernels) and the graph's path (device-side slot, every slot read and the rest masked)."""
+    n, p, u, steps, d = 3, 29, 5, 4, 16
+    q_all, pk, pv, sk, sv = _problem(n, h, hkv, p, u + steps, u + steps, d, seed=3)
+    state = hydragen.HydragenPrefix([(pk, pv)])
+    state.allocate(n, u + steps)
+    assert state.graphs is None  # CPU: no CUDA graphs, the same maths eagerly
+    full = lambda a, b, end: torch.cat([a.expand(n, -1, -1, -1), b[:, :, :end]], 2)  # noqa: E731
+    for start, lq in [(0, u)] + [(u + i, 1) for i in range(steps)]:
+        end = start + lq
+        q = q_all[:, :, start:end]
+        ref = hydragen.standard_attention(q, full(pk, sk, end), full(pv, sv, end), d**-0.5)
+        state.begin(start)
+        if lq == 1:  # the decode step as a CUDA graph runs it, here eagerly
+            slot = torch.tensor([start])
+            got = hydragen.static_decode(state, 0, q, sk[:, :, start:end], sv[:, :, start:end], slot, d**-0.5)
+            assert (got - ref).abs().max().item() < 1e-5
+            state.suffix[0][0][:, :, start:end] = 0  # written again below by the eager path
+        k, v = state.write(0, sk[:, :, start:end], sv[:, :, start:end])
+        assert k.shape[2] == end and k.data_ptr() == state.suffix[0][0].data_ptr()  # a view, no copy
+        got = hydragen.hydragen_attention(q, k, v, (pk, pv), d**-0.5, h // hkv)
+        assert (got - ref).abs().max().item() < 1e-5
+    state.begin(u + steps)  # one token past the cache
+    with pytest.raises(RuntimeError, match="suffix cache holds 3 x 9 tokens; this call needs 3 x 10"):
+        state.write(0, sk[:, :, :1], sv[:, :, :1])
+
+
+def test_masked_suffix_attention_ignores_unfilled_slots():
+    """Slots past the filled one hold other finite numbers (zeros from allocate); they must not leak in."""
+    q, _, _, k, v = _problem(2, 4, 2, 1, 6, 1, 8, seed=4)
+    slot = torch.tensor([2])
+    out, lse = hydragen.masked_suffix_attention(q, k, v, slot, 0.5)
+    want_out, want_lse = hydragen.attention_with_lse(q, *(t[:, :, :3].repeat_interleave(2, 1) for t in (k, v)), 0.5)
+    assert (out - want_out).abs().max() < 1e-5 and (lse - want_lse).abs().max() < 1e-5
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 3:], v2[:, :, 3:] = 1e4, -3e4
+    out2, _ = hydragen.masked_suffix_attention(q, k2, v2, slot, 0.5)
+    assert torch.isfinite(out2).all() and torch.allclose(out2, out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)])
+def test_decode_graphs_replay_the_same_attention_on_cuda(dtype, tol):
+    n, h, hkv, p, u, steps, d = 4, 8, 2, 300, 6, 5, 64
+    q_all, pk, pv, sk, sv = (t.to("cuda", dtype) for t in _problem(n, h, hkv, p, u + steps, u + steps, d, seed=5))
+    state = hydragen.HydragenPrefix([(pk, pv)])
+    state.allocate(n, u + steps, graphs=True)
+    full = lambda a, b, end: torch.cat([a.expand(n, -1, -1, -1), b[:, :, :end]], 2)  # noqa: E731
+    state.begin(0)
+    k, v = state.write(0, sk[:, :, :u], sv[:, :, :u])  # the suffix prefill runs eagerly
+    hydragen.hydragen_attention(q_all[:, :, :u], k, v, (pk, pv), d**-0.5, h // hkv)
+    with torch.inference_mode():
+        for start in range(u, u + steps):
+            state.begin(start)
+            q = q_all[:, :, start : start + 1]
+            got = state.graphs.run(state, 0, q, sk[:, :, start : start + 1], sv[:, :, start : start + 1], d**-0.5)
+            assert got is not None, state.graphs.error
+            ref = hydragen.standard_attention(q, full(pk, sk, start + 1), full(pv, sv, start + 1), d**-0.5)
+            assert got.dtype == dtype and (got.float() - ref.float()).abs().max().item() < tol
+    assert len(state.graphs.entries) == 1 and state.graphs.error is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_hydragen_engine_with_decode_graphs_keeps_the_tokens_on_cuda(tiny_prompts):
+    from engines.hf import HFGenerate
+    from engines.shared_prefix import Hydragen
+
+    path, prompts = tiny_prompts
+    mk = lambda cls, **o: cls({"engine": cls.name, "precision": "fp32", "attention": None, "quant": None,  # noqa: E731
+                               "options": o})  # fmt: skip
+    hyd, eager, base = mk(Hydragen), mk(Hydragen), mk(HFGenerate)
+    eager.graphs = False
+    for e in (hyd, eager, base):
+        e.load(path, "cuda")
+    res = hyd.generate(prompts, 12)
+    assert res.extra["hydragen_decode"] == "cuda graphs x 4 layers, static cache", res.extra
+    assert res.tokens == eager.generate(prompts, 12).tokens == base.generate(prompts, 12).tokens
+
+
 def test_lse_kernels_agree_with_the_definition():
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 3, n, 8, generator=g) for n in (5, 11, 11))
@@ -66,10 +149,62 @@ def tiny_prompts(codebench_cache):
     return str(path), shared_prefix_prompts(path / "tokenizer.json", 3, 40, 6, seed=1)
 
 
-def _engine(cls, path):
-    e = cls({"engine": cls.name, "precision": "fp32", "attention": None, "quant": None, "options": {}})
+def _engine(cls, path, **options):
+    e = cls({"engine": cls.name, "precision": "fp32", "attention": None, "quant": None, "options": options})
     e.load(path, "cpu")
     return e
+
+
+def test_static_suffix_cache_equals_the_dynamic_cache_path(tiny_prompts):
+    """The preallocated suffix cache (default) against HF's DynamicCache (the old path): same logits, same tokens."""
+    from transformers import DynamicCache
+
+    from engines.shared_prefix import Hydragen, common_prefix_len
+
+    path, prompts = tiny_prompts
+    static, dynamic = _engine(Hydragen, path), _engine(Hydragen, path, cache="dynamic")
+    assert static.opts["cache"] == "static" and dynamic.opts["cache"] == "dynamic"
+    p = common_prefix_len(prompts)
+    ids = torch.tensor(prompts)
+    model = static.model
+    with torch.inference_mode():
+        pc = DynamicCache(config=model.config)
+        model(input_ids=ids[:1, :p], past_key_values=pc)
+        layers = [(layer.keys, layer.values) for layer in pc.layers]
+        logits = {}
+        for name in ("static", "dynamic"):
+            state = hydragen.HydragenPrefix(list(layers))
+            cache = DynamicCache(config=model.config) if name == "dynamic" else None
+            if name == "static":
+                state.allocate(len(prompts), ids.shape[1] - p + 2)
+            steps, nxt = [], None
+            for start, x in ((p, ids[:, p:]), (ids.shape[1], None)):  # the suffix prefill, then one decode step
+                x = nxt[:, None] if x is None else x
+                if state.suffix:
+                    state.begin(start - p)
+                pos = torch.arange(start, start + x.shape[1])[None, :]
+                out = model(input_ids=x, position_ids=pos, past_key_values=cache, use_cache=cache is not None,
+                            hydragen_prefix=state).logits  # fmt: skip
+                nxt = out[:, -1].argmax(-1)
+                steps.append(out)
+            logits[name] = torch.cat(steps, 1)
+    assert (logits["static"] - logits["dynamic"]).abs().max().item() < 1e-5
+    a, b = static.generate(prompts, 10), dynamic.generate(prompts, 10)
+    assert a.tokens == b.tokens
+    assert (a.extra["hydragen_decode"], b.extra["hydragen_decode"]) == ("eager, static cache", "eager, cache=dynamic")
+
+
+def test_shared_prefix_engines_check_the_cache_option(tiny_prompts):
+    from engines.shared_prefix import Hydragen, NoAttention
+    from engines.spec import SpecError
+
+    path, _ = tiny_prompts
+    with pytest.raises(SpecError, match="hydragen has no option|cache must be dynamic or static"):
+        _engine(Hydragen, path, cache="paged")
+    with pytest.raises(SpecError, match=r"noattention runs its own decode loop; leave out --opt cache/compile"):
+        _engine(NoAttention, path, cache="static")
+    with pytest.raises(SpecError, match=r"--opt cache=static\|dynamic only, no compile"):
+        _engine(Hydragen, path, compile="default")
 
 
 def test_hydragen_model_logits_and_greedy_tokens_match_standard_attention(tiny_prompts):
@@ -93,7 +228,9 @@ def test_hydragen_model_logits_and_greedy_tokens_match_standard_attention(tiny_p
                         hydragen_prefix=state).logits  # fmt: skip
     assert (got - want).abs().max().item() < TOL
     n = 12
-    assert hyd.generate(prompts, n).tokens == base.generate(prompts, n).tokens
+    res = hyd.generate(prompts, n)
+    assert res.extra["hydragen_decode"] == "eager, static cache"  # the default; CUDA graphs on a GPU
+    assert res.tokens == base.generate(prompts, n).tokens
     noatt = _engine(NoAttention, path).generate(prompts, n)
     assert len(noatt.tokens) == 3 and all(len(t) == n for t in noatt.tokens)
     assert noatt.tokens != base.generate(prompts, n).tokens  # attention matters: the bound is lossy
