@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from urllib.parse import parse_qs
 
-from engines.spec import SpecError
-
 HINT = "use local, ray, or ray://HOST:PORT of a Ray cluster's client server, optionally ?cpus=N cores per rank"
 
 
@@ -21,7 +19,7 @@ def parse_executor(value: str) -> tuple[str, str | None]:
         host, _, port = base[len("ray://"):].rpartition(":")
         if host and port.isdigit():
             return "ray", base
-    raise SpecError(f"unknown executor '{value}' ({HINT})")
+    raise _error(f"unknown executor '{value}' ({HINT})")
 
 
 def ray_cpus(value: str) -> int:
@@ -29,8 +27,14 @@ def ray_cpus(value: str) -> int:
     query = parse_qs(value.partition("?")[2], keep_blank_values=True)
     unknown = set(query) - {"cpus"}
     if unknown:
-        raise SpecError(f"unknown executor option '{sorted(unknown)[0]}' ({HINT})")
+        raise _error(f"unknown executor option '{sorted(unknown)[0]}' ({HINT})")
     raw = query.get("cpus", ["1"])[-1]
     if not raw.isdigit() or int(raw) < 1:
-        raise SpecError(f"executor option cpus must be a whole number >= 1, not '{raw}' ({HINT})")
+        raise _error(f"executor option cpus must be a whole number >= 1, not '{raw}' ({HINT})")
     return int(raw)
+
+
+def _error(message: str) -> Exception:
+    from engines.spec import SpecError  # pydantic: imported only when there is an error to report
+
+    return SpecError(message)

@@ -635,12 +635,11 @@ def _tp_sizes(field: Input) -> tuple[list[int], str]:
 
 def _executor(field: Input) -> tuple[str, str]:
     from engines.executors import parse_executor
-    from engines.spec import SpecError
 
     value = field.value.strip() or "local"
     try:
         parse_executor(value)
-    except SpecError as exc:
+    except ValueError as exc:  # SpecError; engines.spec (pydantic) stays unimported before the first frame
         field.set_class(True, "-invalid")
         return "", str(exc)
     field.set_class(False, "-invalid")
