@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from tests.tui_support import fill_store, fixed_check, utc  # noqa: F401  (fixture)
-from tests.test_tui_snapshots import settle
+from tests.tui_support import fixed_check, utc  # noqa: F401  (fixture)
+from tests.test_tui_snapshots import app_for as _app, settle, store  # noqa: F401  (fixture)
 
 
 def aio(fn):
@@ -18,18 +18,6 @@ def aio(fn):
         return asyncio.run(fn(*args, **kwargs))
 
     return wrapper
-
-
-@pytest.fixture
-def store(tmp_path, utc):  # noqa: F811
-    path = tmp_path / "fixture.db"
-    return path, fill_store(path)
-
-
-def _app(path, **kw):
-    from tui.app import make_app
-
-    return make_app(str(path), check=fixed_check, device="cpu", preload=False, **kw)
 
 
 async def _focus_picker(pilot, axis: str, engine: str = "hf-generate") -> None:
