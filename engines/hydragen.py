@@ -20,8 +20,11 @@ attention-free upper bound.
 HF's eager decode loop is bound by the CPU launching kernels (on an H100, ~10 us per PyTorch op;
 the attention-free bound spends ~0.7 ms per layer), so on CUDA each layer's decode attention is
 one CUDA graph (`DecodeGraphs`): the cache write at a device-side slot, the prefix part, the suffix
-part over the whole static cache with the unfilled slots masked (fp32 scores through cuBLAS, as
-flash computes them), and the fp32 combine, replayed for 1 input copy kernel and 1 graph launch. Elsewhere
+part, and the fp32 combine, replayed for 1 input copy kernel and 1 graph launch. The suffix part is
+flash's variable-length kernel told each sequence's used slots by a device tensor (fp16/bf16), or
+in fp32 the whole static cache with the unfilled slots masked (fp32 scores through cuBLAS). The
+masked form read all U + G slots every step: at N = 256 that was 5 of hydragen's 18 ms per step on an
+H200, twice the prefix part. Elsewhere
 (the CPU, the suffix prefill, `cache=dynamic`) the same maths runs eagerly through flash kernels.
 """
 
@@ -40,6 +43,7 @@ _aten = torch.ops.aten
 _FLASH_CPU = _aten._scaled_dot_product_flash_attention_for_cpu.default
 _FLASH_CUDA = _aten._scaled_dot_product_flash_attention.default
 _EFFICIENT_CUDA = _aten._scaled_dot_product_efficient_attention.default
+_FLASH_VARLEN_CUDA = _aten._flash_attention_forward.default
 
 
 def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -65,6 +69,7 @@ class HydragenPrefix:
     suffix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     filled: int = 0
     graphs: DecodeGraphs | None = None  # CUDA graphs of the decode steps (allocate(graphs=True) on CUDA)
+    varlen: bool = False  # decode's suffix part through flash with per-sequence used lengths (CUDA fp16/bf16)
 
     def __len__(self) -> int:
         return self.layers[0][0].shape[2] if self.layers else 0
@@ -72,10 +77,15 @@ class HydragenPrefix:
     def allocate(self, n: int, slots: int, graphs: bool = False) -> None:
         """A static suffix cache of `slots` tokens for each of n sequences, shaped like the prefix KV.
 
-        Zeroed: the graphed decode step reads every slot (masked), and 0 x garbage could be NaN.
+        Zeroed: the masked decode step reads every slot, and 0 x garbage could be NaN. On CUDA in
+        fp16/bf16 the memory is [N, slots, kv_heads, head_dim] (the views keep the shape above): the
+        packed layout flash's variable-length kernel reads, only each sequence's used slots.
         """
-        self.suffix = [(k.new_zeros(n, k.shape[1], slots, k.shape[3]), v.new_zeros(n, v.shape[1], slots, v.shape[3]))
-                       for k, v in self.layers]  # fmt: skip
+        k0 = self.layers[0][0]
+        self.varlen = k0.is_cuda and k0.dtype is not torch.float32
+        shape = (n, slots, k0.shape[1], k0.shape[3]) if self.varlen else (n, k0.shape[1], slots, k0.shape[3])
+        buf = (lambda: k0.new_zeros(shape).transpose(1, 2)) if self.varlen else (lambda: k0.new_zeros(shape))  # noqa: E731
+        self.suffix = [(buf(), buf()) for _ in self.layers]
         self.filled = 0
         self.graphs = DecodeGraphs(self.layers[0][0].device) if graphs and self.layers[0][0].is_cuda else None
 
@@ -194,6 +204,26 @@ def masked_suffix_attention(query: torch.Tensor, kb: torch.Tensor, vb: torch.Ten
     return out.view(n, h, 1, d), lse.view(n, h, 1)
 
 
+def varlen_suffix_attention(query: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, slot: torch.Tensor,
+                            scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """The same as `masked_suffix_attention`, through flash's variable-length kernel: it reads slots [0, slot] only.
+
+    kb / vb are [N, Hkv, S, D] views of [N, S, Hkv, D] memory (packed per sequence); the used length
+    per sequence is a device tensor computed from `slot`, so a CUDA graph replays it. Returns
+    [N, H, 1, D] in the cache dtype and the fp32 lse [N, H, 1].
+    """
+    n, h, _, d = query.shape
+    hkv, slots = kb.shape[1], kb.shape[2]
+    q = query.reshape(n, h, d)  # one query token per sequence: [total_q, H, D]
+    k, v = kb.transpose(1, 2).reshape(n * slots, hkv, d), vb.transpose(1, 2).reshape(n * slots, hkv, d)  # views
+    cu_q = torch.arange(n + 1, dtype=torch.int32, device=q.device)
+    used = (slot.to(torch.int32) + 1).expand(n).contiguous()
+    out, lse = _FLASH_VARLEN_CUDA(q, k, v, cu_q, cu_q * slots, 1, slots, 0.0, False, False, scale=scale,
+                                  seqused_k=used)[:2]  # fmt: skip
+    lse = lse.t() if lse.dim() == 2 else lse  # [H, total_q] in recent flash, [N, H, 1] in older builds
+    return out.view(n, h, 1, d), lse.reshape(n, h, 1)
+
+
 def combine(out_p: torch.Tensor, lse_p: torch.Tensor, out_s: torch.Tensor, lse_s: torch.Tensor) -> torch.Tensor:
     """Merge two partial softmax attentions over disjoint key sets through their log-sum-exps.
 
@@ -210,7 +240,8 @@ def static_decode(state: HydragenPrefix, layer: int, query: torch.Tensor, key: t
     kb.index_copy_(2, slot, key)
     vb.index_copy_(2, slot, value)
     out_p, lse_p = prefix_attention(query, *state.layers[layer], scale)
-    return combine(out_p, lse_p, *masked_suffix_attention(query, kb, vb, slot, scale))
+    suffix = varlen_suffix_attention if state.varlen else masked_suffix_attention
+    return combine(out_p, lse_p, *suffix(query, kb, vb, slot, scale))
 
 
 class DecodeGraphs:
@@ -250,7 +281,13 @@ class DecodeGraphs:
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.stream(side):
-                static_decode(state, layer, q, k, v, self.slot, scale)  # warm-up: lazy inits stay out of the capture
+                try:  # warm-up: lazy inits stay out of the capture
+                    static_decode(state, layer, q, k, v, self.slot, scale)
+                except RuntimeError:
+                    if not state.varlen:
+                        raise
+                    state.varlen = False  # flash's variable-length kernel refused: the masked suffix (same maths)
+                    static_decode(state, layer, q, k, v, self.slot, scale)
                 side.synchronize()
                 graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
                 try:
