@@ -29,6 +29,10 @@ _connect_lock = threading.Lock()
 def connect(address: str | None) -> None:
     """Join the cluster once per process: ray://HOST:PORT (Ray Client) or None (one started on this host)."""
     global _connected
+    # A Ray call after the session has ended (a relay thread at exit) would otherwise start a new
+    # local Ray instance, and on Ray >= 2.5x write ~/.ray/auth_token, which turns on token auth for
+    # every later `ray start` here. codebench always connects explicitly.
+    os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     try:
         import ray
     except ImportError:
@@ -72,7 +76,7 @@ class _Relay:
 
     def __init__(self, run_id: str, argv: list[str] | None, telemetry_hz: float, device: str):
         from engines.hardware import fingerprint, resolve_device
-        from engines.runner import WorkerClient
+        from engines.worker_client import WorkerClient
         from engines.telemetry import Sampler
 
         self.client = WorkerClient(run_id, argv=argv)
@@ -131,7 +135,7 @@ class _Relay:
 
 
 class RayWorkerClient:
-    """The runner's side of a remote worker: the same methods as engines.runner.WorkerClient."""
+    """The runner's side of a remote worker: the same methods as engines.worker_client.WorkerClient."""
 
     remote = True
 
@@ -140,7 +144,7 @@ class RayWorkerClient:
                  busy: Callable[[], bool] = lambda: False, cpus_per_rank: int = 1):  # fmt: skip
         import ray
 
-        from engines.runner import WorkerExited
+        from engines.worker_client import WorkerExited
 
         self._exited = WorkerExited
         self.run_id = run_id
@@ -179,11 +183,12 @@ class RayWorkerClient:
     def _pump(self) -> None:
         import ray
 
-        while not self._done.is_set():
+        while not self._done.is_set() and ray.is_initialized():
             try:
                 batch = ray.get(self.actor.poll.remote(_POLL_S))
-            except ray.exceptions.RayError as exc:  # node or actor lost: the cell in flight is crashed
-                self.events.put(self._exited(-9, self._tail, f"Ray node lost ({_first_line(exc)})"))
+            except Exception as exc:  # noqa: BLE001 - node, actor or connection lost: the cell in flight is crashed
+                if not self._done.is_set() and ray.is_initialized():
+                    self.events.put(self._exited(-9, self._tail, f"Ray node lost ({_first_line(exc)})"))
                 return
             for kind, *rest in batch:
                 if kind == "event":
@@ -199,7 +204,14 @@ class RayWorkerClient:
         self._call("watch_also", pid)
 
     def send(self, cmd: dict[str, Any]) -> bool:
-        return bool(self._call("send", cmd))
+        """Without waiting for the pipe write: the runner waits for the worker's answer anyway, and a
+        worker that died arrives as its exit. Saves a round trip per cell. The runner never has two
+        commands in flight, so the threaded actor cannot reorder them."""
+        try:
+            self.actor.send.remote(cmd)
+            return True
+        except Exception:  # noqa: BLE001 - the actor is gone; its exit or the lost node is reported by the pump
+            return False
 
     def get(self, timeout: float) -> Any:
         try:
@@ -223,16 +235,17 @@ class RayWorkerClient:
 
         self._done.set()
         try:
-            ray.kill(self.actor)
-        except Exception:  # already gone with its node
+            if ray.is_initialized():
+                ray.kill(self.actor)
+        except Exception:  # noqa: BLE001 - already gone with its node or the session
             pass
 
     def _call(self, name: str, *args: Any, timeout: float = 30) -> Any:
         import ray
 
         try:
-            return ray.get(getattr(self.actor, name).remote(*args), timeout=timeout)
-        except ray.exceptions.RayError:
+            return ray.get(getattr(self.actor, name).remote(*args), timeout=timeout) if ray.is_initialized() else None
+        except Exception:  # noqa: BLE001 - the actor, its node or the session is gone
             return None
 
 

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 RAY = str(Path(sys.executable).with_name("ray"))
-ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0"}
+# Token auth off: a ~/.ray/auth_token on the machine would turn it on for `ray start`, not for the client.
+ENV = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "0", "RAY_AUTH_MODE": "disabled"}
 
 
 def free_port() -> int:
