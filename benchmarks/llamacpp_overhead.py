@@ -39,7 +39,9 @@ class Direct:
         import numpy as np
 
         self.ll, self.np, self.n_threads = ll, np, n_threads
-        self.model = ll.llama_model_load_from_file(path.encode(), ll.llama_model_default_params())
+        from engines.llamacpp import model_params  # the adapter's repack choice (off on AMX CPUs)
+
+        self.model = ll.llama_model_load_from_file(path.encode(), model_params())
         self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
         self.ctx = self.batch = None
 

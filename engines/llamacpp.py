@@ -8,7 +8,9 @@ multi-token llama_decode under "prompt eval", so its own split is wrong for batc
 Options (run.options): n_threads (default: physical cores), n_threads_batch, n_batch, n_ubatch,
 n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
 type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, n_ctx (total positions;
-default: grown to fit each cell, n_seq x per-sequence length, during warm-up).
+default: grown to fit each cell, n_seq x per-sequence length, during warm-up), repack (on/off/auto:
+llama.cpp's weight repacking into extra buffer types such as AMX; auto = off on CPUs with AMX,
+whose quantized kernels crash llama.cpp 0.3.36's build on tiny, else on).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ _KV_TYPES = {
 }
 _FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
 OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "flash_attn", "type_k", "type_v",
-           "n_ctx", "kv_unified", "split_mode")  # fmt: skip
+           "n_ctx", "kv_unified", "split_mode", "repack")  # fmt: skip
 _SPLIT = {"layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}  # --tp N: how N GPUs share the model
 _CTX_MIN = 256  # per-sequence context the first cell gets before it grows
 
@@ -96,7 +98,28 @@ def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     o.setdefault("n_threads", _threads())
     o.setdefault("n_threads_batch", o["n_threads"])
     o.setdefault("kv_unified", False)  # independent prompts: per-sequence KV streams decode faster
+    repack = o.get("repack", "auto")
+    if repack not in ("auto", "on", "off", True, False):
+        raise SpecError(f"llama.cpp repack must be on, off or auto, got {repack!r}")
+    o["repack"] = {True: "on", False: "off"}.get(repack, repack)
     return o
+
+
+def _cpu_has_amx() -> bool:
+    return "AMX_INT8 = 1" in ll.llama_print_system_info().decode(errors="replace")
+
+
+def resolve_repack(repack: str = "auto") -> str:
+    """on/off for llama.cpp's extra buffer types. auto is off on AMX CPUs: llama.cpp's AMX buffers
+    segfault on the first decode of a quantized tiny (llama-cpp-python 0.3.36)."""
+    return ("off" if _cpu_has_amx() else "on") if repack == "auto" else repack
+
+
+def model_params(repack: str = "auto") -> Any:
+    """llama.cpp's default model parameters with the repack choice applied (tests and benchmarks use it too)."""
+    mparams = ll.llama_model_default_params()
+    mparams.use_extra_bufts = resolve_repack(repack) == "on"
+    return mparams
 
 
 class LlamaCpp(Engine):
@@ -133,7 +156,8 @@ class LlamaCpp(Engine):
         if not _backend_ready:
             ll.llama_backend_init()
             _backend_ready = True
-        mparams = ll.llama_model_default_params()
+        self.opts["repack"] = resolve_repack(self.opts["repack"])
+        mparams = model_params(self.opts["repack"])
         mparams.n_gpu_layers = self.opts["n_gpu_layers"]
         first = int(device.split(":")[1]) if device.startswith("cuda:") else 0
         tp = int(self.config.get("tp") or 1)
@@ -170,6 +194,7 @@ class LlamaCpp(Engine):
                 **({"tp": {"size": tp, "split_mode": self.opts["split_mode"]}} if tp > 1 else {}),
                 "flash_attn": {-1: "auto", 0: "off", 1: "on"}[self.opts["flash_attn"]],
                 "kv_cache": f"{self.opts['type_k']}/{self.opts['type_v']}",
+                "repack": self.opts["repack"],
                 "system_info": ll.llama_print_system_info().decode(errors="replace").strip(),
             },
         )

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from engines import gguf_convert as gc
+from engines.llamacpp import model_params
 from engines.spec import SpecError
 
 
@@ -35,7 +36,7 @@ def llama_logits(path: Path, ids: list[int], exact: bool = True) -> np.ndarray:
     exact: F32 KV cache and no flash attention; llama.cpp's defaults (F16 cache, flash attention
     on the CPU) round activations to F16 and move logits by ~1e-3 on their own.
     """
-    model = ll.llama_model_load_from_file(str(path).encode(), ll.llama_model_default_params())
+    model = ll.llama_model_load_from_file(str(path).encode(), model_params())  # the engine's repack choice
     assert model, f"llama.cpp could not load {path}"
     cp = ll.llama_context_default_params()
     cp.n_ctx, cp.n_batch, cp.n_threads, cp.n_threads_batch = 256, 256, 1, 1
