@@ -52,6 +52,14 @@ def test_corrupt_database_is_refused_untouched(tmp_path):
     assert db.read_bytes() == b"garbage" * 1000
 
 
+def test_db_before_the_command_is_the_one_used(tmp_path):
+    """`codebench-tui --db X run ...` once wrote to the default database: the subcommand's own --db replaced X."""
+    db = tmp_path / "runs.db"
+    db.write_bytes(b"garbage" * 1000)
+    for args in (["runs"], ["run", "--batch", "1"]):
+        _assert_one_line_error(cli("--db", str(db), *args), "not a usable codebench database")
+
+
 def test_unwritable_database_location(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

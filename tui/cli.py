@@ -20,8 +20,8 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {self.prog} --help)\n")
 
 
-def add_db(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", metavar="PATH", help="database file (default: the user data directory)")
+def add_db(p: argparse.ArgumentParser, **kw) -> None:
+    p.add_argument("--db", metavar="PATH", help="database file (default: the user data directory)", **kw)
 
 
 def build_parser() -> Parser:
@@ -34,7 +34,7 @@ def build_parser() -> Parser:
         importlib.import_module(f"tui.commands.{name}").register(sub)
     for action in sub.choices.values():
         if not any(a.dest == "db" for a in action._actions):
-            add_db(action)
+            add_db(action, default=argparse.SUPPRESS)  # else its None would replace `codebench-tui --db X COMMAND`
     return parser
 
 
