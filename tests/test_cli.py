@@ -54,7 +54,7 @@ def test_corrupt_database_is_refused_untouched(tmp_path):
 
 def test_db_before_the_command_is_the_one_used(tmp_path):
     """`codebench-tui --db X run ...` once wrote to the default database: the subcommand's own --db replaced X."""
-    db = tmp_path / "runs.db"
+    db = tmp_path / "elsewhere.db"  # not the default database (CODEBENCH_DB, also in tmp_path)
     db.write_bytes(b"garbage" * 1000)
     for args in (["runs"], ["run", "--batch", "1"]):
         _assert_one_line_error(cli("--db", str(db), *args), "not a usable codebench database")
