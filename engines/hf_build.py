@@ -152,6 +152,7 @@ def random_model(preset: presets.Preset, device: torch.device, dtype: torch.dtyp
         if b.device.type == "meta":
             raise RuntimeError(f"buffer {name} was left on the meta device")
     model.eval()
+    _bnb_cpu_packing_off(model, double_quant)
     return model
 
 
@@ -255,7 +256,19 @@ def checkpoint_model(model_dir: str, device: torch.device, dtype: torch.dtype, a
     else:
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs).to(device)
     model.eval()
+    _bnb_cpu_packing_off(model, double_quant)
     return model
+
+
+def _bnb_cpu_packing_off(model: nn.Module, double_quant: bool) -> None:
+    """bitsandbytes 0.50 repacks 4-bit weights for AVX512-BF16 CPUs on the first forward, and the repack
+    breaks on double-quantized constants ("shape [64, 1] is invalid for input of size 96"): keep its
+    plain CPU kernel for those layers. The flag exists only on such CPUs' bitsandbytes builds."""
+    if not double_quant:
+        return
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
 
 
 def _read_config(model_dir: str) -> dict[str, Any]:
