@@ -30,7 +30,7 @@ def connect(address: str | None) -> None:
     """Join the cluster once per process: ray://HOST:PORT (Ray Client) or None (one started on this host)."""
     global _connected
     # A Ray call after the session has ended (a relay thread at exit) would otherwise start a new
-    # local Ray instance, and on Ray >= 2.5x write ~/.ray/auth_token, which turns on token auth for
+    # local Ray instance, and Ray 2.60 then writes ~/.ray/auth_token, which turns on token auth for
     # every later `ray start` here. codebench always connects explicitly.
     os.environ["RAY_ENABLE_AUTO_CONNECT"] = "0"
     try:
