@@ -84,8 +84,12 @@ class HydragenPrefix:
         k0 = self.layers[0][0]
         self.varlen = k0.is_cuda and k0.dtype is not torch.float32
         shape = (n, slots, k0.shape[1], k0.shape[3]) if self.varlen else (n, k0.shape[1], slots, k0.shape[3])
-        buf = (lambda: k0.new_zeros(shape).transpose(1, 2)) if self.varlen else (lambda: k0.new_zeros(shape))  # noqa: E731
-        self.suffix = [(buf(), buf()) for _ in self.layers]
+
+        def zeros() -> torch.Tensor:
+            t = k0.new_zeros(shape)
+            return t.transpose(1, 2) if self.varlen else t
+
+        self.suffix = [(zeros(), zeros()) for _ in self.layers]
         self.filled = 0
         self.graphs = DecodeGraphs(self.layers[0][0].device) if graphs and self.layers[0][0].is_cuda else None
 
