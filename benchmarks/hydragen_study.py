@@ -396,7 +396,8 @@ def bench(args: argparse.Namespace) -> int:
                 r = eng.generate(prompts, args.output_len)
                 wall = time.perf_counter() - t
                 times[name].append((wall, (wall - r.ttft_s) / max(1, args.output_len - 1)))
-                res[name] = {"tokens": r.tokens, "mode": r.extra.get("hydragen_decode", "")}
+                res[name] = {"tokens": r.tokens, "mode": " ".join(str(r.extra.get(k, "")) for k in
+                                                                  ("hydragen_decode", "hydragen_state"))}  # fmt: skip
 
             # Warm-up, then rounds that run every variant once: the host CPU's speed drifts, and each
             # round's variants see the same drift.

@@ -88,14 +88,16 @@ class _SharedPrefix(HFGenerate):
         if len({len(p) for p in prompts}) != 1:
             raise ValueError(f"{self.name} expects prompts of one length (the workloads make them so)")
         p = common_prefix_len(prompts) if self.share else 0
+        done = False
         try:
             res = self._measured(len(prompts), len(prompts[0]), max_new_tokens, lambda: self._loop(prompts, p, max_new_tokens))
+            done = True
         finally:
-            extra = self._loop_extra()  # also drops the call's state when it failed (an OOM frees its memory)
+            extra = self._loop_extra(keep=done)  # a failed call drops its state (an OOM frees its memory)
         res.extra.update(shared_prefix_len=p, completions=len(prompts), **extra)
         return res
 
-    def _loop_extra(self) -> dict[str, Any]:
+    def _loop_extra(self, keep: bool) -> dict[str, Any]:
         return {}
 
     def _loop(self, prompts: list[list[int]], p: int, max_new_tokens: int) -> tuple[list[list[int]], float, None]:
@@ -130,41 +132,62 @@ class Hydragen(_SharedPrefix):
     attn = "hydragen"
     caches = ("static", "dynamic")
     graphs = True  # CUDA graphs of the decode attention with the static cache (benchmarks turn them off to compare)
+    # The static cache's state (prefix and suffix buffers, decode graphs) is kept for the next call of the
+    # same shape, as a server keeps its buffers: the runner's warm-up pays for allocating and capturing,
+    # the timed calls do not. A call of another shape, or a failed call, drops it first.
     _state: hydragen.HydragenPrefix | None = None
+    _state_key: tuple | None = None
+    _reused = False
 
     def _prefill(self, ids: torch.Tensor, p: int, max_new_tokens: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
-        state = hydragen.HydragenPrefix()
-        if p:
-            prefix_cache = DynamicCache(config=self.model.config)
-            self._forward(ids[:1, :p], 0, prefix_cache)  # no prefix state yet: plain causal SDPA
-            state.layers = [(layer.keys, layer.values) for layer in prefix_cache.layers]
-            del prefix_cache
-        kw = {"hydragen_prefix": state} if p else {}
-        if p and self.opts["cache"] == "static":
+        if not p:
+            self._drop_state()
+            return super()._prefill(ids, p, max_new_tokens)
+        static = self.opts["cache"] == "static"
+        key = (ids.shape[0], p, ids.shape[1] - p + max_new_tokens, self.graphs)
+        self._reused = static and self._state is not None and self._state_key == key
+        if not self._reused:
+            self._drop_state()  # before this call allocates: the last shape's memory is free again
+        state = self._state if self._reused else hydragen.HydragenPrefix()
+        state.collecting = True  # the prefix prefill (batch 1, plain causal SDPA) leaves its keys/values in state
+        try:
+            self._forward(ids[:1, :p], 0, None, hydragen_prefix=state)
+        finally:
+            state.collecting = False
+        kw = {"hydragen_prefix": state}
+        if static:
             # Suffix and generated tokens in place (engines.hydragen); the model keeps no cache of its own.
-            state.allocate(ids.shape[0], ids.shape[1] - p + max_new_tokens, graphs=self.graphs)
-            self._state = state
+            if not self._reused:
+                state.allocate(ids.shape[0], key[2], graphs=self.graphs)
+            self._state, self._state_key = state, key
             return self._forward(ids[:, p:], p, None, **kw), None, kw
-        self._state = None
         cache = DynamicCache(config=self.model.config)  # the suffixes and generated tokens only
         return self._forward(ids[:, p:], p, cache, **kw), cache, kw
 
+    def _drop_state(self) -> None:
+        self._state = self._state_key = None
+
     def _forward(self, ids: torch.Tensor, start: int, cache: Any, **kw: Any) -> torch.Tensor:
         state = kw.get("hydragen_prefix")
-        if state is not None and state.suffix:
+        if state is not None and state.suffix and not state.collecting:
             state.begin(start - len(state))  # suffix slots before this call's tokens
         return super()._forward(ids, start, cache, **kw)
 
-    def _loop_extra(self) -> dict[str, Any]:
-        """How the last call's decode attention ran: graphs, or eager (and why)."""
-        state, self._state = self._state, None  # the graphs and caches go with it
-        if state is None:
+    def _loop_extra(self, keep: bool) -> dict[str, Any]:
+        """How the call's decode attention ran: graphs, or eager (and why); whether it reused the last call's state."""
+        state = self._state
+        if not keep:
+            self._drop_state()
+        if self.opts["cache"] != "static":
             return {"hydragen_decode": f"eager, cache={self.opts['cache']}"}
+        if state is None:
+            return {"hydragen_decode": "no shared prefix: plain SDPA"}
+        extra = {"hydragen_state": "reused" if self._reused else "new"}
         if state.graphs is None:
-            return {"hydragen_decode": "eager, static cache"}
+            return {"hydragen_decode": "eager, static cache", **extra}
         if state.graphs.error:
-            return {"hydragen_decode": "eager, static cache", "hydragen_graph_error": state.graphs.error}
-        return {"hydragen_decode": f"cuda graphs x {len(state.graphs.entries)} layers, static cache"}
+            return {"hydragen_decode": "eager, static cache", "hydragen_graph_error": state.graphs.error, **extra}
+        return {"hydragen_decode": f"cuda graphs x {len(state.graphs.entries)} layers, static cache", **extra}
 
 
 class NoAttention(_SharedPrefix):

@@ -269,3 +269,36 @@ def test_microbench_bad_input(tmp_path):
     assert proc.returncode == 2 and "multiple of --kv-heads" in proc.stderr
     proc = cli("microbench", "attention", "--prefix-len", "0")
     assert proc.returncode == 2 and "below 1" in proc.stderr
+
+
+def test_hydragen_keeps_its_buffers_for_calls_of_one_shape(tiny_prompts, monkeypatch):
+    """The second call of a shape reuses the prefix/suffix buffers (new prefix content copied in); tokens stay right."""
+    from engines.hf import HFGenerate
+    from engines.prompt_sources import shared_prefix_prompts
+    from engines.shared_prefix import Hydragen
+    from engines.tiny import ensure_tiny
+
+    path, prompts = tiny_prompts
+    other = shared_prefix_prompts(ensure_tiny() / "tokenizer.json", 3, 40, 6, seed=3)  # same shape, other tokens
+    assert len(other[0]) == len(prompts[0]) and other[0][:40] != prompts[0][:40]
+    hyd, base = _engine(Hydragen, path), _engine(HFGenerate, path)
+    first = hyd.generate(prompts, 8)
+    held = hyd._state.layers[0][0].data_ptr(), hyd._state.suffix[0][0].data_ptr()
+    second = hyd.generate(other, 8)
+    assert (first.extra["hydragen_state"], second.extra["hydragen_state"]) == ("new", "reused")
+    assert (hyd._state.layers[0][0].data_ptr(), hyd._state.suffix[0][0].data_ptr()) == held
+    assert first.tokens == base.generate(prompts, 8).tokens and second.tokens == base.generate(other, 8).tokens
+    assert hyd.generate(prompts[:2], 8).extra["hydragen_state"] == "new"  # another N: new buffers
+    assert hyd.generate(prompts[:2], 9).extra["hydragen_state"] == "new"  # another G: more slots
+    again = hyd.generate(prompts, 8)
+    assert again.extra["hydragen_state"] == "new" and again.tokens == first.tokens
+
+    def fail_on_decode(ids, start, cache, **kw):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(hyd, "_forward", fail_on_decode)
+    with pytest.raises(RuntimeError, match="simulated"):
+        hyd.generate(prompts, 8)
+    assert hyd._state is None  # a failed call leaves nothing held
+    monkeypatch.undo()
+    assert hyd.generate(prompts, 8).extra["hydragen_state"] == "new"
