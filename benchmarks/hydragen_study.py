@@ -84,15 +84,6 @@ def study(a: argparse.Namespace) -> dict:
             "_microbench": {"suffix": v["mb_suffix"], "iters": v["mb_iters"], "dtype": v["precision"]}}  # fmt: skip
 
 
-# The shared-prefix engines build random presets through HFGenerate's loader, but the CLI's preset check
-# (tui/commands/run.py PRESET_ENGINES) predates them: widen it in this process until the lead adds them there.
-CLI_WITH_SHARED_PREFIX_PRESETS = (
-    "import sys, tui.commands.run as r; "
-    "r.PRESET_ENGINES = tuple(dict.fromkeys((*r.PRESET_ENGINES, 'hf-noshare', 'hf-prefix-kv', 'hydragen', 'noattention'))); "
-    "from tui.cli import main; sys.exit(main(sys.argv[1:]))"
-)  # fmt: skip
-
-
 def _call(cmd: list[str], timeout: float | None) -> int:
     """Run cmd in its own process group; past `timeout` interrupt it (the runner keeps finished cells), then kill."""
     proc = subprocess.Popen(cmd, cwd=ROOT, start_new_session=True)
@@ -119,8 +110,7 @@ def run(args: argparse.Namespace) -> int:
     study_file = out / "hydragen_study.json"
     study_file.write_text(json.dumps(spec, indent=2) + "\n")
     cli = [sys.executable, "-m", "tui.cli"]
-    rc = _call([sys.executable, "-c", CLI_WITH_SHARED_PREFIX_PRESETS, "run", "--study", str(study_file), "--db", args.db,
-                "--quiet"], args.study_timeout)  # fmt: skip
+    rc = _call([*cli, "run", "--study", str(study_file), "--db", args.db, "--quiet"], args.study_timeout)
     if args.no_microbench:
         return rc
     g = spec["grid"]
@@ -330,21 +320,31 @@ def check(args: argparse.Namespace) -> int:
 
 
 def _gpu_ms_per_step(eng, prompts: list[list[int]], a: int = 8, b: int = 40) -> tuple[float, list[str]]:
-    """GPU kernel time per decode step (torch.profiler): two calls of a and b new tokens, the difference / (b - a)."""
+    """GPU kernel time per decode step (torch.profiler): two calls of a and b new tokens, the difference / (b - a).
+
+    Also the host's side: the CPU ops and CUDA runtime calls with the most self time per step (the
+    profiler adds a few microseconds to each, so compare variants, not absolute figures).
+    """
     import torch
     from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
-    def kernels(new_tokens: int) -> dict[str, float]:
-        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+    def times(new_tokens: int) -> tuple[dict[str, float], dict[str, float]]:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             eng.generate(prompts, new_tokens)
             torch.cuda.synchronize()
-        return {e.key: e.self_device_time_total for e in prof.key_averages() if e.device_type == DeviceType.CUDA}
+        events = prof.key_averages()
+        return ({e.key: e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA},
+                {e.key: e.self_cpu_time_total for e in events if e.device_type == DeviceType.CPU})  # fmt: skip
 
-    ka, kb = kernels(a), kernels(b)
-    per = {k: (t - ka.get(k, 0.0)) / (b - a) / 1e3 for k, t in kb.items()}
-    top = sorted(per.items(), key=lambda kv: -kv[1])[:6]
-    return sum(per.values()), [f"    {ms:7.3f} ms/step  {k[:100]}" for k, ms in top]
+    (ga, ca), (gb, cb) = times(a), times(b)
+    per = lambda x, y: {k: (t - x.get(k, 0.0)) / (b - a) / 1e3 for k, t in y.items()}  # noqa: E731
+    gpu, cpu = per(ga, gb), per(ca, cb)
+    top = sorted(gpu.items(), key=lambda kv: -kv[1])[:6]
+    lines = [f"    {ms:7.3f} ms/step  {k[:100]}" for k, ms in top]
+    lines.append(f"    host: {sum(cpu.values()):.2f} ms/step of self CPU time in profiled ops; the most:")
+    lines += [f"    {ms:7.3f} ms/step  cpu {k[:100]}" for k, ms in sorted(cpu.items(), key=lambda kv: -kv[1])[:8]]
+    return sum(gpu.values()), lines
 
 
 def bench(args: argparse.Namespace) -> int:

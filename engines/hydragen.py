@@ -18,14 +18,14 @@ caller passes (DynamicCache concatenates it every step). `noattention` returns z
 attention-free upper bound.
 
 HF's eager decode loop is bound by the CPU launching kernels (on an H100, ~10 us per PyTorch op;
-the attention-free bound spends ~0.7 ms per layer), so on CUDA each layer's decode attention is
-one CUDA graph (`DecodeGraphs`): the cache write at a device-side slot, the prefix part, the suffix
-part, and the fp32 combine, replayed for 1 input copy kernel and 1 graph launch. The suffix part is
-flash's variable-length kernel told each sequence's used slots by a device tensor (fp16/bf16), or
-in fp32 the whole static cache with the unfilled slots masked (fp32 scores through cuBLAS). The
-masked form read all U + G slots every step: at N = 256 that was 5 of hydragen's 18 ms per step on an
-H200, twice the prefix part. Elsewhere
-(the CPU, the suffix prefill, `cache=dynamic`) the same maths runs eagerly through flash kernels.
+the attention-free bound spends ~0.7 ms per layer), so on CUDA each layer's decode attention is a
+CUDA graph (`DecodeGraphs`): the cache write at a device-side slot, the prefix part, the suffix
+part, and the fp32 combine, replayed for 1 input copy and 1 graph launch (~20 us of host time on an
+H200's host). The suffix part reads the cache's filled slots rounded up to a bucket of 32, the rest
+masked, through cuBLAS, with one graph per layer and bucket. On an H200 at N = 256 that is 3.4 ms
+per step over 32 layers; flash's variable-length kernel told each sequence's used slots took
+6.6 ms, and reading every slot 5 ms. Elsewhere (the CPU, the suffix prefill, `cache=dynamic`)
+the same maths runs eagerly through flash kernels.
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ _aten = torch.ops.aten
 _FLASH_CPU = _aten._scaled_dot_product_flash_attention_for_cpu.default
 _FLASH_CUDA = _aten._scaled_dot_product_flash_attention.default
 _EFFICIENT_CUDA = _aten._scaled_dot_product_efficient_attention.default
-_FLASH_VARLEN_CUDA = _aten._flash_attention_forward.default
 
 
 def _bmm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -69,7 +68,8 @@ class HydragenPrefix:
     suffix: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
     filled: int = 0
     graphs: DecodeGraphs | None = None  # CUDA graphs of the decode steps (allocate(graphs=True) on CUDA)
-    varlen: bool = False  # decode's suffix part through flash with per-sequence used lengths (CUDA fp16/bf16)
+    slot: torch.Tensor | None = None  # after allocate: `filled` on the device, where a decode step writes
+    bias: torch.Tensor | None = None  # after allocate: 0 for the slots a decode step reads, -inf after (fp32)
     collecting: bool = False  # a model call now is the prefix's own prefill: keep its keys and values
 
     def __len__(self) -> int:
@@ -78,21 +78,17 @@ class HydragenPrefix:
     def allocate(self, n: int, slots: int, graphs: bool = False) -> None:
         """A static suffix cache of `slots` tokens for each of n sequences, shaped like the prefix KV.
 
-        Zeroed: the masked decode step reads every slot, and 0 x garbage could be NaN. On CUDA in
-        fp16/bf16 the memory is [N, slots, kv_heads, head_dim] (the views keep the shape above): the
-        packed layout flash's variable-length kernel reads, only each sequence's used slots.
+        Zeroed: the masked decode step reads unfilled slots, and 0 x garbage could be NaN.
         """
         k0 = self.layers[0][0]
-        self.varlen = k0.is_cuda and k0.dtype is not torch.float32
-        shape = (n, slots, k0.shape[1], k0.shape[3]) if self.varlen else (n, k0.shape[1], slots, k0.shape[3])
-
-        def zeros() -> torch.Tensor:
-            t = k0.new_zeros(shape)
-            return t.transpose(1, 2) if self.varlen else t
-
-        self.suffix = [(zeros(), zeros()) for _ in self.layers]
+        shape = (n, k0.shape[1], slots, k0.shape[3])
+        self.suffix = [(k0.new_zeros(shape), k0.new_zeros(shape)) for _ in self.layers]
         self.filled = 0
-        self.graphs = DecodeGraphs(self.layers[0][0].device) if graphs and self.layers[0][0].is_cuda else None
+        self.slot = torch.zeros(1, dtype=torch.long, device=k0.device)
+        # Row i: the decode step at slot i reads slots [0, i]; begin() copies its row into `bias`.
+        self._bias_rows = torch.full((slots, slots), float("-inf"), device=k0.device).triu_(1)
+        self.bias = self._bias_rows[0].clone()
+        self.graphs = DecodeGraphs() if graphs and k0.is_cuda else None
 
     def keep_prefix(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
         """During the prefix prefill: hold this layer's keys/values, or copy them into the ones held.
@@ -111,11 +107,16 @@ class HydragenPrefix:
         else:
             raise RuntimeError(f"hydragen prefix: layer {layer} before layer {len(self.layers)}")
 
+    def read_end(self) -> int:
+        """Slots a graphed decode step reads: the filled ones rounded up to a bucket."""
+        return min(self.suffix[0][0].shape[2], -(-(self.filled + 1) // DECODE_BUCKET) * DECODE_BUCKET)
+
     def begin(self, filled: int) -> None:
         """Before a model call: its tokens go to slots [filled, filled + L)."""
         self.filled = filled
-        if self.graphs is not None:
-            self.graphs.slot.fill_(filled)  # one tiny kernel per step; the graphs read the slot on the device
+        if filled < self.bias.shape[0]:  # two tiny copies per step: the graphs read slot and mask on the device
+            self.slot.fill_(filled)
+            self.bias.copy_(self._bias_rows[filled])
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this call's keys/values [N, Hkv, L, D] in place; the filled part of the cache (views)."""
@@ -208,44 +209,26 @@ def suffix_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor
     return attention_with_lse(query, k, v, scale, causal=True)
 
 
-def masked_suffix_attention(query: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, slot: torch.Tensor,
+def masked_suffix_attention(query: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, bias: torch.Tensor,
                             scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One decode query per sequence [N, H, 1, D] against its whole static cache [N, Hkv, S, D], slots > slot masked.
+    """One decode query per sequence [N, H, 1, D] against its static cache [N, Hkv, S, D] with an additive mask [S].
 
-    Shapes never change from step to step (the slot is a device tensor), so a CUDA graph can replay it.
-    Unfilled slots must hold finite numbers (allocate zeroes the cache): their weight is 0, and 0 x NaN is not.
-    Scores and output are fp32 (cuBLAS accumulates fp16/bf16 products in fp32, as flash does); the
-    probabilities meet V in the cache dtype, as in flash. Returns [N, H, 1, D] fp32 and [N, H, 1] lse.
+    `bias` is 0 for the slots read and -inf after (slot 0 must be read). Shapes never change from step
+    to step (the mask is a device tensor), so a CUDA graph can replay it. Unfilled slots must hold
+    finite numbers (allocate zeroes the cache): their weight is 0, and 0 x NaN is not. Scores and
+    output are fp32 (cuBLAS accumulates fp16/bf16 products in fp32, as flash does); the probabilities
+    meet V in the cache dtype, as in flash. Six kernels: each one costs the GPU a few microseconds
+    per layer and step, so the softmax is one log_softmax. Returns [N, H, 1, D] fp32 and [N, H, 1] lse.
     """
     n, h, _, d = query.shape
     hkv, slots = kb.shape[1], kb.shape[2]
     q = query.reshape(n * hkv, h // hkv, d)  # a KV head's query heads share its keys: no repeat_kv
-    s = _bmm_f32(q, kb.reshape(n * hkv, slots, d).transpose(1, 2)).mul_(scale)
-    s = s.masked_fill_(torch.arange(slots, device=s.device) > slot, float("-inf"))
-    lse = torch.logsumexp(s, dim=-1)
-    probs = torch.exp(s.sub_(lse.unsqueeze(-1))).to(vb.dtype)
+    s = torch.add(bias, _bmm_f32(q, kb.reshape(n * hkv, slots, d).transpose(1, 2)), alpha=scale)
+    log_p = torch.log_softmax(s, dim=-1)
+    lse = s[..., 0] - log_p[..., 0]  # s - log_softmax(s) is the lse in every read slot
+    probs = torch.exp(log_p, out=torch.empty(log_p.shape, dtype=vb.dtype, device=log_p.device))
     out = _bmm_f32(probs, vb.reshape(n * hkv, slots, d))
     return out.view(n, h, 1, d), lse.view(n, h, 1)
-
-
-def varlen_suffix_attention(query: torch.Tensor, kb: torch.Tensor, vb: torch.Tensor, slot: torch.Tensor,
-                            scale: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """The same as `masked_suffix_attention`, through flash's variable-length kernel: it reads slots [0, slot] only.
-
-    kb / vb are [N, Hkv, S, D] views of [N, S, Hkv, D] memory (packed per sequence); the used length
-    per sequence is a device tensor computed from `slot`, so a CUDA graph replays it. Returns
-    [N, H, 1, D] in the cache dtype and the fp32 lse [N, H, 1].
-    """
-    n, h, _, d = query.shape
-    hkv, slots = kb.shape[1], kb.shape[2]
-    q = query.reshape(n, h, d)  # one query token per sequence: [total_q, H, D]
-    k, v = kb.transpose(1, 2).reshape(n * slots, hkv, d), vb.transpose(1, 2).reshape(n * slots, hkv, d)  # views
-    cu_q = torch.arange(n + 1, dtype=torch.int32, device=q.device)
-    used = (slot.to(torch.int32) + 1).expand(n).contiguous()
-    out, lse = _FLASH_VARLEN_CUDA(q, k, v, cu_q, cu_q * slots, 1, slots, 0.0, False, False, scale=scale,
-                                  seqused_k=used)[:2]  # fmt: skip
-    lse = lse.t() if lse.dim() == 2 else lse  # [H, total_q] in recent flash, [N, H, 1] in older builds
-    return out.view(n, h, 1, d), lse.reshape(n, h, 1)
 
 
 def combine(out_p: torch.Tensor, lse_p: torch.Tensor, out_s: torch.Tensor, lse_s: torch.Tensor) -> torch.Tensor:
@@ -258,64 +241,69 @@ def combine(out_p: torch.Tensor, lse_p: torch.Tensor, out_s: torch.Tensor, lse_s
 
 
 def static_decode(state: HydragenPrefix, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                  slot: torch.Tensor, scale: float) -> torch.Tensor:  # fmt: skip
-    """One decode step of one layer through the static cache, all on the device (what a DecodeGraphs graph holds)."""
+                  scale: float, end: int | None = None) -> torch.Tensor:  # fmt: skip
+    """One decode step of one layer through the static cache at `state.slot`, all on the device (what a graph holds).
+
+    The suffix part reads slots [0, end) (all when None); `end` must lie past the slot.
+    """
     kb, vb = state.suffix[layer]
-    kb.index_copy_(2, slot, key)
-    vb.index_copy_(2, slot, value)
+    kb.index_copy_(2, state.slot, key)
+    vb.index_copy_(2, state.slot, value)
     out_p, lse_p = prefix_attention(query, *state.layers[layer], scale)
-    suffix = varlen_suffix_attention if state.varlen else masked_suffix_attention
-    return combine(out_p, lse_p, *suffix(query, kb, vb, slot, scale))
+    out_s, lse_s = masked_suffix_attention(query, kb[:, :, :end], vb[:, :, :end], state.bias[:end], scale)
+    return combine(out_p, lse_p, out_s, lse_s)
+
+
+# Slots per decode graph's read: a step reads its filled slots rounded up to this, so over U + G slots
+# it reads about half a bucket more than it must, for ceil((U + G) / bucket) graphs per layer.
+DECODE_BUCKET = 32
 
 
 class DecodeGraphs:
-    """Per layer, a CUDA graph of `static_decode` with its own input and output tensors; captured on first use.
+    """Per layer and read length (`HydragenPrefix.read_end`), a CUDA graph of `static_decode`; captured on first use.
 
-    All layers' graphs share one memory pool: they replay one after another on one stream, in
-    capture order. A capture that fails turns the graphs off (`error` says why); decode runs eagerly.
+    The graphs share one set of input tensors and one memory pool: they replay one after another on
+    one stream, and every output stays held. A capture that fails turns the graphs off (`error` says
+    why); decode runs eagerly.
     """
 
-    def __init__(self, device: torch.device) -> None:
-        self.slot = torch.zeros(1, dtype=torch.long, device=device)
+    def __init__(self) -> None:
         self.pool = torch.cuda.graph_pool_handle()
-        self.side = torch.cuda.Stream(device=device)  # captures run on a stream of their own
-        self.entries: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self.side = torch.cuda.Stream()  # captures run on a stream of their own
+        self.inputs: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.entries: dict[tuple[int, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.error: str | None = None
 
     def run(self, state: HydragenPrefix, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             scale: float) -> torch.Tensor | None:  # fmt: skip
         """The layer's decode attention [N, H, 1, D] by graph replay, or None where graphs are off."""
-        entry = self.entries.get(layer)
+        if self.inputs is None:
+            self.inputs = (query.clone(), key.clone(), value.clone())
+        torch._foreach_copy_(self.inputs, (query, key, value))  # one launch for the three inputs
+        where = (layer, state.read_end())
+        entry = self.entries.get(where)
         if entry is None:
             if self.error is not None:
                 return None
-            entry = self._capture(state, layer, query, key, value, scale)
+            entry = self._capture(state, where, scale)
             if entry is None:
                 return None
-        graph, q, k, v, out = entry
-        torch._foreach_copy_((q, k, v), (query, key, value))  # one launch for the three inputs
+        graph, out = entry
         graph.replay()
         return out
 
-    def _capture(self, state: HydragenPrefix, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                 scale: float) -> tuple | None:  # fmt: skip
-        q, k, v = query.clone(), key.clone(), value.clone()
+    def _capture(self, state: HydragenPrefix, where: tuple[int, int], scale: float) -> tuple | None:
+        q, k, v = self.inputs
         side = self.side
         side.wait_stream(torch.cuda.current_stream(q.device))
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.stream(side):
-                try:  # warm-up: lazy inits stay out of the capture
-                    static_decode(state, layer, q, k, v, self.slot, scale)
-                except RuntimeError:
-                    if not state.varlen:
-                        raise
-                    state.varlen = False  # flash's variable-length kernel refused: the masked suffix (same maths)
-                    static_decode(state, layer, q, k, v, self.slot, scale)
+                static_decode(state, where[0], q, k, v, scale, where[1])  # warm-up: lazy inits stay out
                 side.synchronize()
                 graph.capture_begin(pool=self.pool, capture_error_mode="thread_local")
                 try:
-                    out = static_decode(state, layer, q, k, v, self.slot, scale)
+                    out = static_decode(state, where[0], q, k, v, scale, where[1])
                 finally:
                     graph.capture_end()
         except torch.OutOfMemoryError:
@@ -325,8 +313,8 @@ class DecodeGraphs:
             torch.cuda.current_stream(q.device).wait_stream(side)
             return None
         torch.cuda.current_stream(q.device).wait_stream(side)
-        self.entries[layer] = (graph, q, k, v, out)
-        return self.entries[layer]
+        self.entries[where] = (graph, out)
+        return self.entries[where]
 
 
 def hydragen_attention(query: torch.Tensor, key: torch.Tensor | None, value: torch.Tensor | None,

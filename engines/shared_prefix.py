@@ -187,7 +187,9 @@ class Hydragen(_SharedPrefix):
             return {"hydragen_decode": "eager, static cache", **extra}
         if state.graphs.error:
             return {"hydragen_decode": "eager, static cache", "hydragen_graph_error": state.graphs.error, **extra}
-        return {"hydragen_decode": f"cuda graphs x {len(state.graphs.entries)} layers, static cache", **extra}
+        layers, reads = ({x[i] for x in state.graphs.entries} for i in (0, 1))
+        return {"hydragen_decode": f"cuda graphs x {len(layers)} layers x {len(reads)} read lengths, static cache",
+                **extra}  # fmt: skip
 
 
 class NoAttention(_SharedPrefix):

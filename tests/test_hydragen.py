@@ -42,9 +42,10 @@ def test_hydragen_matches_standard_attention(n, h, hkv, p, u, lq):
 
 
 @pytest.mark.parametrize("h, hkv", [(8, 8), (8, 2)])
-def test_static_suffix_cache_matches_standard_attention_step_by_step(h, hkv):
+def test_static_suffix_cache_matches_standard_attention_step_by_step(h, hkv, monkeypatch):
     """Suffix prefill then decode steps through the preallocated cache: the eager path (slices of the
-    cache, flash kernels) and the graph's path (device-side slot, every slot read and the rest masked)."""
+    cache, flash kernels) and the graph's path (device-side slot, slots up to the bucket's end read, the rest masked)."""
+    monkeypatch.setattr(hydragen, "DECODE_BUCKET", 4)  # 9 slots: read ends 8, 8, 9, 9 over the decode steps
     n, p, u, steps, d = 3, 29, 5, 4, 16
     q_all, pk, pv, sk, sv = _problem(n, h, hkv, p, u + steps, u + steps, d, seed=3)
     state = hydragen.HydragenPrefix([(pk, pv)])
@@ -57,9 +58,11 @@ def test_static_suffix_cache_matches_standard_attention_step_by_step(h, hkv):
         ref = hydragen.standard_attention(q, full(pk, sk, end), full(pv, sv, end), d**-0.5)
         state.begin(start)
         if lq == 1:  # the decode step as a CUDA graph runs it, here eagerly
-            slot = torch.tensor([start])
-            got = hydragen.static_decode(state, 0, q, sk[:, :, start:end], sv[:, :, start:end], slot, d**-0.5)
-            assert (got - ref).abs().max().item() < 1e-5
+            assert state.slot.tolist() == [start] and state.bias[: start + 1].eq(0).all() and state.bias[end:].eq(-torch.inf).all()
+            assert state.read_end() == min(u + steps, -(-end // 4) * 4)
+            for read in (state.read_end(), None):  # the bucket's read, and every slot
+                got = hydragen.static_decode(state, 0, q, sk[:, :, start:end], sv[:, :, start:end], d**-0.5, read)
+                assert (got - ref).abs().max().item() < 1e-5
             state.suffix[0][0][:, :, start:end] = 0  # written again below by the eager path
         k, v = state.write(0, sk[:, :, start:end], sv[:, :, start:end])
         assert k.shape[2] == end and k.data_ptr() == state.suffix[0][0].data_ptr()  # a view, no copy
@@ -73,20 +76,21 @@ def test_static_suffix_cache_matches_standard_attention_step_by_step(h, hkv):
 def test_masked_suffix_attention_ignores_unfilled_slots():
     """Slots past the filled one hold other finite numbers (zeros from allocate); they must not leak in."""
     q, _, _, k, v = _problem(2, 4, 2, 1, 6, 1, 8, seed=4)
-    slot = torch.tensor([2])
-    out, lse = hydragen.masked_suffix_attention(q, k, v, slot, 0.5)
+    bias = torch.tensor([0.0, 0.0, 0.0, -torch.inf, -torch.inf, -torch.inf])  # the step at slot 2
+    out, lse = hydragen.masked_suffix_attention(q, k, v, bias, 0.5)
     want_out, want_lse = hydragen.attention_with_lse(q, *(t[:, :, :3].repeat_interleave(2, 1) for t in (k, v)), 0.5)
     assert (out - want_out).abs().max() < 1e-5 and (lse - want_lse).abs().max() < 1e-5
     k2, v2 = k.clone(), v.clone()
     k2[:, :, 3:], v2[:, :, 3:] = 1e4, -3e4
-    out2, _ = hydragen.masked_suffix_attention(q, k2, v2, slot, 0.5)
+    out2, _ = hydragen.masked_suffix_attention(q, k2, v2, bias, 0.5)
     assert torch.isfinite(out2).all() and torch.allclose(out2, out)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3)])
-def test_decode_graphs_replay_the_same_attention_on_cuda(dtype, tol):
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.float16, 5e-3), (torch.bfloat16, 3e-2)])
+def test_decode_graphs_replay_the_same_attention_on_cuda(dtype, tol, monkeypatch):
+    monkeypatch.setattr(hydragen, "DECODE_BUCKET", 4)  # 11 slots: steps at slots 6..10 read 8, 8, 11, 11, 11
     n, h, hkv, p, u, steps, d = 4, 8, 2, 300, 6, 5, 64
     q_all, pk, pv, sk, sv = (t.to("cuda", dtype) for t in _problem(n, h, hkv, p, u + steps, u + steps, d, seed=5))
     state = hydragen.HydragenPrefix([(pk, pv)])
@@ -103,7 +107,7 @@ def test_decode_graphs_replay_the_same_attention_on_cuda(dtype, tol):
             assert got is not None, state.graphs.error
             ref = hydragen.standard_attention(q, full(pk, sk, start + 1), full(pv, sv, start + 1), d**-0.5)
             assert got.dtype == dtype and (got.float() - ref.float()).abs().max().item() < tol
-    assert len(state.graphs.entries) == 1 and state.graphs.error is None
+    assert sorted(state.graphs.entries) == [(0, 8), (0, 11)] and state.graphs.error is None
 
 
 @pytest.mark.gpu
@@ -120,7 +124,7 @@ def test_hydragen_engine_with_decode_graphs_keeps_the_tokens_on_cuda(tiny_prompt
     for e in (hyd, eager, base):
         e.load(path, "cuda")
     res = hyd.generate(prompts, 12)
-    assert res.extra["hydragen_decode"] == "cuda graphs x 4 layers, static cache", res.extra
+    assert res.extra["hydragen_decode"] == "cuda graphs x 4 layers x 1 read lengths, static cache", res.extra
     assert res.tokens == eager.generate(prompts, 12).tokens == base.generate(prompts, 12).tokens
 
 
