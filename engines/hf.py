@@ -226,8 +226,11 @@ class HFGenerate(Engine):
         ids = torch.tensor(prompts, device=self.device)
         return self._measured(len(prompts), len(prompts[0]), max_new_tokens, lambda: self._run(ids, max_new_tokens))
 
-    def _measured(self, batch: int, length: int, n: int, run) -> GenerateResult:
-        """Run one minibatch and add energy, throttling, roofline and compile figures to its extra."""
+    def _measured(self, batch: int, length: int, n: int, run, kv_shared: int = 0) -> GenerateResult:
+        """Run one minibatch and add energy, throttling, roofline and compile figures to its extra.
+
+        `kv_shared`: leading tokens whose KV a decode step reads once for the whole batch (roofline).
+        """
         self._check_shape(length, n)
         shape = (batch, length, n)
         if self.compile_mode != "off" and shape not in self._shapes and self._shapes:
@@ -241,7 +244,8 @@ class HFGenerate(Engine):
         extra = gpu_meter.delta(before, self.meter.read() if self.meter else None)
         extra.update(roofline.decode_roofline(weight_read_bytes=self.weight_read_bytes, kv_per_token=self.kv_per_token,
                                               batch=batch, input_len=length, output_len=n, window=self.window,
-                                              latency_s=wall, ttft_s=ttft, peak_bw=self.peak_bw))  # fmt: skip
+                                              latency_s=wall, ttft_s=ttft, peak_bw=self.peak_bw,
+                                              shared=kv_shared))  # fmt: skip
         if self.compile_mode != "off":
             extra.update(self._compile_figures(shape, wall))
         return GenerateResult(tokens=tokens, ttft_s=ttft, step_times_s=steps, extra=extra)

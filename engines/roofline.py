@@ -68,9 +68,13 @@ def mean_decode_context(input_len: int, output_len: int, window: int | None = No
     return total / steps
 
 
-def decode_step_bytes(weight_read_bytes: int, kv_per_token: int, batch: int, context: float) -> float:
-    """Bytes one decode step must read: all weights once, plus each sequence's KV cache."""
-    return weight_read_bytes + batch * context * kv_per_token
+def decode_step_bytes(weight_read_bytes: int, kv_per_token: int, batch: int, context: float,
+                      shared: int = 0) -> float:  # fmt: skip
+    """Bytes one decode step must read: all weights once, plus each sequence's KV cache.
+
+    `shared` leading context tokens are one KV cache for the whole batch, read once (hydragen's prefix).
+    """
+    return weight_read_bytes + (shared + batch * (context - shared)) * kv_per_token
 
 
 def decode_step_s(latency_s: float, ttft_s: float | None, output_len: int) -> float | None:
@@ -87,10 +91,10 @@ def roofline_tokens_per_s(peak_bw: float, step_bytes: float, batch: int) -> floa
 
 def decode_roofline(*, weight_read_bytes: int, kv_per_token: int, batch: int, input_len: int, output_len: int,
                     window: int | None, latency_s: float, ttft_s: float | None,
-                    peak_bw: float | None) -> dict[str, Any]:  # fmt: skip
+                    peak_bw: float | None, shared: int = 0) -> dict[str, Any]:  # fmt: skip
     """The roofline figures of one minibatch (what the engines put in GenerateResult.extra)."""
     context = mean_decode_context(input_len, output_len, window)
-    step_bytes = decode_step_bytes(weight_read_bytes, kv_per_token, batch, context)
+    step_bytes = decode_step_bytes(weight_read_bytes, kv_per_token, batch, context, shared)
     step_s = decode_step_s(latency_s, ttft_s, output_len)
     out: dict[str, Any] = {"decode_bytes": step_bytes, "decode_step_s": step_s}
     if step_s:

@@ -43,6 +43,7 @@ def common_prefix_len(prompts: list[list[int]]) -> int:
 class _SharedPrefix(HFGenerate):
     attn = "sdpa"
     share = True
+    prefix_read_once = False  # a decode step reads the prefix KV once for all N sequences (the roofline's bytes)
 
     caches: tuple[str, ...] = ("dynamic",)  # values of --opt cache, the first the default
 
@@ -90,7 +91,8 @@ class _SharedPrefix(HFGenerate):
         p = common_prefix_len(prompts) if self.share else 0
         done = False
         try:
-            res = self._measured(len(prompts), len(prompts[0]), max_new_tokens, lambda: self._loop(prompts, p, max_new_tokens))
+            res = self._measured(len(prompts), len(prompts[0]), max_new_tokens, lambda: self._loop(prompts, p, max_new_tokens),
+                                 kv_shared=p if self.prefix_read_once else 0)  # fmt: skip
             done = True
         finally:
             extra = self._loop_extra(keep=done)  # a failed call drops its state (an OOM frees its memory)
@@ -130,6 +132,7 @@ class HFPrefixKV(_SharedPrefix):
 class Hydragen(_SharedPrefix):
     name = "hydragen"
     attn = "hydragen"
+    prefix_read_once = True
     caches = ("static", "dynamic")
     graphs = True  # CUDA graphs of the decode attention with the static cache (benchmarks turn them off to compare)
     # The static cache's state (prefix and suffix buffers, decode graphs) is kept for the next call of the
@@ -195,6 +198,11 @@ class Hydragen(_SharedPrefix):
 class NoAttention(_SharedPrefix):
     name = "noattention"
     attn = "noattention"
+
+    def load(self, model_dir: str, device: str) -> LoadInfo:
+        info = super().load(model_dir, device)
+        self.kv_per_token = 0  # no KV cache at all: a decode step reads the weights alone (the roofline's bytes)
+        return info
 
     def _prefill(self, ids: torch.Tensor, p: int, max_new_tokens: int) -> tuple[torch.Tensor, Any, dict[str, Any]]:
         if p:

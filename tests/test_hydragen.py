@@ -306,3 +306,22 @@ def test_hydragen_keeps_its_buffers_for_calls_of_one_shape(tiny_prompts, monkeyp
     assert hyd._state is None  # a failed call leaves nothing held
     monkeypatch.undo()
     assert hyd.generate(prompts, 8).extra["hydragen_state"] == "new"
+
+
+def test_roofline_bytes_count_the_kv_each_engine_reads(tiny_prompts):
+    """hf-noshare reads N copies of the prefix KV per step, hydragen one, noattention none."""
+    from engines import roofline
+    from engines.shared_prefix import HFNoShare, Hydragen, NoAttention, common_prefix_len
+
+    path, prompts = tiny_prompts
+    n, length, new = len(prompts), len(prompts[0]), 4
+    p = common_prefix_len(prompts)
+    ctx = roofline.mean_decode_context(length, new)
+    got = {}
+    for cls in (HFNoShare, Hydragen, NoAttention):
+        eng = _engine(cls, path)
+        got[cls.name] = eng.generate(prompts, new).extra["decode_bytes"] - eng.weight_read_bytes
+    kv = _engine(HFNoShare, path).kv_per_token
+    assert got["hf-noshare"] == pytest.approx(n * ctx * kv)
+    assert got["hydragen"] == pytest.approx((p + n * (ctx - p)) * kv)
+    assert got["noattention"] == 0
