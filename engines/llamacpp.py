@@ -272,23 +272,15 @@ class LlamaCpp(Engine):
         ptr = ll.llama_get_logits(self.ctx)  # the n_out requested rows, in batch order
         return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).argmax(axis=1)
 
-    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
-        if max_new_tokens < 1 or not prompts or not all(prompts):
-            raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
-        b = len(prompts)
+    def _prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        """All prompts (sequence i in seq id i) packed into n_batch-sized llama_batches; each one's next token."""
         lens = [len(p) for p in prompts]
-        self._ensure_capacity([n + max_new_tokens for n in lens])
-        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
-        ll.llama_perf_context_reset(self.ctx)
-        t0 = time.perf_counter()
-
-        # Prefill: all prompts packed into n_batch-sized llama_batches.
         flat = np.fromiter((t for p in prompts for t in p), dtype=np.int32, count=sum(lens))
         pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
         seqs = [s for s, n in enumerate(lens) for _ in range(n)]
         want = np.zeros(len(flat), dtype=np.int8)
         want[np.cumsum(lens) - 1] = 1
-        nxt = np.empty(b, dtype=np.int64)
+        nxt = np.empty(len(prompts), dtype=np.int64)
         done = 0
         for start in range(0, len(flat), self.n_batch):
             stop = min(start + self.n_batch, len(flat))
@@ -298,6 +290,18 @@ class LlamaCpp(Engine):
             if n_out:
                 nxt[done : done + n_out] = self._argmax(n_out)
                 done += n_out
+        return nxt
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        if max_new_tokens < 1 or not prompts or not all(prompts):
+            raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
+        b = len(prompts)
+        lens = [len(p) for p in prompts]
+        self._ensure_capacity([n + max_new_tokens for n in lens])
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        ll.llama_perf_context_reset(self.ctx)
+        t0 = time.perf_counter()
+        nxt = self._prefill(prompts)
         perf_prefill = ll.llama_perf_context(self.ctx)
         t_first = time.perf_counter()
 

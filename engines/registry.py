@@ -167,13 +167,16 @@ def _shared_prefix(name: str, cls: str, summary: str) -> EngineInfo:
 
 
 def _add_speculation() -> None:
-    """The `spec` axis (engines.speculation): HF assisted / prompt-lookup decoding, vLLM n-gram."""
+    """The `spec` axis (engines.speculation): HF assisted / prompt-lookup decoding, llama.cpp and vLLM n-gram."""
     from dataclasses import replace
 
     from engines.speculation import SPEC_PATTERNS, vllm_options
 
     hf = ENGINES["hf-generate"]
     ENGINES[hf.name] = replace(hf, axes={**hf.axes, "spec": SPEC_PATTERNS}, spec_target="engines.speculative:HFSpeculative")
+    cpp = ENGINES["llama.cpp"]
+    ENGINES[cpp.name] = replace(cpp, axes={**cpp.axes, "spec": ("none", "ngram=N")},
+                                spec_target="engines.llamacpp_spec:LlamaCppSpeculative")  # fmt: skip
     if "vllm" in ENGINES:
         v = ENGINES["vllm"]
         ENGINES[v.name] = replace(v, axes={**v.axes, "spec": ("none", "ngram=N")}, spec_options=vllm_options)

@@ -1,0 +1,127 @@
+"""llama.cpp speculative decoding: prompt-lookup (n-gram) drafts, verified for the whole batch in one llama_decode.
+
+llama-cpp-python exposes draft decoding through its high-level `Llama(draft_model=
+LlamaPromptLookupDecoding(...))`, one sequence at a time. This adapter does the same greedy
+algorithm on the low-level API the `llama.cpp` engine already uses, for a batch: every sequence
+proposes up to N tokens that followed the first earlier occurrence of its last n-gram (HF's prompt
+lookup: n-grams of ngram_max tokens down to 1), then one llama_batch feeds
+each sequence's last token and its drafts with logits on. A sequence keeps the drafts that equal
+the target's argmax, plus the target's own next token, and drops the rejected positions from its
+KV cache (llama_memory_seq_rm). Greedy, so the tokens are plain decoding's, up to kernel rounding
+(a multi-token verify computes its logits in another order); the runner checks and reports it.
+`spec=none` is the plain engine with the same time breakdown: the matched baseline.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import llama_cpp as ll
+import numpy as np
+
+from engines.base import GenerateResult
+from engines.llamacpp import LlamaCpp
+from engines.spec import SpecError
+from engines.speculation import SPEC_OPTIONS, parse_spec, spec_options
+
+
+def propose_ngram(tokens: list[int], k: int, ngram_max: int) -> list[int]:
+    """Up to k tokens that followed the first earlier occurrence of the context's last n-gram (n = ngram_max..1)."""
+    if k < 1 or len(tokens) < 2:
+        return []
+    arr = np.asarray(tokens)
+    for n in range(min(ngram_max, len(tokens) - 1), 0, -1):
+        windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], n)  # occurrences that have a next token
+        hits = np.flatnonzero((windows == arr[-n:]).all(axis=1))
+        if len(hits):
+            start = int(hits[0]) + n
+            return arr[start : start + k].tolist()
+    return []
+
+
+class LlamaCppSpeculative(LlamaCpp):
+    def __init__(self, config: dict[str, Any]):
+        self.spec = parse_spec(config.get("spec"))
+        if self.spec.method == "draft":
+            raise SpecError("llama.cpp speculation here is prompt lookup only; use --spec ngram=N with llama.cpp")
+        opts = dict(config.get("options") or {})
+        self.ngram_max = spec_options(opts)["ngram_max"]
+        # Our options are not the llama.cpp engine's (whose parser refuses unknown keys).
+        super().__init__({**config, "options": {k: v for k, v in opts.items() if k not in SPEC_OPTIONS}})
+
+    def load(self, model_dir: str, device: str):
+        info = super().load(model_dir, device)
+        info.extra.update({"spec": str(self.spec), "ngram_max": self.ngram_max})
+        return info
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        if self.spec.method == "none":
+            t0 = time.perf_counter()
+            res = super().generate(prompts, max_new_tokens)
+            res.extra.update({"spec_method": "none", "time_draft_s": 0.0, "spec_steps": max_new_tokens,
+                              "time_verify_s": res.extra["prefill_s"] + res.extra["decode_s"],
+                              "time_total_s": time.perf_counter() - t0})  # fmt: skip
+            return res
+        if max_new_tokens < 1 or not prompts or not all(prompts):
+            raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
+        k, b = self.spec.tokens, len(prompts)
+        lens = [len(p) for p in prompts]
+        self._ensure_capacity([n + max_new_tokens for n in lens])
+        if b * (1 + k) > self.batch_cap:
+            raise SpecError(f"a verify step of {b} sequences x (1 + {k}) tokens exceeds llama.cpp's batch of "
+                            f"{self.batch_cap}; use a smaller --batch or ngram=N")  # fmt: skip
+        mem = ll.llama_get_memory(self.ctx)
+        ll.llama_memory_clear(mem, True)
+        ll.llama_perf_context_reset(self.ctx)
+        t0 = time.perf_counter()
+        nxt = self._prefill(prompts)
+        pre_ms = ll.llama_perf_context(self.ctx).t_p_eval_ms + ll.llama_perf_context(self.ctx).t_eval_ms
+        t_first = time.perf_counter()
+        ctx = [list(p) + [int(t)] for p, t in zip(prompts, nxt)]  # each context ends in a token not yet in the KV
+        out = [[int(t)] for t in nxt]
+        kv_len = list(lens)
+        c = {"proposed": 0, "accepted": 0, "drafts": 0, "steps": 0, "draft_s": 0.0, "verify_s": 0.0}
+        while active := [s for s in range(b) if len(out[s]) < max_new_tokens]:
+            t = time.perf_counter()
+            props = [propose_ngram(ctx[s], min(k, max_new_tokens - len(out[s]) - 1), self.ngram_max) for s in active]
+            c["draft_s"] += time.perf_counter() - t
+            fed = 0
+            for s, pr in zip(active, props):
+                toks = np.asarray([ctx[s][-1], *pr], dtype=np.int32)
+                pos = np.arange(kv_len[s], kv_len[s] + len(toks), dtype=np.int32)
+                self._fill(fed, toks, pos, [s] * len(toks), np.ones(len(toks), dtype=np.int8))
+                fed += len(toks)
+            t = time.perf_counter()
+            self._decode(fed)
+            preds = self._argmax(fed).tolist()
+            c["verify_s"] += time.perf_counter() - t
+            c["steps"] += 1
+            row = 0
+            for s, pr in zip(active, props):
+                got = preds[row : row + 1 + len(pr)]
+                row += 1 + len(pr)
+                a = 0
+                while a < len(pr) and pr[a] == got[a]:
+                    a += 1
+                kv_len[s] += 1 + a  # the fed last token and the accepted drafts stay in the KV cache
+                if a < len(pr):
+                    ll.llama_memory_seq_rm(mem, s, kv_len[s], -1)
+                new = [*pr[:a], got[a]]
+                ctx[s] += new
+                out[s] += new
+                c["proposed"] += len(pr)
+                c["accepted"] += a
+                c["drafts"] += bool(pr)
+        wall = time.perf_counter() - t0
+        return GenerateResult(
+            tokens=[o[:max_new_tokens] for o in out],
+            ttft_s=pre_ms / 1e3,
+            step_times_s=[],
+            extra={
+                "prefill_s": pre_ms / 1e3, "wall_s": wall, "ttft_wall_s": t_first - t0, "spec_method": "ngram",
+                "spec_draft_tokens": c["proposed"], "spec_accepted_tokens": c["accepted"], "spec_drafts": c["drafts"],
+                "spec_steps": c["steps"], "spec_k": k, "time_draft_s": c["draft_s"],
+                "time_verify_s": pre_ms / 1e3 + c["verify_s"], "time_total_s": wall, "n_ctx": self.n_ctx,
+            },
+        )  # fmt: skip
