@@ -175,7 +175,7 @@ def _add_speculation() -> None:
     hf = ENGINES["hf-generate"]
     ENGINES[hf.name] = replace(hf, axes={**hf.axes, "spec": SPEC_PATTERNS}, spec_target="engines.speculative:HFSpeculative")
     cpp = ENGINES["llama.cpp"]
-    ENGINES[cpp.name] = replace(cpp, axes={**cpp.axes, "spec": ("none", "ngram=N")},
+    ENGINES[cpp.name] = replace(cpp, axes={**cpp.axes, "spec": SPEC_PATTERNS},
                                 spec_target="engines.llamacpp_spec:LlamaCppSpeculative")  # fmt: skip
     if "vllm" in ENGINES:
         v = ENGINES["vllm"]

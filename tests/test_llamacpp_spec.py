@@ -1,4 +1,4 @@
-"""llama.cpp speculative decoding (prompt lookup): drafts, greedy identity on tiny, the study through the CLI."""
+"""llama.cpp speculative decoding (prompt lookup, draft model): greedy identity on tiny, the study through the CLI."""
 
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ def test_propose_ngram(tokens, k, ngram_max, want):
     assert propose_ngram(tokens, k, ngram_max) == want
 
 
-def _engine(path, spec, quant="f32"):
+def _engine(path, spec, quant="f32", **options):
     e = LlamaCppSpeculative({"engine": "llama.cpp", "precision": None, "attention": None, "quant": quant,
-                             "options": {"n_threads": 1}, "spec": spec})  # fmt: skip
+                             "options": {"n_threads": 1, **options}, "spec": spec})  # fmt: skip
     e.load(str(path), "cpu")
     return e
 
@@ -46,22 +46,42 @@ def test_ngram_speculation_keeps_greedy_tokens_and_counts_add_up(tiny_model):
     assert one.extra["spec_accepted_tokens"] + one.extra["spec_steps"] == 24 - 1
 
 
+def test_draft_model_speculation_keeps_greedy_tokens(tiny_model):
+    """tiny as its own draft: every draft accepted, k + 1 tokens per target step; tiny-draft: other weights, same tokens."""
+    prompts = synthetic_prompts(tiny_model / "tokenizer.json", 3, 64, 1)
+    want = _engine(tiny_model, "none").generate(prompts, 21).tokens
+    itself = _engine(tiny_model, "draft=tiny", draft_tokens=4)
+    res = itself.generate(prompts, 21)
+    assert res.tokens == want and res.extra["spec_method"] == "draft"
+    x = res.extra
+    assert x["spec_accepted_tokens"] == x["spec_draft_tokens"] == 3 * 16 and x["spec_steps"] == 4  # 20 = 4 x (4 drafts + 1)
+    assert x["time_draft_s"] > 0 and itself.generate(prompts[:1], 21).tokens == want[:1]
+    other = _engine(tiny_model, "draft=tiny-draft", draft_tokens=3)
+    got = other.generate(prompts, 21)
+    assert got.tokens == want and got.extra["spec_accepted_tokens"] <= got.extra["spec_draft_tokens"]
+    other.unload()
+    assert other.draft is None
+
+
 def test_llamacpp_spec_study_stores_acceptance_and_identity(tmp_path):
     db = tmp_path / "runs.db"
-    proc = cli("run", "--engine", "llama.cpp", "--quant", "f32", "--spec", "ngram=4", "--opt", "n_threads=1",
+    proc = cli("run", "--engine", "llama.cpp", "--quant", "f32", "--spec", "ngram=4,draft=tiny-draft", "--opt", "n_threads=1",
                "--batch", "1,2", "--input-len", "48", "--output-len", "16", *FAST, db=db, check=True)  # fmt: skip
     runs = rows(db, "select id, config from run order by created_at")
-    assert [json.loads(c)["spec"] for _, c in runs] == ["none", "ngram=4"]
-    cells = rows(db, "select batch, metrics from cell where run_id=? order by idx", runs[1][0])
-    assert [b for b, _ in cells] == [1, 2]
-    for _, metrics in cells:
-        m = json.loads(metrics)
-        assert m["reference"]["identical"] is True and m["reference"]["speedup"] > 0
-        assert 0 <= m["speculative"]["acceptance_rate"] <= 1 and m["breakdown"]["verify_ms_per_token"] > 0
+    assert [json.loads(c)["spec"] for _, c in runs] == ["none", "ngram=4", "draft=tiny-draft"]
+    for run_id, _ in runs[1:]:
+        cells = rows(db, "select batch, metrics from cell where run_id=? order by idx", run_id)
+        assert [b for b, _ in cells] == [1, 2]
+        for _, metrics in cells:
+            m = json.loads(metrics)
+            assert m["reference"]["identical"] is True and m["reference"]["speedup"] > 0
+            assert 0 <= m["speculative"]["acceptance_rate"] <= 1 and m["breakdown"]["verify_ms_per_token"] > 0
     assert "speculative decoding" in proc.stdout
 
 
-def test_llamacpp_refuses_draft_models_in_one_line(tmp_path):
-    proc = cli("run", "--engine", "llama.cpp", "--spec", "draft=tiny-draft", "--dry-run", db=tmp_path / "r.db")
-    assert proc.returncode == 2 and "unknown spec 'draft=tiny-draft' for llama.cpp" in proc.stderr
+def test_llamacpp_refuses_a_gguf_draft_in_one_line(tmp_path):
+    gguf = tmp_path / "d.gguf"
+    gguf.write_bytes(b"GGUF")
+    proc = cli("run", "--engine", "llama.cpp", "--spec", f"draft={gguf}", "--dry-run", db=tmp_path / "r.db")
+    assert proc.returncode == 2 and "must be an HF model" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.db").exists()
