@@ -44,7 +44,8 @@ def propose_ngram(tokens: list[int], k: int, ngram_max: int) -> list[int]:
 
 
 class DraftModel:
-    """A second llama.cpp model that drafts for the batch; its KV cache holds each context but the last token."""
+    """A second llama.cpp model that drafts for the batch. Between steps its KV cache holds a prefix of each
+    context (`kv_len`); `propose` first feeds it the rest."""
 
     def __init__(self, ref: str, config: dict[str, Any], device: str) -> None:
         self.engine = LlamaCpp({**config, "spec": None})
