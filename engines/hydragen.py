@@ -85,9 +85,7 @@ class HydragenPrefix:
         self.suffix = [(k0.new_zeros(shape), k0.new_zeros(shape)) for _ in self.layers]
         self.filled = 0
         self.slot = torch.zeros(1, dtype=torch.long, device=k0.device)
-        # Row i: the decode step at slot i reads slots [0, i]; begin() copies its row into `bias`.
-        self._bias_rows = torch.full((slots, slots), float("-inf"), device=k0.device).triu_(1)
-        self.bias = self._bias_rows[0].clone()
+        self.bias = torch.zeros(slots, device=k0.device)
         self.graphs = DecodeGraphs() if graphs and k0.is_cuda else None
 
     def keep_prefix(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> None:
@@ -114,9 +112,9 @@ class HydragenPrefix:
     def begin(self, filled: int) -> None:
         """Before a model call: its tokens go to slots [filled, filled + L)."""
         self.filled = filled
-        if filled < self.bias.shape[0]:  # two tiny copies per step: the graphs read slot and mask on the device
+        if filled < self.bias.shape[0]:  # three tiny kernels per step: the graphs read slot and mask on the device
             self.slot.fill_(filled)
-            self.bias.copy_(self._bias_rows[filled])
+            self.bias.zero_()[filled + 1 :].fill_(float("-inf"))
 
     def write(self, layer: int, key: torch.Tensor, value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Store this call's keys/values [N, Hkv, L, D] in place; the filled part of the cache (views)."""
@@ -277,14 +275,14 @@ class DecodeGraphs:
     def run(self, state: HydragenPrefix, layer: int, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
             scale: float) -> torch.Tensor | None:  # fmt: skip
         """The layer's decode attention [N, H, 1, D] by graph replay, or None where graphs are off."""
+        if self.error is not None:
+            return None
         if self.inputs is None:
             self.inputs = (query.clone(), key.clone(), value.clone())
         torch._foreach_copy_(self.inputs, (query, key, value))  # one launch for the three inputs
         where = (layer, state.read_end())
         entry = self.entries.get(where)
         if entry is None:
-            if self.error is not None:
-                return None
             entry = self._capture(state, where, scale)
             if entry is None:
                 return None
