@@ -122,6 +122,11 @@ def model_params(repack: str = "auto") -> Any:
     return mparams
 
 
+def _check_call(prompts: list[list[int]], max_new_tokens: int) -> None:
+    if max_new_tokens < 1 or not prompts or not all(prompts):
+        raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
+
+
 class LlamaCpp(Engine):
     name = "llama.cpp"
 
@@ -293,8 +298,7 @@ class LlamaCpp(Engine):
         return nxt
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
-        if max_new_tokens < 1 or not prompts or not all(prompts):
-            raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
+        _check_call(prompts, max_new_tokens)
         b = len(prompts)
         lens = [len(p) for p in prompts]
         self._ensure_capacity([n + max_new_tokens for n in lens])

@@ -24,7 +24,7 @@ import llama_cpp as ll
 import numpy as np
 
 from engines.base import GenerateResult
-from engines.llamacpp import LlamaCpp
+from engines.llamacpp import LlamaCpp, _check_call
 from engines.spec import SpecError
 from engines.speculation import SPEC_OPTIONS, draft_path, parse_spec, spec_options
 
@@ -131,8 +131,7 @@ class LlamaCppSpeculative(LlamaCpp):
                               "time_verify_s": res.extra["prefill_s"] + res.extra["decode_s"],
                               "time_total_s": time.perf_counter() - t0})  # fmt: skip
             return res
-        if max_new_tokens < 1 or not prompts or not all(prompts):
-            raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
+        _check_call(prompts, max_new_tokens)
         k, b = self.spec.tokens or self.draft_tokens, len(prompts)
         lens = [len(p) for p in prompts]
         self._ensure_capacity([n + max_new_tokens for n in lens])

@@ -167,7 +167,7 @@ def _shared_prefix(name: str, cls: str, summary: str) -> EngineInfo:
 
 
 def _add_speculation() -> None:
-    """The `spec` axis (engines.speculation): HF assisted / prompt-lookup decoding, llama.cpp and vLLM n-gram."""
+    """The `spec` axis (engines.speculation): HF and llama.cpp draft-model / prompt-lookup decoding, vLLM n-gram."""
     from dataclasses import replace
 
     from engines.speculation import SPEC_PATTERNS, vllm_options
