@@ -74,12 +74,13 @@ def resources(run: EngineRun, device: str, cpus_per_rank: int = 1) -> dict[str, 
 class _Relay:
     """The actor's body (a plain class so it can be tested without Ray)."""
 
-    def __init__(self, run_id: str, argv: list[str] | None, telemetry_hz: float, device: str):
+    def __init__(self, run_id: str, argv: list[str] | None, telemetry_hz: float, device: str,
+                 extra_env: dict[str, str] | None = None):  # fmt: skip
         from engines.hardware import fingerprint, resolve_device
         from engines.worker_client import WorkerClient
         from engines.telemetry import Sampler
 
-        self.client = WorkerClient(run_id, argv=argv)
+        self.client = WorkerClient(run_id, argv=argv, extra_env=extra_env)
         self.samples: queue.Queue = queue.Queue()
         self.host = fingerprint()
         node = self.host["hostname"]  # GPUs of several nodes share indices: the live screen tells them apart by node
@@ -141,7 +142,8 @@ class RayWorkerClient:
 
     def __init__(self, run_id: str, run: EngineRun, device: str, on_sample: Callable[[float, float, int, list], None],
                  *, argv: list[str] | None = None, telemetry_hz: float = 5.0,
-                 busy: Callable[[], bool] = lambda: False, cpus_per_rank: int = 1):  # fmt: skip
+                 busy: Callable[[], bool] = lambda: False, cpus_per_rank: int = 1,
+                 extra_env: dict[str, str] | None = None):  # fmt: skip
         import ray
 
         from engines.worker_client import WorkerExited
@@ -158,7 +160,7 @@ class RayWorkerClient:
         self._done = threading.Event()
         actor_cls = ray.remote(max_concurrency=4, max_restarts=0)(_Relay)
         self.want = resources(run, device, cpus_per_rank)
-        self.actor = actor_cls.options(**self.want).remote(run_id, argv, telemetry_hz, device)
+        self.actor = actor_cls.options(**self.want).remote(run_id, argv, telemetry_hz, device, extra_env)
 
     def start(self) -> int:
         import ray

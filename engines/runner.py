@@ -196,11 +196,12 @@ class Runner:
             sink = lambda t, cpu, rss, gpus: self._samples.put((run_id, t, cpu, rss, gpus))  # noqa: E731
             client: Any = RayWorkerClient(run_id, engine_run, device, sink, argv=argv, telemetry_hz=self.telemetry_hz,
                                           busy=lambda: len(self._active) > 1,
-                                          cpus_per_rank=ray_cpus(self.spec.executor))  # fmt: skip
+                                          cpus_per_rank=ray_cpus(self.spec.executor),
+                                          extra_env=self.spec.worker_env)  # fmt: skip
             pid = client.start()
             device = client.device
         else:
-            client = WorkerClient(run_id, argv=argv)
+            client = WorkerClient(run_id, argv=argv, extra_env=self.spec.worker_env)
             pid = client.start()
             self._local_run = run_id
             sampler.watch(pid)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,8 @@ class EngineRun(BaseModel):
 
 
 WORKLOADS = ("synthetic", "humaneval", "jsonl", "shared-prefix")
+SCHEDULES = ("interleaved", "sequential")
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
 class Workload(BaseModel):
@@ -172,6 +175,12 @@ class StudySpec(BaseModel):
     check: CheckSpec | None = None
     # Where runs execute: "local" worker processes, or a Ray cluster "ray://HOST:PORT" (engines.executors).
     executor: str = "local"
+    # interleaved: every run's worker stays loaded and each cell is measured repeat by repeat across the
+    # runs, in rotated order; sequential: one run's whole grid after another (engines.runner).
+    schedule: str = "interleaved"
+    # Environment variables for every worker, on top of the caller's: opt-in settings such as
+    # OMP_WAIT_POLICY=PASSIVE. Engines otherwise run at their libraries' defaults.
+    worker_env: dict[str, str] = {}
 
     def cells(self) -> list[Cell]:
         return self.grid.cells() if self.grid is not None else []
@@ -193,6 +202,23 @@ class StudySpec(BaseModel):
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
             return value
         raise ValueError(f"unknown device '{value}' (use auto, cpu, cuda or cuda:N)")
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        if value not in SCHEDULES:
+            raise ValueError(f"unknown schedule '{value}' (use {' or '.join(SCHEDULES)})")
+        return value
+
+    @field_validator("worker_env")
+    @classmethod
+    def _worker_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for key, v in value.items():
+            if not ENV_NAME.fullmatch(key):
+                raise ValueError(f"'{key[:40]}' is not an environment variable name (letters, digits, _)")
+            if "\0" in v or len(v) > 4096:
+                raise ValueError(f"the value of {key} must be text without NUL bytes, at most 4096 characters")
+        return value
 
     @field_validator("executor")
     @classmethod

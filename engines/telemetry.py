@@ -41,12 +41,21 @@ class Nvml:
         for i, h in enumerate(self.handles):
             mem = self._try(lambda: nv.nvmlDeviceGetMemoryInfo(h))
             name = self._try(lambda: nv.nvmlDeviceGetName(h))
+            limit = self._try(lambda: nv.nvmlDeviceGetPowerManagementLimit(h))
             out.append({
                 "index": i,
                 "name": name.decode() if isinstance(name, bytes) else name,
                 "mem_total": getattr(mem, "total", None),
+                "power_limit_w": limit / 1000 if limit is not None else None,
             })  # fmt: skip
         return out
+
+    def cuda_driver(self) -> str | None:
+        """The CUDA version the driver supports, e.g. "13.0"."""
+        if not self._nv:
+            return None
+        v = self._try(self._nv.nvmlSystemGetCudaDriverVersion)
+        return f"{v // 1000}.{v % 1000 // 10}" if isinstance(v, int) else None
 
     def driver(self) -> str | None:
         if not self._nv:
@@ -105,6 +114,10 @@ class ProcessTree:
         return cpu, rss
 
 
+def _alive(tree: ProcessTree) -> bool:
+    return any(p.is_running() for p in tree.roots)
+
+
 class Sampler(threading.Thread):
     """Samples at `hz` and hands each sample to `sink(t, cpu_percent, rss_bytes, gpus)`."""
 
@@ -114,15 +127,20 @@ class Sampler(threading.Thread):
         self.period = 1.0 / hz
         self.nvml = nvml or Nvml()
         self._tree: ProcessTree | None = None
+        self._trees: dict[tuple[int, ...], ProcessTree] = {}  # kept, so switching workers keeps CPU % baselines
         self._stop = threading.Event()
         self._lock = threading.Lock()
 
     def watch(self, pid: int | None, *also: int) -> None:
         with self._lock:
+            key = (pid, *also) if pid else ()
             try:
-                self._tree = ProcessTree(pid, *also) if pid else None
+                self._tree = (self._trees.get(key) or ProcessTree(pid, *also)) if pid else None
             except psutil.Error:
                 self._tree = None
+            if self._tree is not None:
+                self._trees = {k: t for k, t in self._trees.items() if k != key and _alive(t)}
+                self._trees[key] = self._tree
 
     def stop(self) -> None:
         self._stop.set()

@@ -22,11 +22,14 @@ from typing import Any, Iterator, TextIO
 from engines import events as ev
 from engines import tp
 from engines.base import Engine
+from engines.contention import HostMeter, gpu_indices
+from engines.hardware import speed_env
 from engines.spec import EngineRun
 from engines.roofline import cell_efficiency
 from engines.speculation import cell_metrics, tokens_digest
 
-_FAULT = os.environ.get("CODEBENCH_FAULT", "")  # test hook: "kill:N" or "segv:N" dies in cell N
+# Test hook: "kill:N" or "segv:N" dies in cell N; "kill:N@TEXT" only in runs whose label holds TEXT.
+_FAULT = os.environ.get("CODEBENCH_FAULT", "")
 
 
 def _watch_parent(parent: int, grandparent: int | None = None) -> None:
@@ -62,11 +65,12 @@ def _vms() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _maybe_fault(index: int) -> None:
+def _maybe_fault(index: int, label: str = "") -> None:
     if not _FAULT:
         return
     what, _, at = _FAULT.partition(":")
-    if at.isdigit() and int(at) == index:
+    at, _, only = at.partition("@")
+    if at.isdigit() and int(at) == index and only in label:
         if what == "kill":
             os.kill(os.getpid(), signal.SIGKILL)
         elif what == "segv":
@@ -81,6 +85,8 @@ class Worker:
         self.engine: Engine | None = None
         self.model_path = ""
         self.tokenizer_file: str | None = None
+        self.label = ""
+        self.meter: HostMeter | None = None
 
     def emit(self, event: ev.Event) -> None:
         self.out.write(ev.encode(event) + "\n")
@@ -97,6 +103,7 @@ class Worker:
 
         self.run_id = cmd["run_id"]
         run = EngineRun.model_validate(cmd["run"])
+        self.label = run.label()
         t0 = time.perf_counter()
         self.model_path = materialize(cmd["model"])
         tok = tokenizer_file(self.model_path)
@@ -121,7 +128,12 @@ class Worker:
             info.device = self.group.devices_label
             info.extra["tp"] = {"size": self.group.size, "backend": self.group.backend, "init_s": self.group.init_s}
         info.load_s = info.load_s or (time.perf_counter() - t0)
-        info.extra.setdefault("omp_wait_policy", os.environ.get("OMP_WAIT_POLICY", ""))
+        info.extra["env"] = speed_env()  # what this worker really ran with: the environment diff reads it
+        if "torch" in sys.modules:
+            info.extra.setdefault("torch_threads", sys.modules["torch"].get_num_threads())
+        root = os.getppid() if self.group is not None else os.getpid()  # torchrun: every rank is ours
+        server = info.extra.get("server_pid")
+        self.meter = HostMeter(root, gpu_indices(cmd["device"], run.tp), *([server] if isinstance(server, int) else []))
         limit = cmd.get("cell_mem_limit_bytes")
         if limit:
             cap = _vms() + int(limit)
@@ -155,28 +167,33 @@ class Worker:
         return elapsed, res
 
     def cell(self, cmd: dict[str, Any]) -> None:
+        """A whole cell, or (interleaved schedule) one slot of it: `slot` = {round, keep_peak, done, total}."""
         assert self.engine is not None
         index, batch, in_len, out_len = cmd["index"], cmd["batch"], cmd["input_len"], cmd["output_len"]
         timing = cmd["timing"]
+        slot = cmd.get("slot") or {}
         self.emit(ev.CellStarted(self.run_id, time.time(), index=index, label=cmd.get("label", "")))
         started = time.time()
         try:
             prompts = self.prompts(batch, in_len, cmd.get("seed", 0), cmd.get("workload"), cmd.get("params"))
-            self.engine.reset_peak_memory()
-            _reset_peak_rss()
-            total = timing["warmup"] + timing["iters"] * timing["repeats"]
-            done = 0
+            if not slot.get("keep_peak"):  # later slots of a cell keep the peak of the earlier ones
+                self.engine.reset_peak_memory()
+                _reset_peak_rss()
+            total = slot.get("total") or timing["warmup"] + timing["iters"] * timing["repeats"]
+            done = slot.get("done", 0)
             for _ in range(timing["warmup"]):
                 dt, _res = self._minibatch(prompts, out_len)
                 done += 1
                 self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="warmup", done=done,
                                       total=total, tokens_per_s=batch * out_len / dt))  # fmt: skip
-            _maybe_fault(index)
+            _maybe_fault(index, self.label)
             repeats = []
             extra: dict[str, Any] = {}
             extras, digests = [], []
-            for _ in range(timing["repeats"]):
-                rep: dict[str, list] = {"latencies_s": [], "ttft_s": [], "tokens": []}
+            for r in range(timing["repeats"]):
+                rep: dict[str, Any] = {"latencies_s": [], "ttft_s": [], "tokens": []}
+                before = self.meter.snapshot() if self.meter else None
+                rep["t0"] = time.time()
                 for _ in range(timing["iters"]):
                     dt, res = self._minibatch(prompts, out_len)
                     rep["latencies_s"].append(dt)
@@ -190,6 +207,10 @@ class Worker:
                     done += 1
                     self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="timed", done=done,
                                           total=total, tokens_per_s=batch * out_len / dt))  # fmt: skip
+                rep["t1"] = time.time()
+                rep["round"] = slot.get("round", r)
+                if self.meter and before:
+                    rep["host"] = self.meter.between(before, self.meter.snapshot())
                 repeats.append(rep)
             metrics: dict[str, Any] = {"last_extra": extra} if extra else {}
             # Greedy identity across runs is checked on digests; a digest that changes between

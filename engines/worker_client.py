@@ -42,9 +42,10 @@ class WorkerClient:
     remote = False
 
     def __init__(self, run_id: str, env: dict[str, str] | None = None, tail_lines: int = 60,
-                 argv: list[str] | None = None):  # fmt: skip
+                 argv: list[str] | None = None, extra_env: dict[str, str] | None = None):  # fmt: skip
         self.run_id = run_id
         self.env = env
+        self.extra_env = dict(extra_env or {})  # the study's worker_env: opt-in settings, stored with the run
         self.argv = argv or [sys.executable, "-m", "engines.worker"]
         self.proc: subprocess.Popen | None = None
         self.events: queue.Queue = queue.Queue()
@@ -54,10 +55,10 @@ class WorkerClient:
     def start(self) -> int:
         env = dict(os.environ if self.env is None else self.env)
         env["PYTHONPATH"] = _ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env.setdefault("TOKENIZERS_PARALLELISM", "false")
-        # Spinning OpenMP threads collapse (10x) when anything else wants a core, as the parent's
-        # telemetry does; passive waiting costs little when the machine is quiet. Set it to override.
-        env.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        env.setdefault("TOKENIZERS_PARALLELISM", "false")  # tokenizer threads only; generation is untouched
+        # Threads and waiting stay at each library's defaults: a setting such as OMP_WAIT_POLICY=PASSIVE
+        # is the user's (--worker-env), and contention is flagged per cell instead (store.flags).
+        env.update(self.extra_env)
         self.proc = subprocess.Popen(
             self.argv,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

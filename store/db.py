@@ -12,7 +12,7 @@ from sqlmodel import Session, SQLModel, create_engine, select
 
 from store.models import SCHEMA_VERSION, SchemaInfo
 
-OUR_TABLES = {"schema_info", "run_group", "run", "cell", "telemetry", "quality"}
+OUR_TABLES = {"schema_info", "run_group", "run", "cell", "telemetry", "quality", "noise_floor"}
 
 
 class StoreError(Exception):
@@ -54,9 +54,33 @@ def _inspect(path: Path) -> int | None:
             f"{path} has schema v{version}, newer than this codebench-tui (v{SCHEMA_VERSION}); "
             "upgrade codebench-tui (pip install -U codebench-tui)"
         )
-    if version < SCHEMA_VERSION:  # pragma: no cover - no older schema exists yet
+    if version < 1:
         raise StoreError(f"{path} has schema v{version}; no migration to v{SCHEMA_VERSION} exists")
     return version
+
+
+def _columns(conn, table: str) -> set[str]:
+    return {row[1] for row in conn.exec_driver_sql(f"PRAGMA table_info({table})")}
+
+
+def _migrate(engine: SAEngine, path: Path, version: int) -> None:
+    """Additive upgrades, each step safe to repeat (SQLite commits ALTER TABLE at once): a migration
+    cut short completes on the next open, and the version row moves last."""
+    from store.models import NoiseFloor
+
+    try:
+        with engine.begin() as conn:
+            if version < 2:
+                if "notes" not in _columns(conn, "run"):
+                    conn.exec_driver_sql("ALTER TABLE run ADD COLUMN notes JSON DEFAULT '[]'")
+                if "flags" not in _columns(conn, "cell"):
+                    conn.exec_driver_sql("ALTER TABLE cell ADD COLUMN flags JSON DEFAULT '[]'")
+                SQLModel.metadata.create_all(conn, tables=[NoiseFloor.__table__])
+            conn.exec_driver_sql("UPDATE schema_info SET value=? WHERE key='version'", (str(SCHEMA_VERSION),))
+    except Exception as exc:
+        engine.dispose()
+        raise StoreError(f"{path} has schema v{version} and could not be upgraded to v{SCHEMA_VERSION} "
+                         f"({exc.__class__.__name__}: {exc}); make it writable or copy it and pass --db COPY") from None
 
 
 def _on_connect(dbapi_con, _record) -> None:
@@ -93,8 +117,7 @@ def open_db(path: str | Path | None = None, *, create: bool = True) -> Database:
     fresh = not exists(p)
     if fresh and not create:
         raise StoreError(f"no database at {p} yet; run a benchmark first or pass --db PATH")
-    if not fresh:
-        _inspect(p)
+    version = None if fresh else _inspect(p)
     if fresh:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
@@ -105,6 +128,8 @@ def open_db(path: str | Path | None = None, *, create: bool = True) -> Database:
     engine = create_engine(f"sqlite:///{p}", connect_args={"check_same_thread": False})
     event.listen(engine, "connect", _on_connect)
     db = Database(p, engine)
+    if version is not None and version < SCHEMA_VERSION:
+        _migrate(engine, p, version)
     if fresh:
         try:
             SQLModel.metadata.create_all(engine)

@@ -144,7 +144,7 @@ def parse_export(text: str, source: str) -> dict[str, Any]:
         raise ImportError_(f"{source} is not JSON ({exc.msg} at line {exc.lineno}); export it again with --format json")
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_TAG:
         raise ImportError_(f"{source} is not a codebench-tui JSON export; export one with --format json")
-    if doc.get("schema_version") != SCHEMA_VERSION:
+    if doc.get("schema_version") not in range(1, SCHEMA_VERSION + 1):  # v1 exports lack notes and flags only
         raise ImportError_(f"{source} has schema v{doc.get('schema_version')}, this codebench-tui reads v{SCHEMA_VERSION}")
     return doc
 

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import JSON, Column
 from sqlmodel import Field, SQLModel
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # v2: run.notes, cell.flags, noise_floor (store.db migrates v1 files)
 
 # Run statuses. `interrupted` is never written: it is how a `running` row whose process
 # died is shown (see store.queries.effective_status).
@@ -47,6 +47,8 @@ class Run(SQLModel, table=True):
     created_at: float = Field(index=True)
     finished_at: float | None = None
     cells_total: int = 0
+    # What the runner decided that changes how figures read, e.g. a fall-back from interleaved to sequential.
+    notes: list[str] = Field(default_factory=list, sa_column=Column(JSON, server_default="[]"))
     # Who writes this row: a `running` row whose writer is gone is shown as interrupted.
     owner_host: str = ""
     owner_pid: int = 0
@@ -75,6 +77,8 @@ class CellRow(SQLModel, table=True):
     peak_nvml_bytes: int | None = None  # device memory used (NVML), max over the cell
     repeats: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON))
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))  # engine-specific
+    # Why a figure may not be trusted: [{"code": "load", "reason": "..."}] (store.flags)
+    flags: list[dict[str, Any]] = Field(default_factory=list, sa_column=Column(JSON, server_default="[]"))
     started_at: float | None = None
     finished_at: float | None = None
 
@@ -98,4 +102,20 @@ class Quality(SQLModel, table=True):
     metric: str
     value: float | None = None  # None: the engine could not produce it; details say why
     details: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
+    created_at: float = 0.0
+
+
+class NoiseFloor(SQLModel, table=True):
+    """A host's A/A noise floor per metric (`codebench-tui noise`): how far two identical runs' ratios stray."""
+
+    __tablename__ = "noise_floor"
+    id: int | None = Field(default=None, primary_key=True)
+    host_key: str = Field(index=True)  # store.noise.host_key: host and device kind
+    metric: str
+    floor: float  # relative: a ratio within 1 +/- floor is noise on this host
+    cells: int = 0
+    ratios: list[float] = Field(default_factory=list, sa_column=Column(JSON))
+    run_ids: list[str] = Field(default_factory=list, sa_column=Column(JSON))
+    label: str = ""
+    host: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON))
     created_at: float = 0.0

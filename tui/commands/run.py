@@ -37,6 +37,13 @@ def _option(text: str) -> tuple[str, Any]:
         return key.strip(), value
 
 
+def _env_var(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"'{text[:60]}' is not KEY=VALUE (e.g. --worker-env OMP_WAIT_POLICY=PASSIVE)")
+    return key, value
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a study headless and store it",
                        description="Run engines over a batch x input-length x output-length grid.")  # fmt: skip
@@ -71,6 +78,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--executor", help="where runs execute: local worker processes (default), or a Ray cluster: "
                    "ray://HOST:PORT (its client server) or ray (a cluster started on this host)")
+    p.add_argument("--schedule", choices=("interleaved", "sequential"),
+                   help="interleaved (default): all runs stay loaded and each cell is measured repeat by repeat "
+                   "across them, in rotated order; sequential: one run's grid after another")
+    p.add_argument("--worker-env", type=_env_var, action="append", default=[], metavar="KEY=VALUE",
+                   help="environment variable for every worker, stored with the runs, e.g. OMP_WAIT_POLICY=PASSIVE "
+                   "(repeatable; engines otherwise run at their libraries' defaults)")
     p.add_argument("--seed", type=int, help="workload seed (default 0)")
     p.add_argument("--name", help="a name for the study")
     p.add_argument("--cell-timeout", type=float, metavar="S", help="kill a cell's worker after S seconds")
@@ -154,8 +167,10 @@ def spec_from_args(args: argparse.Namespace):
         if getattr(args, key) is not None:
             timing[key] = getattr(args, key)
     base["timing"] = timing
+    if args.worker_env:
+        base["worker_env"] = {**base.get("worker_env", {}), **dict(args.worker_env)}
     for key, field in (("device", "device"), ("name", "name"), ("executor", "executor"), ("cell_timeout", "cell_timeout_s"),
-                       ("cell_mem_limit", "cell_mem_limit_bytes")):  # fmt: skip
+                       ("cell_mem_limit", "cell_mem_limit_bytes"), ("schedule", "schedule")):  # fmt: skip
         if getattr(args, key) is not None:
             base[field] = getattr(args, key)
     if args.seed is not None:

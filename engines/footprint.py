@@ -1,0 +1,103 @@
+"""A rough memory footprint of a loaded run, in the parent and without torch: can the runs of a study
+stay loaded side by side (the interleaved schedule), or must they take turns?
+
+Weights from the model's own numbers (a preset's parameter count, the files of a directory or a GGUF),
+the KV cache of the study's largest cell, and a fixed cost per worker process (interpreter, libraries,
+a CUDA context). None where the model says nothing usable: the runner then relies on an OOM at load.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from engines.grid import Cell
+from engines.spec import EngineRun
+
+WORKER_OVERHEAD = 512 * 2**20  # interpreter + torch or llama.cpp, or a CUDA context
+_DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, None: 4}
+_FILE_SUFFIXES = (".safetensors", ".bin", ".gguf")
+
+
+def _config(model: str) -> tuple[dict[str, Any] | None, int | None]:
+    """(HF config, weight bytes as stored) for tiny, a preset or a local directory or GGUF."""
+    if model == "tiny":
+        from engines.tiny import load_tiny_config, param_count
+
+        cfg = load_tiny_config()
+        return cfg, param_count(cfg) * 4
+    if model.endswith(":random"):
+        from engines.presets import load
+
+        preset = load(model[: -len(":random")])
+        return preset.config, preset.params * 2
+    path = Path(model).expanduser()
+    try:
+        if path.is_file():
+            return None, path.stat().st_size
+        if path.is_dir():
+            stored = sum(f.stat().st_size for f in path.iterdir() if f.suffix in _FILE_SUFFIXES)
+            cfg = json.loads((path / "config.json").read_text())
+            return (cfg if isinstance(cfg, dict) else None), stored or None
+    except (OSError, ValueError):
+        pass
+    return None, None
+
+
+def weight_bytes(model: str, run: EngineRun) -> int | None:
+    if model.endswith(":random"):
+        from engines.presets import load
+
+        preset = load(model[: -len(":random")])
+        quant = run.quant if run.quant in ("int8", "nf4", "fp4") else None
+        return preset.weight_bytes(run.precision or "bf16", quant)
+    cfg, stored = _config(model)
+    if stored is None:
+        return None
+    if cfg is not None and run.precision in _DTYPE_BYTES and run.engine != "llama.cpp":
+        stored_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+        stored_bytes = 4 if "32" in stored_dtype else 2
+        return stored * _DTYPE_BYTES[run.precision] // stored_bytes
+    return stored
+
+
+def kv_bytes(model: str, cells: list[Cell], precision: str | None = None) -> int:
+    """KV cache of the largest cell: layers x KV heads x head dim x 2 x bytes x tokens in flight."""
+    cfg, _ = _config(model)
+    if not cfg or not cells:
+        return 0
+    try:
+        from engines.presets import kv_layout
+
+        kv = kv_layout(cfg)
+    except (KeyError, TypeError, ZeroDivisionError):
+        return 0
+    tokens = max(c.batch * (c.input_len + c.output_len) for c in cells)
+    return 2 * kv["layers"] * kv["kv_heads"] * kv["head_dim"] * _DTYPE_BYTES.get(precision, 2) * tokens
+
+
+def estimate(model: str, run: EngineRun, cells: list[Cell]) -> int | None:
+    """Bytes one loaded run holds at its largest cell; None when the weights cannot be sized here."""
+    if model.startswith(("http://", "https://")):
+        return WORKER_OVERHEAD  # the server's memory is not this host's to hold
+    weights = weight_bytes(model, run)
+    if weights is None:
+        return None
+    return weights + kv_bytes(model, cells, run.precision) + WORKER_OVERHEAD
+
+
+def free_bytes(device: str) -> int | None:
+    """Memory the runs can still take on `device`: available RAM on the CPU, NVML's free memory on a GPU."""
+    if device.startswith("cuda"):
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            index = int(device.split(":")[1]) if ":" in device else 0
+            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).free)
+        except Exception:
+            return None
+    import psutil
+
+    return int(psutil.virtual_memory().available)
