@@ -138,17 +138,14 @@ class Runner:
         if spec.check:
             self._reference_tokens(resolve_device(spec.device))
         try:
-            if kind == "ray":
-                self._run_concurrently(device, host, writer, sampler, result)
-            for engine_run in spec.runs if kind == "local" else ():
-                if self.cancel.is_set():
-                    result.status = "cancelled"
-                    break
-                run_id, status = self._run_one(engine_run, device, host, writer, sampler, result.group_id)
-                result.run_ids.append(run_id)
-                if status == "cancelled":
-                    result.status = "cancelled"
-                    break
+            if spec.schedule == "interleaved" and len(spec.runs) > 1:
+                from engines.interleave import Interleaved
+
+                Interleaved(self, device, host, writer, sampler, result).run()
+            else:
+                self._sequential(device, host, writer, sampler, result)
+            if self.cancel.is_set():
+                result.status = "cancelled"
         finally:
             sampler.stop()
             self._drain_samples(writer)
@@ -156,8 +153,27 @@ class Runner:
             writer.close()
         return result
 
+    def _sequential(self, device: str, host: dict, writer: "SerialWriter", sampler: Sampler, result: StudyResult,
+                    run_ids: list[str] | None = None) -> None:  # fmt: skip
+        """One run's whole grid after another (on Ray: every run at once, as the cluster has room).
+        `run_ids`: rows made already (a study that fell back from interleaving)."""
+        if self._kind == "ray":
+            return self._run_concurrently(device, host, writer, sampler, result, run_ids)
+        for i, engine_run in enumerate(self.spec.runs):
+            given = run_ids[i] if run_ids else None
+            if self.cancel.is_set():
+                result.status = "cancelled"
+                if given:  # made but never started: it ends as cancelled, not as an interrupted run
+                    self._finish_run(writer, given, "cancelled", "cancelled before it started", sampler)
+                    result.run_ids.append(given)
+                continue
+            run_id, status = self._run_one(engine_run, device, host, writer, sampler, result.group_id, given)
+            result.run_ids.append(run_id)
+            if status == "cancelled":
+                result.status = "cancelled"
+
     def _run_concurrently(self, device: str, host: dict, writer: "SerialWriter", sampler: Sampler,
-                          result: StudyResult) -> None:  # fmt: skip
+                          result: StudyResult, run_ids: list[str] | None = None) -> None:  # fmt: skip
         """Every run at once, as the cluster has room; a run measured against a reference waits for it."""
         from engines.speculation import reference_match
 
@@ -166,13 +182,17 @@ class Runner:
         outcome: list[tuple[str, str] | None] = [None] * len(runs)
 
         def one(i: int) -> None:
+            given = run_ids[i] if run_ids else None
             try:
                 for j in range(i):
                     if reference_match(runs[i], runs[j]):
                         while not done[j].wait(0.2) and not self.cancel.is_set():
                             pass
                 if not self.cancel.is_set():
-                    outcome[i] = self._run_one(runs[i], device, host, writer, sampler, result.group_id)
+                    outcome[i] = self._run_one(runs[i], device, host, writer, sampler, result.group_id, given)
+                elif given:
+                    self._finish_run(writer, given, "cancelled", "cancelled before it started", sampler)
+                    outcome[i] = (given, "cancelled")
             finally:
                 done[i].set()
 
@@ -214,10 +234,11 @@ class Runner:
 
     def _finish_cell(self, writer: RunWriter, run_id: str, index: int, cell: Cell, status: str,
                      result: dict | None = None, error: str = "") -> None:  # fmt: skip
-        writer.add_cell(run_id, index, cell, status, result=result, error=error)
+        row = writer.add_cell(run_id, index, cell, status, result=result, error=error)
         writer.commit()
         self._last_commit = time.monotonic()
-        self.emit(ev.CellFinished(run_id, time.time(), index=index, status=status, result=result or {}, error=error))
+        shown = {**(result or {}), "flags": row.flags}
+        self.emit(ev.CellFinished(run_id, time.time(), index=index, status=status, result=shown, error=error))
 
     def _loaded_worker(self, run_id: str, engine_run: EngineRun, device: str, attempt: int, sampler: Sampler,
                        writer: RunWriter) -> tuple[WorkerClient | None, str]:  # fmt: skip
@@ -328,17 +349,61 @@ class Runner:
                 extra = {} if value is not None else {"error": f"k={k} needs at least {k} samples per problem"}
                 self._record_quality(writer, run_id, f"pass@{k}", value, {**details, **extra})
 
-    def _run_one(self, engine_run: EngineRun, device: str, host: dict, writer: RunWriter, sampler: Sampler,
-                 group_id: str) -> tuple[str, str]:  # fmt: skip
+    def _begin_run(self, engine_run: EngineRun, host: dict, writer: RunWriter, group_id: str, schedule: str) -> str:
         spec = self.spec
-        cells = spec.cells()
         run_id = writer.begin_run(
             group_id=group_id, model=spec.model, engine=engine_run.engine, label=engine_run.label(),
             config=engine_run.model_dump(mode="json"), spec=spec.model_dump(mode="json"), host=host,
-            cells_total=len(cells), name=spec.name,
+            cells_total=len(spec.cells()), name=spec.name,
         )  # fmt: skip
+        writer.update_runtime(run_id, {"schedule": schedule})
         self._active.add(run_id)
-        self.emit(ev.RunStarted(run_id, time.time(), label=engine_run.label(), cells_total=len(cells)))
+        self.emit(ev.RunStarted(run_id, time.time(), label=engine_run.label(), cells_total=len(spec.cells())))
+        return run_id
+
+    def _cell_command(self, index: int, cell: Cell, timing: dict | None = None, slot: dict | None = None) -> dict:
+        spec = self.spec
+        cmd = {
+            "cmd": "cell", "index": index, "batch": cell.batch, "input_len": cell.input_len,
+            "output_len": cell.output_len, "timing": timing or spec.timing.model_dump(), "label": cell.label(),
+            "seed": spec.workload.cell_seed(cell.batch, cell.input_len),
+            "workload": spec.workload.model_dump(mode="json"), "params": dict(cell.extra),
+        }  # fmt: skip
+        if slot:
+            cmd["slot"] = slot
+        return cmd
+
+    def _after_grid(self, engine_run: EngineRun, run_id: str, client: WorkerClient | None, device: str,
+                    writer: RunWriter, sampler: Sampler, attempt: int) -> tuple[WorkerClient | None, str, str, int]:  # fmt: skip
+        """Quality and the agreement check with the run's loaded worker: (client, status, error, attempt)."""
+        status, error = "done", ""
+        for wanted, measure in ((self.spec.quality, self._quality), (self.spec.check, self._agreement)):
+            if wanted and status == "done":
+                if client is None:  # the last cell crashed its worker: quality needs a fresh one
+                    attempt += 1
+                    client, error = self._loaded_worker(run_id, engine_run, device, attempt, sampler, writer)
+                    status = "done" if client else "failed"
+                if client is not None:
+                    if not client.remote:
+                        self._local_run = run_id
+                        sampler.watch(client.proc.pid)
+                    measure(client, writer, run_id)
+        return client, status, error, attempt
+
+    def _finish_run(self, writer: RunWriter, run_id: str, status: str, error: str, sampler: Sampler) -> None:
+        if self._kind == "local":
+            sampler.watch(None)
+        self._drain_samples(writer)
+        writer.finish_run(run_id, status, error)
+        self.emit(ev.RunFinished(run_id, time.time(), status=status, error=error))
+        self._active.discard(run_id)
+        self._local_run = "" if self._local_run == run_id else self._local_run
+
+    def _run_one(self, engine_run: EngineRun, device: str, host: dict, writer: RunWriter, sampler: Sampler,
+                 group_id: str, run_id: str | None = None) -> tuple[str, str]:  # fmt: skip
+        spec = self.spec
+        cells = spec.cells()
+        run_id = run_id or self._begin_run(engine_run, host, writer, group_id, "sequential")
         pending = list(range(len(cells)))
         ooms: list[Cell] = []
         status, error, attempt = "done", "", 0
@@ -360,12 +425,7 @@ class Runner:
                                           error=f"larger than OOM cell {blocker.label()}")  # fmt: skip
                         continue
                     current = index
-                    client.send({
-                        "cmd": "cell", "index": index, "batch": cell.batch, "input_len": cell.input_len,
-                        "output_len": cell.output_len, "timing": spec.timing.model_dump(), "label": cell.label(),
-                        "seed": spec.workload.cell_seed(cell.batch, cell.input_len),
-                        "workload": spec.workload.model_dump(mode="json"), "params": dict(cell.extra),
-                    })  # fmt: skip
+                    client.send(self._cell_command(index, cell))
                     out = self._wait(client, writer, lambda e, i=index: isinstance(e, ev.CellFinished) and e.index == i,
                                      spec.cell_timeout_s)  # fmt: skip
                     current = None
@@ -389,13 +449,9 @@ class Runner:
                     client.close()
                     client = None  # a fresh worker resumes the remaining cells
                     break
-            for wanted, measure in ((spec.quality, self._quality), (spec.check, self._agreement)):
-                if wanted and status == "done":
-                    if client is None:  # the last cell crashed its worker: quality needs a fresh one
-                        client, error = self._loaded_worker(run_id, engine_run, device, attempt + 1, sampler, writer)
-                        status = "done" if client else "failed"
-                    if client is not None:
-                        measure(client, writer, run_id)
+            if status == "done":
+                client, status, error, attempt = self._after_grid(engine_run, run_id, client, device, writer, sampler,
+                                                                  attempt)  # fmt: skip
         except _Cancelled:
             status = "cancelled"
             if client:
@@ -405,13 +461,7 @@ class Runner:
         finally:
             if client:
                 client.close()
-            if not (client and client.remote):
-                sampler.watch(None)
-            self._drain_samples(writer)
-            writer.finish_run(run_id, status, error)
-            self.emit(ev.RunFinished(run_id, time.time(), status=status, error=error))
-            self._active.discard(run_id)
-            self._local_run = "" if self._local_run == run_id else self._local_run
+            self._finish_run(writer, run_id, status, error, sampler)
         return run_id, status
 
 

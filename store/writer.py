@@ -11,6 +11,7 @@ import psutil
 
 from store import queries
 from store.db import Database
+from store.flags import cell_flags
 from store.metrics import summarise
 from store.models import CellRow, Quality, Run, Telemetry
 
@@ -42,6 +43,19 @@ class RunWriter:
         run.device = device
         self.session.add(run)
 
+    def update_runtime(self, run_id: str, values: dict[str, Any]) -> None:
+        run = self.session.get(Run, run_id)
+        run.runtime = {**(run.runtime or {}), **values}
+        self.session.add(run)
+        self.commit()
+
+    def add_note(self, run_id: str, note: str) -> None:
+        """A decision of the runner that changes how the run's figures read (kept with the run, shown with it)."""
+        run = self.session.get(Run, run_id)
+        run.notes = [*(run.notes or []), note]
+        self.session.add(run)
+        self.commit()
+
     def set_host(self, run_id: str, host: dict[str, Any]) -> None:
         """The machine a remote run ran on; a run resumed on another node keeps every node it used."""
         run = self.session.get(Run, run_id)
@@ -57,12 +71,13 @@ class RunWriter:
         result = result or {}
         repeats = result.get("repeats") or []
         summary = summarise(repeats, cell.batch, cell.output_len) if status == "done" else {}
+        flags = cell_flags(repeats, result.get("metrics")) if status == "done" else []
         row = CellRow(
             run_id=run_id, idx=index, batch=cell.batch, input_len=cell.input_len, output_len=cell.output_len,
             params=dict(cell.extra), status=status, error=error, repeats=repeats,
             peak_rss_bytes=result.get("peak_rss_bytes"), peak_gpu_bytes=result.get("peak_gpu_bytes"),
             peak_nvml_bytes=result.get("peak_nvml_bytes"), metrics=result.get("metrics") or {},
-            started_at=result.get("started_at"), finished_at=finished_at or time.time(), **summary,
+            started_at=result.get("started_at"), finished_at=finished_at or time.time(), flags=flags, **summary,
         )  # fmt: skip
         self.session.add(row)
         return row
