@@ -28,7 +28,8 @@ from engines.spec import EngineRun
 from engines.roofline import cell_efficiency
 from engines.speculation import cell_metrics, tokens_digest
 
-# Test hook: "kill:N" or "segv:N" dies in cell N; "kill:N@TEXT" only in runs whose label holds TEXT.
+# Test hook: "kill:N" or "segv:N" dies in cell N; "kill:N@TEXT" only in runs whose label holds TEXT;
+# "oomload@TEXT" fails the load of such runs as out of memory.
 _FAULT = os.environ.get("CODEBENCH_FAULT", "")
 
 
@@ -104,6 +105,8 @@ class Worker:
         self.run_id = cmd["run_id"]
         run = EngineRun.model_validate(cmd["run"])
         self.label = run.label()
+        if _FAULT.startswith("oomload@") and _FAULT.partition("@")[2] in self.label:
+            raise MemoryError("fault injection: out of memory while loading")
         t0 = time.perf_counter()
         self.model_path = materialize(cmd["model"])
         tok = tokenizer_file(self.model_path)

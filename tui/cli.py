@@ -7,7 +7,7 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
-COMMANDS = ("run", "eval", "check", "history", "engines", "microbench", "models", "probe")  # modules in tui.commands; each registers its parsers
+COMMANDS = ("run", "eval", "check", "history", "noise", "engines", "microbench", "models", "probe")  # modules in tui.commands; each registers its parsers
 EXIT_USAGE = 2
 PROG = "codebench-tui"
 
