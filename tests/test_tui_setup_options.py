@@ -143,6 +143,32 @@ async def test_loaded_study_sets_the_pickers_or_keeps_its_runs(store, tmp_path, 
 
 
 @aio
+async def test_schedule_and_worker_env_round_trip_through_a_study_file(store, tmp_path, fixed_registry):
+    path, _ = store
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"model": "tiny", "runs": [{"engine": "hf-generate"}, {"engine": "hf-pipeline"}],
+                                 "schedule": "sequential", "worker_env": {"OMP_WAIT_POLICY": "PASSIVE"}}))  # fmt: skip
+    app = _app(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda a: bool(a.screen.choices))
+        setup = app.screen
+        assert setup.load_file(str(study))
+        await pilot.pause(0.3)
+        spec = setup.build()
+        assert spec.schedule == "sequential" and spec.worker_env == {"OMP_WAIT_POLICY": "PASSIVE"}
+        assert "worker env: OMP_WAIT_POLICY=PASSIVE" in str(setup.query_one("#plan-msg").render())
+        env = setup.query_one("#worker-env")
+        env.focus()
+        await pilot.press("ctrl+u", *"OMP WAIT")
+        await pilot.pause(0.2)
+        assert env.has_class("-invalid")
+        assert "is not KEY=VALUE" in str(setup.query_one("#grid-msg").render())
+        await pilot.press("ctrl+u", *"OMP_NUM_THREADS=1")
+        await pilot.pause(0.2)
+        assert setup.build().worker_env == {"OMP_NUM_THREADS": "1"}
+
+
+@aio
 async def test_history_table_keys_select_and_sort(store):
     from tui.widgets.runtable import RunTable
 

@@ -232,14 +232,35 @@ def clock(seconds: float | None) -> str:
 
 
 def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict[str, list[int]],
-                timing: dict[str, int], name: str, device: str, executor: str = "local") -> Any:  # fmt: skip
+                timing: dict[str, int], name: str, device: str, executor: str = "local",
+                schedule: str = "interleaved", worker_env: dict[str, str] | None = None) -> Any:  # fmt: skip
     """The StudySpec the CLI would build: the same pydantic model, the same validation."""
     from engines.spec import build_spec
 
     data = dict(base)
     data.update(model=model.strip(), runs=[r.model_dump() for r in runs], grid=grid, timing=timing,
-                name=name.strip() or None, device=device, executor=executor)  # fmt: skip
+                name=name.strip() or None, device=device, executor=executor, schedule=schedule,
+                worker_env=worker_env or {})  # fmt: skip
     return build_spec(data)
+
+
+def parse_worker_env(text: str) -> tuple[dict[str, str] | None, str]:
+    """'KEY=VALUE KEY2=VALUE' (spaces or commas between) as the CLI's --worker-env, or the first problem."""
+    import re
+
+    out: dict[str, str] = {}
+    for item in re.split(r"[,\s]+", text.strip()):
+        if not item:
+            continue
+        key, sep, value = item.partition("=")
+        if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+            return None, f"worker env: '{item[:40]}' is not KEY=VALUE (e.g. OMP_WAIT_POLICY=PASSIVE)"
+        out[key] = value
+    return out, ""
+
+
+def worker_env_text(env: dict[str, str]) -> str:
+    return " ".join(f"{k}={v}" for k, v in env.items())
 
 
 def axis_text(values: list[int]) -> str:

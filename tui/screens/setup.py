@@ -22,9 +22,10 @@ from textual.widgets.selection_list import Selection
 
 from tui.widgets.footer import Footer
 from tui.widgets.picker import AxisPicker
-from tui.planning import axis_text, human_duration
+from tui.planning import axis_text, human_duration, parse_worker_env, worker_env_text
 
 DEVICES = [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")]
+SCHEDULES = [("interleaved", "interleaved"), ("sequential", "sequential")]  # runs take turns per repeat, or one after another
 GRID_FIELDS = (("batch", "batch sizes"), ("input_len", "input lengths"), ("output_len", "output lengths"))
 TIMING_FIELDS = (("warmup", "warm-up", 0), ("iters", "iters", 1), ("repeats", "repeats", 1))
 DEFAULTS = {"batch": "1,2,4", "input_len": "32,128", "output_len": "32", "warmup": "1", "iters": "2", "repeats": "3"}
@@ -113,6 +114,13 @@ class SetupScreen(Screen):
                     with Horizontal(classes="field"):
                         yield Label("executor", classes="field-label")
                         yield Input("local", id="executor", compact=True, placeholder="local or ray://HOST:PORT")
+                    with Horizontal(classes="field"):
+                        yield Label("schedule", classes="field-label")
+                        yield Select(SCHEDULES, value="interleaved", id="schedule", compact=True, allow_blank=False)
+                    with Horizontal(classes="field"):
+                        yield Label("env", classes="field-label")
+                        yield Input("", id="worker-env", compact=True,
+                                    placeholder="optional KEY=VALUE")  # fmt: skip
                     yield Static(id="plan-msg", classes="plan")
                     with Horizontal(id="setup-buttons"):
                         yield Button("Start ^r", id="start", variant="success", compact=True)
@@ -355,6 +363,10 @@ class SetupScreen(Screen):
             if model.value != event.value:
                 model.value = event.value
 
+    @on(Select.Changed, "#schedule")
+    def _schedule_changed(self) -> None:
+        self._refresh_plan()
+
     @on(Select.Changed, "#device")
     def _device_changed(self, event: Select.Changed) -> None:
         if self.choices:
@@ -405,9 +417,13 @@ class SetupScreen(Screen):
         errors += [err] if err else []
         executor, err = _executor(self.query_one("#executor", Input))
         errors += [err] if err else []
+        env_field = self.query_one("#worker-env", Input)
+        worker_env, err = parse_worker_env(env_field.value)
+        env_field.set_class(worker_env is None, "-invalid")
+        errors += [err] if err else []
         if errors:
             return None, errors
-        return {"grid": grid, "timing": timing, "tp": tp, "executor": executor}, []
+        return {"grid": grid, "timing": timing, "tp": tp, "executor": executor, "worker_env": worker_env}, []
 
     def _refresh_plan(self) -> None:
         from tui.planning import estimate_seconds
@@ -440,11 +456,14 @@ class SetupScreen(Screen):
             self.estimate_s = None
             return
         total, basis = estimate_seconds(runs, cells, form["timing"], self.rates)
+        schedule = str(self.query_one("#schedule", Select).value)
+        env = worker_env_text(form["worker_env"])
         self.estimate_s = total
         loaded = "\nruns as loaded from the study file (pick options to replace them)" if self.loaded_runs else ""
         plan.update(Text.assemble((f"{len(runs)} run(s) × {len(cells)} cells = {len(runs) * len(cells)} cells", "bold"),
                                   f"\nabout {human_duration(total)} ({basis})\non {self.device}"
-                                  + ("" if form["executor"] == "local" else f" via {form['executor']}"),
+                                  + ("" if form["executor"] == "local" else f" via {form['executor']}")
+                                  + (f", {schedule}" if len(runs) > 1 else "") + (f"\nworker env: {env}" if env else ""),
                                   (loaded, "italic")))  # fmt: skip
 
     # --- the spec ----------------------------------------------------------------------------
@@ -466,7 +485,8 @@ class SetupScreen(Screen):
         device = str(self.query_one("#device", Select).value)
         return build_study(self.base, model=self.query_one("#model", Input).value, runs=runs, grid=form["grid"],
                            timing=form["timing"], name=self.query_one("#name", Input).value, device=device,
-                           executor=form["executor"])  # fmt: skip
+                           executor=form["executor"], schedule=str(self.query_one("#schedule", Select).value),
+                           worker_env=form["worker_env"])  # fmt: skip
 
     def _validated(self) -> Any | None:
         from engines.grid import GridError
@@ -549,7 +569,10 @@ class SetupScreen(Screen):
         """Put a StudySpec into the form; fields the form does not show are kept for the next save/start."""
         data = spec.model_dump()
         self.base = {k: v for k, v in data.items()
-                     if k not in ("model", "runs", "grid", "timing", "name", "device", "executor")}  # fmt: skip
+                     if k not in ("model", "runs", "grid", "timing", "name", "device", "executor", "schedule",
+                                  "worker_env")}  # fmt: skip
+        self.query_one("#schedule", Select).value = spec.schedule
+        self.query_one("#worker-env", Input).value = worker_env_text(spec.worker_env)
         self.query_one("#tp", Input).value = ",".join(str(t) for t in dict.fromkeys(r.tp for r in spec.runs)) or "1"
         self.query_one("#executor", Input).value = spec.executor
         self.query_one("#model", Input).value = spec.model
@@ -610,6 +633,8 @@ class SetupScreen(Screen):
         self._runs.clear()
         self.query_one("#model", Input).value = "tiny"
         self.query_one("#name", Input).value = ""
+        self.query_one("#schedule", Select).value = "interleaved"
+        self.query_one("#worker-env", Input).value = ""
         for key, _ in GRID_FIELDS:
             self.query_one(f"#grid-{key}", Input).value = DEFAULTS[key]
         for key, _, _ in TIMING_FIELDS:
