@@ -243,7 +243,7 @@ def timeline(result: Any) -> list[ev.Event]:
         label = f"b={c['batch']} in={c['input_len']} out={c['output_len']}"
         if c["status"] not in ("skipped",):
             out.append(ev.CellStarted(run_id, start, index=c["idx"], label=label))
-        res = {k: c.get(k) for k in ("repeats", "peak_rss_bytes", "peak_gpu_bytes", "peak_nvml_bytes", "metrics")}
+        res = {k: c.get(k) for k in ("repeats", "peak_rss_bytes", "peak_gpu_bytes", "peak_nvml_bytes", "metrics", "flags")}
         out.append(ev.CellFinished(run_id, end, index=c["idx"], status=c["status"], result=res, error=c.get("error") or ""))
     for s in result.telemetry:
         out.append(ev.TelemetrySample(run_id, s["t"], cpu_percent=s.get("cpu_percent") or 0.0,

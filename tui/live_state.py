@@ -41,6 +41,7 @@ class CellResult:
     latency_s: float | None
     peak_bytes: int | None
     error: str
+    flags: list[str] = field(default_factory=list)  # codes of store.flags: why the figure may be shaky
 
 
 @dataclass
@@ -95,6 +96,7 @@ class LiveState:
         self.tokens_seen = 0  # points ever added to `tokens` / telemetry samples: what changed since a paint
         self.samples_seen = 0
         self._progress_seen = False  # a replay has no per-minibatch events: plot per-cell tok/s instead
+        self._flagged: set[tuple[str, str]] = set()  # (run, flag code) already explained in the log
 
     # --- folding -----------------------------------------------------------------------
 
@@ -171,9 +173,15 @@ class LiveState:
             run.counts[e.status] += 1
         b, i, o = self.cells.get(e.index, (0, 0, 0))
         summary = summarise(e.result.get("repeats") or [], b, o) if e.status == "done" else {}
+        flags = [f for f in e.result.get("flags") or [] if isinstance(f, dict)]
         self.results.append(CellResult(run.number if run else 0, run.label if run else "", e.index, b, i, o, e.status,
                                        summary.get("tokens_per_s"), summary.get("latency_s"), _peak(e.result),
-                                       e.error))  # fmt: skip
+                                       e.error, [str(f.get("code", "?")) for f in flags]))  # fmt: skip
+        for f in flags:  # the table has room for the codes only: the first reason of each per run goes to the log
+            key = (e.run_id, str(f.get("code")))
+            if key not in self._flagged:
+                self._flagged.add(key)
+                self._say(e.t, "warn", f"⚑ {f.get('code')}: {f.get('reason', '')} ({self._cell_label(e.index)})")
         if not self._progress_seen and summary.get("tokens_per_s"):
             self.tokens.append(summary["tokens_per_s"])
             self.tokens_seen += 1

@@ -30,7 +30,7 @@ DRAIN_HZ = 8.0
 CELL_STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim",
               "cancelled": "yellow", "done": "green"}  # fmt: skip
 COLUMNS = [("#", 2, True), ("batch", 5, True), ("in", 5, True), ("out", 4, True), ("status", 9, False),
-           ("tok/s", 9, True), ("lat s", 7, True), ("MB", 7, True)]  # (header, width, right-aligned)
+           ("tok/s", 9, True), ("lat s", 7, True), ("MB", 7, True), ("flags", 10, False)]  # (header, width, right-aligned)
 LOG_STYLE = {"stderr": "grey62", "warn": "yellow", "error": "bold red", "info": ""}
 RUN_STYLE = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "starting": "cyan"}
 
@@ -366,12 +366,13 @@ class LiveScreen(Screen):
         for r in results[self._shown_results :]:
             cells = [str(r.run_number)] if self._show_run else []
             cells += [str(r.batch), str(r.input_len), str(r.output_len), STATUS_WORD.get(r.status, r.status),
-                      _fmt(r.tokens_per_s), _fmt(r.latency_s, 3), "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:,.0f}"]  # fmt: skip
+                      _fmt(r.tokens_per_s), _fmt(r.latency_s, 3), "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:,.0f}",
+                      ("⚑ " + ",".join(r.flags)) if r.flags else ""]  # fmt: skip
             cols = (COLUMNS[:1] if self._show_run else []) + COLUMNS[1:]
             line = Text()
             for i, (value, (name, width, right)) in enumerate(zip(cells, cols)):
-                line.append((value.rjust(width) if right else value.ljust(width)) + " ",
-                            style=CELL_STYLE.get(r.status, "") if name == "status" else "")  # fmt: skip
+                style = CELL_STYLE.get(r.status, "") if name == "status" else ("yellow" if name == "flags" else "")
+                line.append((value.rjust(width) if right else value.ljust(width)) + " ", style=style)
             log.write(line)
         self._shown_results = len(results)
 
