@@ -30,6 +30,7 @@ class HostMeter:
         self.root = psutil.Process(root_pid or os.getpid())
         self.also = [p for p in also if p]
         self.gpu_indices = gpu_indices or []
+        self.peers: list[int] = []  # the study's other workers: idle while this one runs, so not GPU sharers
         self._nv = None
         self._handles: list[Any] = []
         if self.gpu_indices:
@@ -42,9 +43,9 @@ class HostMeter:
             except Exception:
                 self._handles = []
 
-    def _own_processes(self) -> list[psutil.Process]:
+    def _trees(self, pids: list[int]) -> list[psutil.Process]:
         procs = []
-        for pid in (self.root.pid, *self.also):
+        for pid in pids:
             try:
                 p = self.root if pid == self.root.pid else psutil.Process(pid)
                 procs += [p, *p.children(recursive=True)]
@@ -63,7 +64,7 @@ class HostMeter:
                 continue
         return total, pids
 
-    def _gpus(self, own: set[int]) -> list[dict[str, Any]]:
+    def _gpus(self, own: set[int], peers: set[int] = frozenset()) -> list[dict[str, Any]]:  # type: ignore[assignment]
         nv, out = self._nv, []
         for index, h in zip(self.gpu_indices, self._handles):
             g: dict[str, Any] = {"index": index}
@@ -80,11 +81,14 @@ class HostMeter:
                 pids = {p.pid for p in nv.nvmlDeviceGetComputeRunningProcesses(h)}
                 # NVML reports host pids: where none of ours shows up (a container), others cannot be told apart.
                 if pids & own:
-                    g["other_pids"] = sorted(pids - own)
+                    g["other_pids"] = sorted(pids - own - peers)
             except Exception:
                 pass
             out.append(g)
         return out
+
+    def _own_processes(self) -> list[psutil.Process]:
+        return self._trees([self.root.pid, *self.also])
 
     def snapshot(self) -> dict[str, Any]:
         procs = self._own_processes()
@@ -98,7 +102,8 @@ class HostMeter:
         except Exception:  # noqa: BLE001 - not every platform reports it
             snap["cpu_mhz"] = None
         if self._handles:
-            snap["gpus"] = self._gpus(pids)
+            peers = {p.pid for p in self._trees(self.peers)} if self.peers else set()
+            snap["gpus"] = self._gpus(pids, peers)
         return snap
 
     @staticmethod

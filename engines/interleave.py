@@ -209,7 +209,8 @@ class Interleaved:
             for lane in rotation(live, round_):
                 if lane.open and lane.status == "done":
                     done = 0 if round_ == 0 else timing.warmup + timing.iters + (round_ - 1) * (rewarm + timing.iters)
-                    slot = {"round": round_, "keep_peak": round_ > 0, "done": done, "total": total}
+                    slot = {"round": round_, "keep_peak": round_ > 0, "done": done, "total": total,
+                            "peers": [other.client.pid for other in lanes if other is not lane and other.client]}
                     self._slot(lane, index, cell, slot, timing.warmup if round_ == 0 else rewarm)
         for lane in live:  # in the study's order: a reference run's cell is recorded before the runs measured against it
             if lane.open:

@@ -175,6 +175,8 @@ class Worker:
         index, batch, in_len, out_len = cmd["index"], cmd["batch"], cmd["input_len"], cmd["output_len"]
         timing = cmd["timing"]
         slot = cmd.get("slot") or {}
+        if self.meter is not None:
+            self.meter.peers = [p for p in slot.get("peers") or [] if isinstance(p, int)]
         self.emit(ev.CellStarted(self.run_id, time.time(), index=index, label=cmd.get("label", "")))
         started = time.time()
         try:

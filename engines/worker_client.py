@@ -68,6 +68,10 @@ class WorkerClient:
         threading.Thread(target=self._read_stdout, daemon=True).start()
         return self.proc.pid
 
+    @property
+    def pid(self) -> int:
+        return self.proc.pid if self.proc else 0
+
     def _read_stderr(self) -> None:
         assert self.proc and self.proc.stderr
         for raw in self.proc.stderr:
