@@ -7,6 +7,11 @@
 #             HYD_EXTRA appends run options (later ones win), e.g. a CPU dry run of the same command:
 #             NO_WHEELS=1 DEVICE=cpu HYD_EXTRA="--device cpu --precision fp32 --opt layers=1 --batch 2
 #             --shared-len 16,32 --output-len 2 --mb-suffix 0,8" OUT=/tmp/dry bash benchmarks/gpu_device_run.sh hydragen
+#   hydragen-agree: `bench --json` and the runner's interleaved study of the same cells, then `agree` (per-cell
+#             hydragen / noattention ratios within 5%) and `compare` (with 95% intervals); CPU dry run:
+#             NO_WHEELS=1 DEVICE=cpu BENCH_EXTRA="--model tiny --precision fp32 --batch 2 --shared-len 32 --suffix-len 8
+#             --output-len 4" HYD_EXTRA="--model tiny --device cpu --precision fp32 --batch 2 --shared-len 32
+#             --suffix-len 8 --output-len 4" OUT=/tmp/agree bash benchmarks/gpu_device_run.sh hydragen-agree
 #   hydragen-quick: the fast check of hydragen against the bound (about 5 minutes): numerics check, then
 #             `hydragen_study.py bench` (one model load; noattention, hydragen, hydragen without CUDA graphs,
 #             interleaved) and the runner's study, both at N = 128,256 x P = 4096; BENCH_EXTRA / HYD_EXTRA
@@ -61,5 +66,20 @@ case "${1:-}" in
     python3 benchmarks/hydragen_study.py report --db "$OUT/hydragen.db" -o "$OUT/hydragen.md" 2>&1 | tee -a "$log"
     grep -E "^(ok  |FAIL)|hydragen check" "$OUT/hydragen_check.log"
     ;;
-  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick" >&2; exit 2 ;;
+  hydragen-agree)
+    # issue 15: the runner's interleaved study against `bench` on the same cells, hydragen / noattention within 5%.
+    log="$OUT/agree.log"
+    env_info 2>&1 | tee "$log"
+    # shellcheck disable=SC2086  # BENCH_EXTRA / HYD_EXTRA are lists of options
+    timeout 200 python3 benchmarks/hydragen_study.py bench --device "${DEVICE:-cuda}" --batch 128,256 --shared-len 4096 \
+      --suffix-len 32 --output-len 128 --variants noattention,hydragen --repeats 3 --json "$OUT/bench.json" \
+      ${BENCH_EXTRA:-} 2>&1 | tee -a "$log"
+    # shellcheck disable=SC2086
+    python3 benchmarks/hydragen_study.py run --db "$OUT/agree.db" --out "$OUT" --batch 128,256 --shared-len 4096 \
+      --suffix-len 32 --output-len 128 --warmup 1 --repeats 3 --engines hydragen,noattention --cell-timeout 75 \
+      --study-timeout "${STUDY_TIMEOUT:-230}" --no-microbench ${HYD_EXTRA:-} 2>&1 | tee -a "$log"
+    python3 benchmarks/hydragen_study.py agree --bench "$OUT/bench.json" --db "$OUT/agree.db" 2>&1 | tee -a "$log"
+    python3 -m tui.cli --db "$OUT/agree.db" compare last~1 last --baseline last --no-chart 2>&1 | tee -a "$log"
+    ;;
+  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick|hydragen-agree" >&2; exit 2 ;;
 esac

@@ -443,7 +443,53 @@ def bench(args: argparse.Namespace) -> int:
         print(f"{n:>4} {p:>6} " + " ".join(cells) + f"  {'-' if ratio is None else f'{ratio:.0%}':>9}  {same}")
     if worst is not None:
         print(f"hydragen / noattention, lowest over the grid: {worst:.0%} (target >= {TARGET_BOUND:.0%} at P >= {TARGET_P})")
+    if args.json:
+        keep = ("tps", "step_ms", "error")
+        Path(args.json).write_text(json.dumps({
+            "model": args.model, "precision": args.precision, "suffix_len": args.suffix_len,
+            "output_len": args.output_len, "repeats": args.repeats,
+            "cells": [{"batch": n, "shared_len": p, **{name: {k: v for k, v in r.items() if k in keep}
+                                                        for name, r in res.items()}} for n, p, res in rows],
+        }, indent=1) + "\n")  # fmt: skip
     return 0
+
+
+def agree(args: argparse.Namespace) -> int:
+    """hydragen / noattention per cell: the runner's study against `bench` on the same cells (target: within 5%)."""
+    bench_doc = json.loads(Path(args.bench).read_text())
+    cells, _ = _cells(args.db)
+    lines = [f"{'N':>4} {'P':>6} {'bench':>8} {'study':>8} {'95% CI of the study ratio':>26} {'study/bench':>11}  verdict"]
+    bad = 0
+    for row in bench_doc["cells"]:
+        key = (row["batch"], row["shared_len"], bench_doc["suffix_len"], bench_doc["output_len"])
+        hyd, bound = (cells.get(e, {}).get(key) for e in ("hydragen", "noattention"))
+        b_ratio = row.get("hydragen", {}).get("tps", 0) / row["noattention"]["tps"] if row.get("noattention", {}).get("tps") else None
+        if not (hyd and bound and hyd["status"] == bound["status"] == "done" and b_ratio):
+            lines.append(f"{key[0]:>4} {key[1]:>6}  not measured on both sides")
+            bad += 1
+            continue
+        s_ratio = hyd["tokens_per_s"] / bound["tokens_per_s"]
+        ci = _interval(hyd, bound)
+        off = s_ratio / b_ratio
+        ok = abs(off - 1) <= args.tolerance
+        bad += not ok
+        lines.append(f"{key[0]:>4} {key[1]:>6} {b_ratio:>8.1%} {s_ratio:>8.1%} {ci:>26} {off:>11.3f}  "
+                     + ("ok" if ok else f"OFF by more than {args.tolerance:.0%}"))  # fmt: skip
+    print("hydragen / noattention tokens/s: `hydragen_study.py bench` (one process, variants interleaved) vs the "
+          "runner's study (two workers, interleaved schedule)")
+    print("\n".join(lines))
+    print(f"{len(bench_doc['cells']) - bad} of {len(bench_doc['cells'])} cells within {args.tolerance:.0%}")
+    return 1 if bad else 0
+
+
+def _interval(a: dict, b: dict) -> str:
+    """The study ratio's 95% interval as Compare shows it (store.significance), where that module exists."""
+    try:
+        from store.significance import ratio_interval
+    except ImportError:
+        return "-"
+    r = ratio_interval(a, b, "tokens_per_s", paired=True)
+    return "-" if r.ci_low is None else f"{r.ci_low:.1%}-{r.ci_high:.1%} ({r.method})"
 
 
 def main() -> int:
@@ -493,7 +539,13 @@ def main() -> int:
                    "cache without CUDA graphs, hydragen-dynamic HF's DynamicCache")
     b.add_argument("--opt", action="append", help="KEY=VALUE engine option, e.g. layers=2 (CPU dry runs)")
     b.add_argument("--profile", action="store_true", help="GPU kernel time per step and the top kernels")
+    b.add_argument("--json", help="also write the per-cell figures here (for `agree`)")
     b.set_defaults(func=bench)
+    a = sub.add_parser("agree", help="the runner's hydragen/noattention ratios against bench's, per cell")
+    a.add_argument("--bench", required=True, help="the JSON `bench --json` wrote")
+    a.add_argument("--db", required=True, help="the study's database (its newest group)")
+    a.add_argument("--tolerance", type=float, default=0.05)
+    a.set_defaults(func=agree)
     args = ap.parse_args()
     return args.func(args)
 
