@@ -72,11 +72,11 @@ case "${1:-}" in
     env_info 2>&1 | tee "$log"
     # shellcheck disable=SC2086  # BENCH_EXTRA / HYD_EXTRA are lists of options
     timeout 200 python3 benchmarks/hydragen_study.py bench --device "${DEVICE:-cuda}" --batch 128,256 --shared-len 4096 \
-      --suffix-len 32 --output-len 128 --variants noattention,hydragen --repeats 3 --json "$OUT/bench.json" \
+      --suffix-len 32 --output-len 128 --variants noattention,hydragen --repeats "${AGREE_REPEATS:-4}" --json "$OUT/bench.json" \
       ${BENCH_EXTRA:-} 2>&1 | tee -a "$log"
     # shellcheck disable=SC2086
     python3 benchmarks/hydragen_study.py run --db "$OUT/agree.db" --out "$OUT" --batch 128,256 --shared-len 4096 \
-      --suffix-len 32 --output-len 128 --warmup 1 --repeats 3 --engines hydragen,noattention --cell-timeout 75 \
+      --suffix-len 32 --output-len 128 --warmup 1 --repeats "${AGREE_REPEATS:-4}" --engines hydragen,noattention --cell-timeout 75 \
       --study-timeout "${STUDY_TIMEOUT:-230}" --no-microbench ${HYD_EXTRA:-} 2>&1 | tee -a "$log"
     python3 benchmarks/hydragen_study.py agree --bench "$OUT/bench.json" --db "$OUT/agree.db" 2>&1 | tee -a "$log"
     python3 -m tui.cli --db "$OUT/agree.db" compare last~1 last --baseline last --no-chart 2>&1 | tee -a "$log"

@@ -62,7 +62,17 @@ def weight_bytes(model: str, run: EngineRun) -> int | None:
     return stored
 
 
-def kv_bytes(model: str, cells: list[Cell], precision: str | None = None) -> int:
+def cached_tokens(engine: str, cell: Cell) -> int:
+    """Tokens one engine keeps in its KV cache for a cell: a shared prefix counts once where the engine shares it."""
+    if engine == "noattention":
+        return 0  # the attention-free bound keeps no cache
+    shared = dict(cell.extra).get("shared_len", 0)
+    if engine == "hydragen" and shared:
+        return shared + cell.batch * (cell.input_len - shared + cell.output_len)
+    return cell.batch * (cell.input_len + cell.output_len)
+
+
+def kv_bytes(model: str, cells: list[Cell], precision: str | None = None, engine: str = "") -> int:
     """KV cache of the largest cell: layers x KV heads x head dim x 2 x bytes x tokens in flight."""
     cfg, _ = _config(model)
     if not cfg or not cells:
@@ -73,7 +83,7 @@ def kv_bytes(model: str, cells: list[Cell], precision: str | None = None) -> int
         kv = kv_layout(cfg)
     except (KeyError, TypeError, ZeroDivisionError):
         return 0
-    tokens = max(c.batch * (c.input_len + c.output_len) for c in cells)
+    tokens = max(cached_tokens(engine, c) for c in cells)
     return 2 * kv["layers"] * kv["kv_heads"] * kv["head_dim"] * _DTYPE_BYTES.get(precision, 2) * tokens
 
 
@@ -84,7 +94,7 @@ def estimate(model: str, run: EngineRun, cells: list[Cell]) -> int | None:
     weights = weight_bytes(model, run)
     if weights is None:
         return None
-    return weights + kv_bytes(model, cells, run.precision) + WORKER_OVERHEAD
+    return weights + kv_bytes(model, cells, run.precision, run.engine) + WORKER_OVERHEAD
 
 
 def free_bytes(device: str) -> int | None:

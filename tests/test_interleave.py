@@ -181,3 +181,27 @@ def test_environment_diff_names_the_thread_setting(tmp_path, values):
     lines = diff_lines(results)
     assert "$OMP_NUM_THREADS: 1 | 2" in lines
     assert "torch threads: 1 | 2" in lines
+
+
+def test_footprint_counts_a_shared_prefix_once_where_the_engine_shares_it():
+    from engines.footprint import cached_tokens, estimate
+    from engines.grid import Cell
+    from engines.interleave import fits
+    from engines.spec import EngineRun
+
+    cell = Cell(256, 4096 + 32, 128, (("shared_len", 4096), ("suffix_len", 32)))
+    assert cached_tokens("noattention", cell) == 0
+    assert cached_tokens("hydragen", cell) == 4096 + 256 * (32 + 128)
+    assert cached_tokens("hf-noshare", cell) == 256 * (4096 + 32 + 128)
+    runs = [EngineRun(engine=e, precision="fp16") for e in ("hydragen", "noattention")]
+    gib = [estimate("codellama-7b:random", r, [cell]) / 2**30 for r in runs]
+    assert 30 < gib[0] < 40 and 12 < gib[1] < 15  # 12.6 GiB of fp16 weights, 22 GiB of KV for hydragen
+    assert "need about 48" in fits("codellama-7b:random", runs, [cell], "cpu") or _free_gib() > 60
+    tiny = estimate("tiny", EngineRun(engine="hf-generate", precision="fp32"), [Cell(4, 128, 32)])
+    assert 512 * 2**20 < tiny < 600 * 2**20  # the worker's own cost dominates a 5 M-parameter model
+
+
+def _free_gib() -> float:
+    import psutil
+
+    return psutil.virtual_memory().available / 2**30
