@@ -417,7 +417,8 @@ def bench(args: argparse.Namespace) -> int:
                 if times[name] and "error" not in res[name]:
                     wall = statistics.median(w for w, _ in times[name])
                     step = statistics.median(x for _, x in times[name])
-                    res[name].update(tps=n * args.output_len / wall, step_ms=1e3 * step)
+                    res[name].update(tps=n * args.output_len / wall, step_ms=1e3 * step,
+                                     walls=[w for w, _ in times[name]])  # per round, for the agreement's intervals
                     if args.profile and dev.type == "cuda":
                         hyd.model.set_attn_implementation(impl)
                         gpu_ms, top = _gpu_ms_per_step(eng, prompts)
@@ -444,7 +445,7 @@ def bench(args: argparse.Namespace) -> int:
     if worst is not None:
         print(f"hydragen / noattention, lowest over the grid: {worst:.0%} (target >= {TARGET_BOUND:.0%} at P >= {TARGET_P})")
     if args.json:
-        keep = ("tps", "step_ms", "error")
+        keep = ("tps", "step_ms", "walls", "error")
         Path(args.json).write_text(json.dumps({
             "model": args.model, "precision": args.precision, "suffix_len": args.suffix_len,
             "output_len": args.output_len, "repeats": args.repeats,
@@ -469,12 +470,15 @@ def agree(args: argparse.Namespace) -> int:
             bad += 1
             continue
         s_ratio = hyd["tokens_per_s"] / bound["tokens_per_s"]
-        ci = _interval(hyd, bound)
+        ci = _interval(hyd, bound, s_ratio)
+        walls = (row["hydragen"].get("walls") or [], row["noattention"].get("walls") or [])
+        b_ci = _paired(b_ratio, *walls)
         off = s_ratio / b_ratio
         ok = abs(off - 1) <= args.tolerance
         bad += not ok
         lines.append(f"{key[0]:>4} {key[1]:>6} {b_ratio:>8.1%} {s_ratio:>8.1%} {ci:>26} {off:>11.3f}  "
-                     + ("ok" if ok else f"OFF by more than {args.tolerance:.0%}"))  # fmt: skip
+                     + ("ok" if ok else f"OFF by more than {args.tolerance:.0%}")
+                     + ("" if b_ci is None else f"  (bench's own 95% CI {b_ci[0]:.1%}-{b_ci[1]:.1%})"))  # fmt: skip
     print("hydragen / noattention tokens/s: `hydragen_study.py bench` (one process, variants interleaved) vs the "
           "runner's study (two workers, interleaved schedule)")
     print("\n".join(lines))
@@ -482,14 +486,31 @@ def agree(args: argparse.Namespace) -> int:
     return 1 if bad else 0
 
 
-def _interval(a: dict, b: dict) -> str:
-    """The study ratio's 95% interval as Compare shows it (store.significance), where that module exists."""
-    try:
-        from store.significance import ratio_interval
-    except ImportError:
-        return "-"
-    r = ratio_interval(a, b, "tokens_per_s", paired=True)
-    return "-" if r.ci_low is None else f"{r.ci_low:.1%}-{r.ci_high:.1%} ({r.method})"
+def _paired(point: float, a: list[float], b: list[float]) -> tuple[float, float] | None:
+    """95% t-interval of a tokens/s ratio from per-round latencies b_i / a_i (a faster when a_i smaller), centred on `point`."""
+    import math
+    import statistics
+
+    from store.metrics import t95
+
+    d = [math.log(y / x) for x, y in zip(a, b)]
+    if len(d) < 2:
+        return None
+    half = t95(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
+    return point * math.exp(-half), point * math.exp(half)
+
+
+def _interval(hyd: dict, bound: dict, point: float) -> str:
+    """The study's paired interval: its two runs' repeats of one round ran back to back."""
+    import statistics
+
+    def by_round(c: dict) -> dict[int, float]:
+        return {r.get("round", i): statistics.fmean(r["latencies_s"]) for i, r in enumerate(c["repeats"])}
+
+    a, b = by_round(hyd), by_round(bound)
+    rounds = sorted(set(a) & set(b))
+    ci = _paired(point, [a[r] for r in rounds], [b[r] for r in rounds])
+    return "-" if ci is None else f"{ci[0]:.1%}-{ci[1]:.1%}"
 
 
 def main() -> int:
