@@ -44,6 +44,7 @@ class Lane:
     parts: list[dict[str, Any]] = field(default_factory=list)  # slot results of the cell in flight
     open: bool = False  # a cell is in flight and not yet recorded
     index: int = -1  # that cell
+    resume: int | None = None  # deferred: lost its Ray node and no node had room; resumes here after the others
     nvml_peak: int = 0
     gpu_peaks: dict[str, int] = field(default_factory=dict)
 
@@ -108,6 +109,7 @@ class Interleaved:
         lanes = [Lane(run, r._begin_run(run, self.host, self.writer, self.result.group_id, "interleaved"))
                  for run in spec.runs]  # fmt: skip
         self.result.run_ids += [lane.run_id for lane in lanes]
+        r._interleaving = True
         why = fits(spec.model, spec.runs, cells, self.device) if r._kind == "local" else self._ray_room()
         try:
             if not why:
@@ -121,6 +123,7 @@ class Interleaved:
                     if lane.status == "done":
                         lane.client, lane.status, lane.error, lane.attempt = r._after_grid(
                             lane.run, lane.run_id, lane.client, self.device, self.writer, self.sampler, lane.attempt)
+            self._resume_deferred(lanes, cells)
         except _Cancelled:
             why = ""
             self._cancel(lanes, cells)
@@ -131,11 +134,13 @@ class Interleaved:
                     lane.status, lane.error = "failed", f"{type(exc).__name__}: {exc}"
             raise
         finally:
+            r._interleaving = False
             if not why:
                 for lane in lanes:
                     if lane.client:
                         lane.client.close()
-                    r._finish_run(self.writer, lane.run_id, lane.status, lane.error, self.sampler)
+                    if lane.status != "resumed":  # _run_one finished those
+                        r._finish_run(self.writer, lane.run_id, lane.status, lane.error, self.sampler)
         if why:
             self._fall_back(lanes, why)
 
@@ -151,10 +156,15 @@ class Interleaved:
         for run in self.spec.runs:
             for key, n in resources(run, self.device, cpus).items():
                 want[key] = want.get(key, 0.0) + n
-        free = ray.available_resources()
-        short = [f"{n:g} {k.removeprefix('num_').upper()}" for k, n in want.items()
-                 if n > free.get(k.removeprefix("num_").upper(), 0.0)]  # fmt: skip
-        return f"the cluster has no room for all {len(self.spec.runs)} runs at once (short of {', '.join(short)})" if short else ""
+        free: dict = {}
+        for _ in range(20):  # just after connecting, Ray Client may not report every node's resources yet
+            free = ray.available_resources()
+            if _room(want, free):
+                return ""
+            time.sleep(0.25)
+        short = [f"{n:g} {_RAY_KEY[k]} wanted, {free.get(_RAY_KEY[k], 0.0):g} free"
+                 for k, n in want.items() if n > free.get(_RAY_KEY[k], 0.0)]  # fmt: skip
+        return f"the cluster has no room for all {len(self.spec.runs)} runs at once ({', '.join(short)})"
 
     def _load_all(self, lanes: list[Lane]) -> str:
         """Load every run's worker; '' when done, or why the study must fall back (an OOM with others loaded)."""
@@ -163,12 +173,14 @@ class Interleaved:
             lane.client, err = self._load(lane)
             if lane.client is not None:
                 continue
-            if oom_like(err) and any(other.client for other in lanes):
+            placed = "no Ray node offered" not in err
+            if (oom_like(err) or not placed) and any(other.client for other in lanes):
                 for other in lanes:
                     if other.client:
                         other.client.close()
                         other.client = None
-                return f"loading {lane.run.label()} ran out of memory with other runs loaded ({_first(err)})"
+                what = "ran out of memory" if placed else "found no Ray node with room"
+                return f"loading {lane.run.label()} {what} with other runs loaded ({_first(err)})"
             lane.status, lane.error = "failed", err
         r._active.update(lane.run_id for lane in lanes)
         return ""
@@ -224,8 +236,14 @@ class Interleaved:
 
     def _slot(self, lane: Lane, index: int, cell: Cell, slot: dict[str, Any], warmup: int) -> None:
         r, spec = self.r, self.spec
+        if lane.client is None and r._kind == "ray" and not self._room_for(lane):
+            lane.status, lane.resume, lane.open = "deferred", index, False  # the others hold every node it fits
+            return
         if lane.client is None:  # its worker died in an earlier cell: a fresh one resumes
             lane.client, err = self._load(lane)
+            if lane.client is None and "no Ray node offered" in err:
+                lane.status, lane.resume, lane.open = "deferred", index, False
+                return
             if lane.client is None:
                 lane.status, lane.error, lane.open = "failed", err, False
                 return
@@ -257,17 +275,51 @@ class Interleaved:
             lane.client = None
         lane.open = False
 
+    def _room_for(self, lane: Lane) -> bool:
+        import ray
+
+        from engines.executors import ray_cpus
+        from engines.ray_executor import resources
+
+        return _room(resources(lane.run, self.device, ray_cpus(self.spec.executor)), ray.available_resources())
+
+    def _resume_deferred(self, lanes: list[Lane], cells: list[Cell]) -> None:
+        """Runs that lost their node finish their grid once the others have let go of theirs."""
+        deferred = [lane for lane in lanes if lane.status == "deferred"]
+        if not deferred:
+            return
+        for lane in lanes:
+            if lane.client:
+                lane.client.close()
+                lane.client = None
+        self.r._interleaving = False
+        for lane in deferred:
+            note = (f"schedule: lost its worker and no Ray node had room while the other runs held theirs; cells "
+                    f"from {cells[lane.resume].label()} on ran after them, not interleaved")  # fmt: skip
+            self.writer.add_note(lane.run_id, note)
+            self.r.emit(ev.Log(lane.run_id, time.time(), level="warning", message=note))
+            lane.status = "resumed"
+            self.r._run_one(lane.run, self.device, self.host, self.writer, self.sampler, self.result.group_id,
+                            run_id=lane.run_id, start=lane.resume or 0, ooms=lane.ooms)  # fmt: skip
+
     def _cancel(self, lanes: list[Lane], cells: list[Cell]) -> None:
         for lane in lanes:
             if lane.client:
                 lane.client.kill()
-            if lane.status == "done":
+            if lane.status in ("done", "deferred"):
                 lane.status = "cancelled"
         for lane in lanes:
             if lane.open:
                 self.r._finish_cell(self.writer, lane.run_id, lane.index, cells[lane.index], "cancelled",
                                     error="cancelled by user")  # fmt: skip
                 lane.open = False
+
+
+_RAY_KEY = {"num_cpus": "CPU", "num_gpus": "GPU"}  # actor options -> Ray's resource names
+
+
+def _room(want: dict[str, float], free: dict[str, float]) -> bool:
+    return all(n <= free.get(_RAY_KEY[k], 0.0) for k, n in want.items() if n)
 
 
 def _first(text: str) -> str:

@@ -143,7 +143,7 @@ class RayWorkerClient:
     def __init__(self, run_id: str, run: EngineRun, device: str, on_sample: Callable[[float, float, int, list], None],
                  *, argv: list[str] | None = None, telemetry_hz: float = 5.0,
                  busy: Callable[[], bool] = lambda: False, cpus_per_rank: int = 1,
-                 extra_env: dict[str, str] | None = None):  # fmt: skip
+                 extra_env: dict[str, str] | None = None, placement_timeout_s: float | None = None):  # fmt: skip
         import ray
 
         from engines.worker_client import WorkerExited
@@ -156,6 +156,7 @@ class RayWorkerClient:
         self.pid = 0
         self.device = device
         self.busy = busy  # other runs of the study hold resources that will come free: keep waiting
+        self.placement_timeout_s = placement_timeout_s or PLACEMENT_TIMEOUT_S
         self._tail = ""
         self._done = threading.Event()
         actor_cls = ray.remote(max_concurrency=4, max_restarts=0)(_Relay)
@@ -169,9 +170,9 @@ class RayWorkerClient:
         waited = 0.0
         while not ray.wait([ref], timeout=1.0)[0]:
             waited = 0.0 if self.busy() else waited + 1.0
-            if waited >= PLACEMENT_TIMEOUT_S:
+            if waited >= self.placement_timeout_s:
                 ray.kill(self.actor)
-                raise RuntimeError(f"no Ray node offered {self.want} within {PLACEMENT_TIMEOUT_S:g} s "
+                raise RuntimeError(f"no Ray node offered {self.want} within {self.placement_timeout_s:g} s "
                                    "(CODEBENCH_RAY_PLACEMENT_TIMEOUT_S); add a node or ask for fewer GPUs")
         try:
             started = ray.get(ref)

@@ -24,6 +24,7 @@ from store.db import Database
 from store.writer import RunWriter
 
 Subscriber = Callable[[ev.Event], None]
+RELOAD_PLACEMENT_S = 20.0
 
 
 @dataclass
@@ -55,6 +56,8 @@ class Runner:
         self._emit_lock = threading.Lock()
         self._kind = "local"
         self._active: set[str] = set()  # runs in flight (the Ray executor runs several at once)
+        # Interleaved runs hold their resources to the end: a placement waiting for them would wait forever.
+        self._interleaving = False
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -215,9 +218,13 @@ class Runner:
 
             sink = lambda t, cpu, rss, gpus: self._samples.put((run_id, t, cpu, rss, gpus))  # noqa: E731
             client: Any = RayWorkerClient(run_id, engine_run, device, sink, argv=argv, telemetry_hz=self.telemetry_hz,
-                                          busy=lambda: len(self._active) > 1,
+                                          busy=lambda: len(self._active) > 1 and not self._interleaving,
                                           cpus_per_rank=ray_cpus(self.spec.executor),
-                                          extra_env=self.spec.worker_env)  # fmt: skip
+                                          extra_env=self.spec.worker_env,
+                                          # an interleaved run that lost its node: the others hold theirs, so
+                                          # it waits briefly, then resumes after them (engines.interleave)
+                                          placement_timeout_s=RELOAD_PLACEMENT_S if self._interleaving and attempt > 1
+                                          else None)  # fmt: skip
             pid = client.start()
             device = client.device
         else:
@@ -400,12 +407,14 @@ class Runner:
         self._local_run = "" if self._local_run == run_id else self._local_run
 
     def _run_one(self, engine_run: EngineRun, device: str, host: dict, writer: RunWriter, sampler: Sampler,
-                 group_id: str, run_id: str | None = None) -> tuple[str, str]:  # fmt: skip
+                 group_id: str, run_id: str | None = None, start: int = 0,
+                 ooms: list[Cell] | None = None) -> tuple[str, str]:  # fmt: skip
+        """One run's grid from cell `start` on (a run resumed after the interleaved ones: `ooms` it met)."""
         spec = self.spec
         cells = spec.cells()
         run_id = run_id or self._begin_run(engine_run, host, writer, group_id, "sequential")
-        pending = list(range(len(cells)))
-        ooms: list[Cell] = []
+        pending = list(range(start, len(cells)))
+        ooms = list(ooms or [])
         status, error, attempt = "done", "", 0
         client: WorkerClient | None = None
         current: int | None = None

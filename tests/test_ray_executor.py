@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 
 import pytest
@@ -63,9 +64,11 @@ def test_a_lost_node_crashes_its_cell_and_the_study_goes_on(cluster, tmp_path):
     deadline = time.monotonic() + 300
     while victim is None and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.5)
-        if not db.exists():
+        try:
+            runs = rows(db, "select id, host from run") if db.exists() else []
+        except sqlite3.OperationalError:  # the database is being created
             continue
-        for run_id, host in rows(db, "select id, host from run"):
+        for run_id, host in runs:
             on_worker = json.loads(host or "{}").get("ray", {}).get("node_id") == worker_node
             if on_worker and rows(db, "select count(*) from cell where run_id=?", run_id)[0][0] >= 1:
                 victim = run_id
@@ -88,6 +91,9 @@ def test_a_lost_node_crashes_its_cell_and_the_study_goes_on(cluster, tmp_path):
     assert after[: len(before)] == before, "cells streamed before the loss are kept as they were"
     other = next(r for i, r in runs.items() if i != victim)
     assert [c[3] for c in other["cells"]] == ["done"] * 8, "the other node's run is untouched"
+    # Interleaved: the other run held the surviving node, so the lost run finished its grid after it, and says so.
+    (notes,), = rows(db, "select notes from run where id=?", victim)
+    assert any("ran after them, not interleaved" in n for n in json.loads(notes)), notes
 
 
 def test_an_unreachable_cluster_is_a_one_line_error(tmp_path):
@@ -100,14 +106,21 @@ def test_an_unreachable_cluster_is_a_one_line_error(tmp_path):
     assert "Traceback" not in proc.stderr and not db.exists()
 
 
-def test_a_speculative_run_waits_for_its_baseline_and_is_compared_to_it(cluster, tmp_path):
+@pytest.mark.parametrize("schedule", ["sequential", "interleaved"])
+def test_a_speculative_run_is_compared_to_its_baseline(cluster, tmp_path, schedule):
     db = tmp_path / "spec.db"
     cli("run", "--engine", "hf-generate", "--spec", "none,ngram=2", "--batch", "1", "--input-len", "32",
-        "--output-len", "16", *FAST, "--executor", cluster.address, db=db, check=True, timeout=600)  # fmt: skip
+        "--output-len", "16", *FAST, "--executor", cluster.address, "--schedule", schedule, db=db, check=True,
+        timeout=600)  # fmt: skip
     (base_id, base_end), = rows(db, "select id, finished_at from run where label not like '%spec=ngram%'")
     (spec_id,), = rows(db, "select id from run where label like '%spec=ngram%'")
-    (started, metrics), = rows(db, "select started_at, metrics from cell where run_id=?", spec_id)
-    assert started > base_end, "the speculative run started after its matched baseline finished"
+    (started, metrics, reps), = rows(db, "select started_at, metrics, repeats from cell where run_id=?", spec_id)
+    if schedule == "sequential":  # runs go out at once; the speculative one waits for its matched baseline
+        assert started > base_end, "the speculative run started after its matched baseline finished"
+    else:  # both stay loaded on the cluster and take turns, repeat by repeat
+        (base_reps,), = rows(db, "select repeats from cell where run_id=?", base_id)
+        t0s = sorted([(r["t0"], "spec") for r in json.loads(reps)] + [(r["t0"], "base") for r in json.loads(base_reps)])
+        assert [who for _, who in t0s] == ["base", "spec", "spec", "base"]
     reference = json.loads(metrics)["reference"]
     assert reference["run_id"] == base_id and reference["speedup"] > 0
 
