@@ -185,7 +185,7 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
     for i, t in enumerate(titles):
         headers.append(f"{t} {label}")
         if i != baseline:
-            headers.append("× base (95% CI)")
+            headers.append("× base" if metric == "peak_mem" else "× base (95% CI)")  # one sample: no interval
     by_run = [{r.cell_key(c): c for c in r.cells} for r in results]
     verdicts = run_comparisons(results, baseline, metric, floors)
     rows, styles, flagged = [], [], []

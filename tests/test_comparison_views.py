@@ -92,6 +92,7 @@ def test_one_repeat_and_old_rows_without_flags_or_notes(trio):
 def test_peak_memory_uses_the_threshold(trio):
     trio[1].cells[0]["peak_rss_bytes"] = 400 << 20
     t = comparison_table(trio, metric="peak_mem")
+    assert t.headers[-1] == "× base"
     assert t.rows[0][3] == "1.33×" and t.styles[0][3] == "worse" and t.rows[1][3] == "≈1.00×"
     assert any("one sample per cell" in n for n in t.notes)
     assert "1 larger" in t.notes[1]
