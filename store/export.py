@@ -11,8 +11,10 @@ from typing import Any
 
 from sqlmodel import Session
 
+from store.annotate import cell_flags
 from store.models import SCHEMA_VERSION, CellRow, Quality, Run, RunGroup, Telemetry
 from store.results import RunResult
+from store.significance import REPEAT_METRICS, Comparison, run_comparisons
 from store.tables import Table, cell_table, comparison_table, quality_table
 
 FORMATS = ("csv", "md", "json", "html")
@@ -21,7 +23,10 @@ EXPORT_TAG = "codebench-tui export"
 CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
                "device", "batch", "input_len", "output_len", "params", "status", "tokens_per_s", "latency_s",
                "latency_spread", "latency_ci95", "ttft_s", "decode_tps", "peak_rss_bytes", "peak_gpu_bytes",
-               "peak_nvml_bytes", "peak_bytes_per_rank", "repeats", "error"]  # fmt: skip
+               "peak_nvml_bytes", "peak_bytes_per_rank", "repeats", "error",
+               # tokens/s against the baseline run (store.significance), empty on the baseline's rows
+               "baseline_run_id", "ratio", "ratio_ci_low", "ratio_ci_high", "significant", "ratio_method",
+               "ratio_reason", "flags"]  # fmt: skip
 
 
 class ImportError_(ValueError):
@@ -32,11 +37,23 @@ def when(ts: float | None) -> str:
     return "-" if not ts else dt.datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
-def to_csv(results: list[RunResult]) -> str:
+def _num(v: float | None) -> str | float:
+    return "" if v is None else v
+
+
+def _ratio_columns(base_id: str, v: Comparison | None) -> list[Any]:
+    if v is None or v.ratio is None:
+        return ["", "", "", "", "", "", ""]
+    return [base_id, v.ratio, _num(v.ci_low), _num(v.ci_high), "true" if v.significant else "false",
+            v.method or "", v.reason]  # fmt: skip
+
+
+def to_csv(results: list[RunResult], baseline: int = 0, floors: dict[str, float] | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(CSV_COLUMNS)
-    for r in results:
+    verdicts = run_comparisons(results, baseline, "tokens_per_s", floors) if results else []
+    for n, r in enumerate(results):
         cfg = r.run.get("config") or {}
         for c in r.cells:
             w.writerow([
@@ -49,13 +66,22 @@ def to_csv(results: list[RunResult]) -> str:
                                 "peak_rss_bytes", "peak_gpu_bytes", "peak_nvml_bytes")),
                 json.dumps(((c.get("metrics") or {}).get("tp") or {}).get("peak_bytes_per_rank") or []),
                 len(c.get("repeats") or []), (c.get("error") or "").splitlines()[0] if c.get("error") else "",
+                *_ratio_columns(results[baseline].id, verdicts[n].get(r.cell_key(c))),
+                "; ".join(f"{f.get('code', '?')}: {f.get('reason', '')}" for f in cell_flags(c)),
             ])  # fmt: skip
     return buf.getvalue()
 
 
+def md_escape(text: str) -> str:
+    """Names, labels and reasons are the user's: keep them from closing a cell or the italics, or adding HTML."""
+    for ch in ("\\", "|", "*", "_", "`"):
+        text = text.replace(ch, "\\" + ch)
+    return text.replace("<", "&lt;").replace(">", "&gt;")
+
+
 def markdown_table(t: Table) -> str:
     """A Table as a GitHub Markdown table: bold title, centred columns, notes in italics."""
-    esc = lambda s: s.replace("|", "\\|")  # noqa: E731
+    esc = md_escape
     lines = [f"**{esc(t.title)}**", "", "| " + " | ".join(map(esc, t.headers)) + " |",
              "|" + "|".join(":---:" for _ in t.headers) + "|"]  # fmt: skip
     lines += ["| " + " | ".join(map(esc, row)) + " |" for row in t.rows]
@@ -69,14 +95,16 @@ def host_line(run: dict[str, Any]) -> str:
     return f"{h.get('cpu', '?')} ({h.get('cpu_logical', '?')} threads), {gpus}, Python {h.get('python', '?')}"
 
 
-def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s") -> str:
+def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s",
+                floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
     out = ["# codebench-tui results", ""]
     for r in results:
-        out.append(f"- `{r.short_id}` **{r.run['label']}** on `{r.run['model']}` ({r.run.get('device') or '?'}), "
-                   f"{r.status}, {when(r.run.get('created_at'))}: {host_line(r.run)}")  # fmt: skip
+        out.append(f"- `{r.short_id}` **{md_escape(r.run['label'])}** on {md_escape(r.run['model'])} "
+                   f"({md_escape(r.run.get('device') or '?')}), {r.status}, {when(r.run.get('created_at'))}: "
+                   f"{md_escape(host_line(r.run))}")  # fmt: skip
     out.append("")
     if len(results) > 1:
-        out += [markdown_table(comparison_table(results, baseline, metric)), ""]
+        out += [markdown_table(comparison_table(results, baseline, metric, floors, floor_note)), ""]
     if any(r.quality for r in results):
         out += [markdown_table(quality_table(results, baseline)), ""]
     for r in results:
@@ -97,17 +125,18 @@ def _html_table(t: Table) -> str:
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
 td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f3f3f3}
 .oom,.crashed,.failed{color:#b00020;font-weight:bold}.skipped,.cancelled,.missing{color:#888}
-.better{color:#0a7a28}.worse{color:#b35c00}.note{color:#555;font-size:.9em}"""
+.better{color:#0a7a28}.worse{color:#b35c00}.same{color:#999}.note{color:#555;font-size:.9em}"""
 
 
-def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s") -> str:
+def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s",
+            floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
     items = "".join(
-        f"<li><code>{r.short_id}</code> <b>{html.escape(r.run['label'])}</b> on <code>{html.escape(r.run['model'])}</code>"
-        f" ({html.escape(r.run.get('device') or '?')}), {r.status}, {when(r.run.get('created_at'))}: "
+        f"<li><code>{html.escape(r.short_id)}</code> <b>{html.escape(r.run['label'])}</b> on <code>{html.escape(r.run['model'])}</code>"
+        f" ({html.escape(r.run.get('device') or '?')}), {html.escape(r.status)}, {when(r.run.get('created_at'))}: "
         f"{html.escape(host_line(r.run))}</li>"
         for r in results
     )
-    tables = [comparison_table(results, baseline, metric)] if len(results) > 1 else []
+    tables = [comparison_table(results, baseline, metric, floors, floor_note)] if len(results) > 1 else []
     tables += [quality_table(results, baseline)] if any(r.quality for r in results) else []
     tables += [cell_table(r) for r in results]
     body = "".join(_html_table(t) for t in tables)
@@ -115,25 +144,49 @@ def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_p
             f"</head><body><h1>codebench-tui results</h1><ul>{items}</ul>{body}</body></html>\n")  # fmt: skip
 
 
-def to_json(results: list[RunResult], groups: list[dict[str, Any]]) -> str:
-    doc = {
+def comparison_section(results: list[RunResult], baseline: int, floors: dict[str, float] | None,
+                       floor_note: str) -> dict[str, Any]:  # fmt: skip
+    """Every run's cells against the baseline, per metric with repeats: derived data, which import ignores."""
+    cells = []
+    for metric in REPEAT_METRICS:
+        for r, verdicts in zip(results, run_comparisons(results, baseline, metric, floors)):
+            for c in r.cells:
+                v = verdicts.get(r.cell_key(c))
+                if v is not None and v.ratio is not None:
+                    cells.append({"run_id": r.id, "batch": c["batch"], "input_len": c["input_len"],
+                                  "output_len": c["output_len"], "params": c.get("params") or {}, "metric": metric,
+                                  "ratio": v.ratio, "ratio_ci_low": v.ci_low, "ratio_ci_high": v.ci_high,
+                                  "significant": v.significant, "method": v.method, "reason": v.reason,
+                                  "n": v.n_a, "n_baseline": v.n_b})  # fmt: skip
+    notes = comparison_table(results, baseline, "tokens_per_s", floors, floor_note).notes
+    return {"baseline_run_id": results[baseline].id, "floors": floors or {}, "floor_note": floor_note,
+            "notes": notes, "cells": cells}  # fmt: skip
+
+
+def to_json(results: list[RunResult], groups: list[dict[str, Any]], baseline: int = 0,
+            floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
+    doc: dict[str, Any] = {
         "format": EXPORT_TAG,
         "schema_version": SCHEMA_VERSION,
         "groups": groups,
         "runs": [{**r.run, "cells": r.cells, "telemetry": r.telemetry, "quality": r.quality} for r in results],
     }
+    if len(results) > 1:
+        doc["comparison"] = comparison_section(results, baseline, floors, floor_note)
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
-def render(fmt_name: str, results: list[RunResult], groups: list[dict[str, Any]], baseline: int = 0) -> str:
+def render(fmt_name: str, results: list[RunResult], groups: list[dict[str, Any]], baseline: int = 0,
+           floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
+    """`floors`/`floor_note`: the hosts' noise floors (store.noise.floors_for) that decide significance."""
     if fmt_name == "csv":
-        return to_csv(results)
+        return to_csv(results, baseline, floors)
     if fmt_name == "md":
-        return to_markdown(results, baseline)
+        return to_markdown(results, baseline, floors=floors, floor_note=floor_note)
     if fmt_name == "html":
-        return to_html(results, baseline)
+        return to_html(results, baseline, floors=floors, floor_note=floor_note)
     if fmt_name == "json":
-        return to_json(results, groups)
+        return to_json(results, groups, baseline, floors, floor_note)
     raise ValueError(f"unknown format '{fmt_name}' (known: {', '.join(FORMATS)})")
 
 

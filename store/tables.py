@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from store.metrics import ratio
+from store import annotate
+from store.metrics import peak_mem, ratio
 from store.results import CELL_AXES, RunResult, run_title, varying, varying_config_keys
+from store.significance import PEAK_MEM_THRESHOLD, log_halfwidth, ratio_text, repeat_values, run_comparisons
 
 METRICS = {
     "tokens_per_s": ("tok/s", True),  # (label, higher is better)
@@ -17,6 +20,7 @@ METRICS = {
 }
 STATUS_MARK = {"oom": "OOM", "skipped": "skipped", "crashed": "crashed", "failed": "failed", "cancelled": "cancelled"}
 AXIS_LABEL = {"batch": "batch", "input_len": "input", "output_len": "output"}
+AXIS_SHORT = {"batch": "b", "input_len": "in", "output_len": "out"}
 
 
 @dataclass
@@ -43,14 +47,6 @@ def mb(value: int | None) -> str:
     return "-" if value is None else f"{value / 2**20:,.1f}"
 
 
-def peak_mem(cell: dict[str, Any]) -> int | None:
-    """The most telling peak: GPU allocator, else NVML device memory, else host RSS."""
-    for key in ("peak_gpu_bytes", "peak_nvml_bytes", "peak_rss_bytes"):
-        if cell.get(key):
-            return cell[key]
-    return None
-
-
 def metric_value(cell: dict[str, Any], metric: str) -> float | None:
     if metric == "peak_mem":
         v = peak_mem(cell)
@@ -58,9 +54,15 @@ def metric_value(cell: dict[str, Any], metric: str) -> float | None:
     return cell.get(metric)
 
 
+def tps_ci_text(cell: dict[str, Any]) -> str:
+    """Half-width of the 95% interval of a cell's tokens/s over its repeats, in percent (t on log values)."""
+    half = log_halfwidth([v for _, v in repeat_values(cell, "tokens_per_s")]) if cell["status"] == "done" else None
+    return "-" if half is None else f"{math.expm1(half) * 100:.1f}%"
+
+
 def cell_table(result: RunResult) -> Table:
-    headers = ["batch", "input", "output", "status", "tok/s", "latency s", "±", "TTFT s", "decode tok/s",
-               "× ref", "same tokens", "RSS MB", "GPU MB", "J/tok", "BW %"]  # fmt: skip
+    headers = ["batch", "input", "output", "status", "tok/s", "latency s", "±95% CI", "flags", "TTFT s",
+               "decode tok/s", "× ref", "same tokens", "RSS MB", "GPU MB", "J/tok", "BW %"]  # fmt: skip
     extra_keys = sorted({k for c in result.cells for k in (c.get("params") or {})})
     headers[3:3] = extra_keys
     rows, styles = [], []
@@ -69,11 +71,11 @@ def cell_table(result: RunResult) -> Table:
         row += [str((c.get("params") or {}).get(k, "-")) for k in extra_keys]
         status = c["status"]
         row.append(STATUS_MARK.get(status, status))
-        spread = c.get("latency_spread")
         gpu = c.get("peak_gpu_bytes") or c.get("peak_nvml_bytes")
         per_gpu = (((c.get("metrics") or {}).get("tp") or {}).get("peak_gpu_bytes_per_rank")) or []
-        row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")),
-                "-" if spread is None else f"{spread * 100:.1f}%", fmt(c.get("ttft_s")),
+        codes = annotate.flag_codes(c)
+        row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")), tps_ci_text(c),
+                f"{annotate.FLAG_MARK} {', '.join(codes)}" if codes else "-", fmt(c.get("ttft_s")),
                 fmt(c.get("decode_tps")), *spec_columns(c), mb(c.get("peak_rss_bytes")),
                 mb(gpu) + (f" ({' + '.join(mb(g) for g in per_gpu)})" if len(per_gpu) > 1 else ""),
                 *efficiency_columns(c)]  # fmt: skip
@@ -89,6 +91,11 @@ def cell_table(result: RunResult) -> Table:
         notes.append(f"GPU throttled ({', '.join(reasons)}) in {len(throttled)} of {len(result.cells)} cells")
     if any(((c.get("metrics") or {}).get("efficiency") or {}).get("bw_share") for c in result.cells):
         notes.append("BW %: bytes one decode step must read (weights + KV cache) / step time, of the GPU's peak")
+    if any(tps_ci_text(c) != "-" for c in result.cells):
+        notes.append("±95% CI: half-width of the 95% confidence interval of tok/s from the cell's repeats "
+                     "(t interval on log values: tok/s ×/÷ (1 + x))")  # fmt: skip
+    notes += annotate.code_lines(list(dict.fromkeys(code for c in result.cells for code in annotate.flag_codes(c))))
+    notes += annotate.run_note_lines([run_title(result)], [result.run])
     # Columns with nothing in them (GPU memory on a CPU run) only take space.
     keep = [i for i in range(len(headers)) if i < 4 or any(row[i] != "-" for row in rows)]
     headers = [headers[i] for i in keep]
@@ -153,13 +160,20 @@ def speculative_table(results: list[RunResult]) -> Table:
     return Table(title, headers, rows, notes, styles)
 
 
-def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s") -> Table:
-    """Rows are grid cells, columns are runs, with ratios against the baseline run."""
+def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s",
+                     floors: dict[str, float] | None = None, floor_note: str = "") -> Table:  # fmt: skip
+    """Rows are grid cells, columns are runs, with ratios against the baseline run and their 95% intervals.
+
+    `floors`: the host's relative noise floor per metric (store.noise.floors_for); `floor_note` says where
+    they come from. Ratios are coloured better/worse only when significant (store.significance).
+    """
     if metric not in METRICS:
         raise ValueError(f"unknown metric '{metric}' (known: {', '.join(METRICS)})")
     label, higher_better = METRICS[metric]
     keys = varying_config_keys(results)
     titles = [f"{run_title(r, keys) if keys else r.run['label']} [{r.short_id}]" for r in results]
+    names = [run_title(r, keys) for r in results] if keys else titles  # short, for the notes
+    names = names if len(set(names)) == len(names) else titles
     all_keys = sorted({r.cell_key(c) for r in results for c in r.cells})
     axes = [i for i, ax in enumerate(CELL_AXES) if varying([k[i] for k in all_keys])] or [0]
     headers = [AXIS_LABEL[CELL_AXES[i]] for i in axes]
@@ -171,14 +185,15 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
     for i, t in enumerate(titles):
         headers.append(f"{t} {label}")
         if i != baseline:
-            headers.append("× base")
+            headers.append("× base" if metric == "peak_mem" else "× base (95% CI)")  # one sample: no interval
     by_run = [{r.cell_key(c): c for c in r.cells} for r in results]
-    rows, styles = [], []
+    verdicts = run_comparisons(results, baseline, metric, floors)
+    rows, styles, flagged = [], [], []
     for key in all_keys:
         row = [str(key[i]) for i in axes] + [str(dict(key[3]).get(p, "-")) for p in params]
+        where = " ".join(f"{AXIS_SHORT[CELL_AXES[i]]}={key[i]}" for i in axes)
+        where += "".join(f" {p}={dict(key[3]).get(p, '-')}" for p in params)
         style = ["done"] * len(row)
-        base_cell = by_run[baseline].get(key)
-        base_val = metric_value(base_cell, metric) if base_cell and base_cell["status"] == "done" else None
         for i, cells in enumerate(by_run):
             cell = cells.get(key)
             if cell is None:
@@ -188,28 +203,54 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
                 row.append(STATUS_MARK.get(cell["status"], cell["status"]))
                 style.append(cell["status"])
             else:
-                row.append(fmt(metric_value(cell, metric)))
+                mark = f" {annotate.FLAG_MARK}" if annotate.cell_flags(cell) else ""
+                row.append(fmt(metric_value(cell, metric)) + mark)
                 style.append("done")
+                if mark:
+                    flagged.append((f"{names[i]} {where}", cell))
             if i != baseline:
-                val = metric_value(cell, metric) if cell and cell["status"] == "done" else None
-                r = ratio(val, base_val)
-                row.append("-" if r is None else f"{r:.2f}×")
-                better = r is not None and ((r > 1) == higher_better) and abs(r - 1) > 0.005
-                style.append("better" if better else ("worse" if r is not None and abs(r - 1) > 0.005 else "done"))
+                v = verdicts[i].get(key)
+                row.append("-" if v is None else ratio_text(v))
+                if v is None or v.ratio is None:
+                    style.append("done")
+                elif not v.significant:
+                    style.append("same")
+                else:
+                    style.append("better" if (v.ratio > 1) == higher_better else "worse")
         rows.append(row)
         styles.append(style)
     constant = [f"{AXIS_LABEL[ax]}={all_keys[0][i]}" for i, ax in enumerate(CELL_AXES) if i not in axes and all_keys]
     constant += [f"{name}={v}" for name, v in (all_keys[0][3] if all_keys else ()) if name not in params]
     common = [k for k in ("engine", "precision", "attention", "quant") if k not in keys]
     shared = [str(results[0].config_value(k)) for k in common if results[0].config_value(k) not in (None, "none")]
-    notes = []
+    notes = [f"baseline: {titles[baseline]}; ratio = run / baseline ({'higher' if higher_better else 'lower'} is better)"]
+    memory = metric == "peak_mem"
+    notes += [annotate.summary_line(titles[i], verdicts[i], higher_better, memory)
+              for i in range(len(results)) if i != baseline]  # fmt: skip
+    notes.append(_interval_note(verdicts, memory))
+    if floor_note:
+        notes.append(floor_note)
     if constant or shared:
         notes.append("all runs: " + " ".join(shared + constant))
-    notes.append(f"baseline: {titles[baseline]}; ratio = run / baseline ({'higher' if higher_better else 'lower'} is better)")
+    notes += annotate.run_note_lines(titles, [r.run for r in results])
+    notes += annotate.env_lines(results)
+    notes += annotate.flag_lines(flagged)
+    notes += annotate.code_lines(list(dict.fromkeys(code for _, c in flagged for code in annotate.flag_codes(c))))
     return Table(f"{label} by cell", headers, rows, notes, styles)
 
 
-QUALITY_HIGHER_BETTER = {"perplexity": False}  # pass@k and agreement: higher is better
+def _interval_note(verdicts: list[dict], memory: bool) -> str:
+    if memory:
+        return ("peak memory has one sample per cell: no interval; ≈ marks a change within "
+                f"±{PEAK_MEM_THRESHOLD * 100:.0f}%")
+    methods = {v.method for row in verdicts for v in row.values() if v.ratio is not None}
+    how = {"paired": "paired t on log ratios per round (interleaved runs of one study)",
+           "welch": "Welch t on log values"}  # fmt: skip
+    text = "(95% CI) of a ratio: " + (" or ".join(how[m] for m in ("paired", "welch") if m in methods) or "none")
+    text += "; ≈: not significant (the interval contains 1, or the change is within the noise floor)"
+    if None in methods:
+        text += "; no interval: one repeat on a side"
+    return text
 
 
 def quality_table(results: list[RunResult], baseline: int = 0) -> Table:
@@ -241,9 +282,10 @@ def quality_table(results: list[RunResult], baseline: int = 0) -> Table:
             if i != baseline and len(results) > 1:
                 r = ratio(q["value"] if q else None, base)
                 row.append("-" if r is None else f"{r:.2f}×")
-                better = QUALITY_HIGHER_BETTER.get(m, True)
-                good = r is not None and (r > 1) == better and abs(r - 1) > 0.005
-                style.append("better" if good else ("worse" if r is not None and abs(r - 1) > 0.005 else "done"))
+                style.append("done")  # one measurement each: no interval to call a difference with
         rows.append(row)
         styles.append(style)
+    if len(results) > 1 and rows:
+        notes.append("quality ratios are single measurements without an interval: shown, not judged "
+                     "(perplexity: lower is better; pass@k and agreement: higher)")  # fmt: skip
     return Table("quality", headers, rows, notes, styles)

@@ -17,7 +17,9 @@ STATUS_STYLE = {"done": "green", "running": "cyan", "failed": "red", "cancelled"
 
 
 def rich_table(t: Table) -> RichTable:
-    table = RichTable(title=Text(t.title), title_justify="left", header_style="bold", pad_edge=False)
+    # collapse_padding: a run's cell table (flags, ±95% CI) must fit 80 columns without cropping numbers
+    table = RichTable(title=Text(t.title), title_justify="left", header_style="bold", pad_edge=False,
+                      collapse_padding=True)  # fmt: skip
     for i, h in enumerate(t.headers):
         table.add_column(Text(h), justify="right")
     for row_i, row in enumerate(t.rows):

@@ -58,6 +58,16 @@ def _results(db: Database, refs: list[str], telemetry: bool = False) -> list[Run
         return out
 
 
+def _floors(db: Database, results: list[RunResult]) -> tuple[dict[str, float], str]:
+    """The noise floors of the runs' hosts, and the note that says where they come from (store.noise)."""
+    from store.noise import floors_for
+
+    if len(results) < 2:
+        return {}, ""
+    with db.session() as s:
+        return floors_for(results, session=s)
+
+
 def _baseline(results: list[RunResult], db: Database, ref: str | None) -> int:
     from store.queries import resolve_run
 
@@ -147,7 +157,8 @@ def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
     from store.tables import quality_table
 
     if any(r.cells for r in results):
-        console.print(rich_table(comparison_table(results)))
+        floors, note = _floors(db, results)
+        console.print(rich_table(comparison_table(results, floors=floors, floor_note=note)))
     if any(r.quality for r in results):
         console.print(rich_table(quality_table(results)))
     chart = tokens_chart(results, width=min(console.width, 100))
@@ -168,7 +179,8 @@ def compare(args: argparse.Namespace) -> int:
     console = Console()
     from store.tables import quality_table
 
-    console.print(rich_table(comparison_table(results, base, args.metric)))
+    floors, note = _floors(db, results)
+    console.print(rich_table(comparison_table(results, base, args.metric, floors, note)))
     if any(r.quality for r in results):
         console.print(rich_table(quality_table(results, base)))
     if not args.no_chart:
@@ -204,7 +216,8 @@ def export(args: argparse.Namespace) -> int:
         with db.session() as s:
             ids = sorted({r.run["group_id"] for r in results})
             groups = [s.get(RunGroup, g).model_dump() for g in ids if s.get(RunGroup, g) is not None]
-    text = render(args.format, results, groups, base)
+    floors, note = _floors(db, results)
+    text = render(args.format, results, groups, base, floors, note)
     if args.output:
         out = Path(args.output)
         if out.is_dir():

@@ -23,7 +23,16 @@ from tui.widgets.plot import Plot
 METRIC_ORDER = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")
 TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem")
 STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim", "cancelled": "yellow",
-         "missing": "dim", "better": "green", "worse": "yellow", "done": ""}  # fmt: skip
+         "missing": "dim", "better": "green", "worse": "yellow", "same": "dim", "done": ""}  # fmt: skip
+
+
+def note_style(line: str) -> str:
+    """The verdicts read first; what may not be trusted stands out; the rest is context."""
+    if " vs baseline: " in line:
+        return ""
+    if line.startswith(("⚑", "environment differs", "note (")):
+        return "yellow"
+    return "dim"
 
 
 class CompareScreen(Screen):
@@ -41,9 +50,9 @@ class CompareScreen(Screen):
     ]
 
     class Loaded(Message):
-        def __init__(self, results: list | None, error: str = "") -> None:
+        def __init__(self, results: list | None, error: str = "", floors: tuple[dict, str] = ({}, "")) -> None:
             super().__init__()
-            self.results, self.error = results, error
+            self.results, self.error, self.floors = results, error, floors
 
     class Exported(Message):
         def __init__(self, text: str, ok: bool) -> None:
@@ -54,6 +63,8 @@ class CompareScreen(Screen):
         super().__init__(**kw)
         self.run_ids = list(run_ids)
         self.results: list = []
+        self.floors: dict[str, float] = {}  # the hosts' noise floors per metric (store.noise)
+        self.floor_note = ""
         self.metric = "tokens_per_s"
         self.baseline = 0
         self.last_export: Path | None = None
@@ -63,7 +74,8 @@ class CompareScreen(Screen):
         with TabbedContent(id="cmp-tabs"):
             with TabPane("1 Table", id="tab-table"):
                 yield DataTable(id="cmp-table", zebra_stripes=True, cursor_type="row", header_height=2)
-                yield Static(id="cmp-notes")
+                with VerticalScroll(id="cmp-notes-scroll"):
+                    yield Static(id="cmp-notes")
             with TabPane("2 tok/s", id="tab-tps"):
                 yield Plot(id="plot-tps")
             with TabPane("3 Speed-up", id="tab-heat"):
@@ -77,16 +89,18 @@ class CompareScreen(Screen):
         app, ids = self.app, self.run_ids
 
         def work() -> None:  # thread
+            from store.noise import floors_for
             from store.queries import RunNotFound, resolve_run
             from store.results import load_result
 
             try:
                 with app.database().session() as s:
                     results = [load_result(resolve_run(i, session=s), session=s, telemetry=False) for i in ids]
+                    floors = floors_for(results, session=s) if len(results) > 1 else ({}, "")
             except RunNotFound as exc:
                 self.post_message(self.Loaded(None, str(exc)))
                 return
-            self.post_message(self.Loaded(results))
+            self.post_message(self.Loaded(results, floors=floors))
 
         self.run_worker(work, thread=True, group="compare-load", exit_on_error=False)
 
@@ -96,6 +110,7 @@ class CompareScreen(Screen):
             self.query_one("#cmp-head", Static).update(Text(message.error, style="bold red"))
             return
         self.results = message.results
+        self.floors, self.floor_note = message.floors
         self._render_all()
         self.refresh_bindings()  # metric, baseline, export and copy are live now
 
@@ -126,7 +141,7 @@ class CompareScreen(Screen):
     def table(self) -> Any:
         from store.tables import comparison_table
 
-        return comparison_table(self.results, self.baseline, self.metric)
+        return comparison_table(self.results, self.baseline, self.metric, self.floors, self.floor_note)
 
     def _render_table(self) -> None:
         t = self.table()
@@ -136,13 +151,16 @@ class CompareScreen(Screen):
             dt.add_column(Text(h.replace(" [", "\n["), justify="right"), key=f"c{i}")
         for row, styles in zip(t.rows, t.styles or [[""] * len(t.headers)] * len(t.rows)):
             dt.add_row(*(Text(v, style=STYLE.get(s, ""), justify="right") for v, s in zip(row, styles)))
-        self.query_one("#cmp-notes", Static).update(Text("\n".join(t.notes), style="dim"))
+        notes = Text()
+        for i, line in enumerate(t.notes):
+            notes.append(("\n" if i else "") + line, style=note_style(line))
+        self.query_one("#cmp-notes", Static).update(notes)
 
     def _render_heat(self) -> None:
         from tui.widgets.charts import speedup_grids
 
         metric = self.metric if self.metric != "peak_mem" else "tokens_per_s"
-        self.query_one("#heat", Static).update(speedup_grids(self.results, self.baseline, metric))
+        self.query_one("#heat", Static).update(speedup_grids(self.results, self.baseline, metric, self.floors))
 
     # --- actions -----------------------------------------------------------------------------
 
@@ -203,7 +221,7 @@ class CompareScreen(Screen):
         def work() -> None:
             from store.export import render
             from store.models import RunGroup
-            from tui.commands.history import _results, _write_atomic
+            from tui.commands.history import _floors, _results, _write_atomic
 
             try:
                 db = app.database()
@@ -215,7 +233,8 @@ class CompareScreen(Screen):
                         groups = [g.model_dump() for g in (s.get(RunGroup, x) for x in gids) if g is not None]
                 if path.is_dir():
                     raise OSError(21, "is a directory")
-                _write_atomic(path, render(fmt, results, groups, baseline))
+                floors, note = _floors(db, results)
+                _write_atomic(path, render(fmt, results, groups, baseline, floors, note))
             except OSError as exc:
                 self.post_message(self.Exported(f"cannot write {path} ({exc.strerror}); choose another path", False))
                 return

@@ -54,15 +54,20 @@ def _ratio_style(r: float | None) -> str:
     return f"bold white on rgb({mix[0]},{mix[1]},{mix[2]})"
 
 
-def speedup_grids(results: list[Any], baseline: int, metric: str = "tokens_per_s") -> Group | Text:
-    """Per run against the baseline: rows batch, columns input length, one grid per output length."""
-    from store.metrics import ratio
-    from store.tables import METRICS, metric_value
+def speedup_grids(results: list[Any], baseline: int, metric: str = "tokens_per_s",
+                  floors: dict[str, float] | None = None) -> Group | Text:  # fmt: skip
+    """Per run against the baseline: rows batch, columns input length, one grid per output length.
+
+    Only significant ratios are coloured (store.significance); the others read ≈ on no colour."""
+    from store.significance import compare
+    from store.tables import METRICS
 
     if len(results) < 2:
         return Text("select two or more runs to see speed-ups", style="dim")
     label, higher = METRICS[metric]
     base = {r_key(c): c for c in results[baseline].cells if c["status"] == "done"}
+    base_run = results[baseline].run
+    floor = (floors or {}).get(metric)
     parts: list[Any] = []
     for i, r in enumerate(results):
         if i == baseline:
@@ -88,11 +93,18 @@ def speedup_grids(results: list[Any], baseline: int, metric: str = "tokens_per_s
                     if c["status"] != "done":
                         row.append(Text(c["status"].upper() if c["status"] == "oom" else c["status"], style="bold red"))
                         continue
-                    v, bv = metric_value(c, metric), metric_value(bc, metric)
-                    x = ratio(v, bv) if higher else ratio(bv, v)
-                    row.append(Text("-" if x is None else f"{x:.2f}×", style=_ratio_style(x)))
+                    v = compare(c, bc, metric, run_a=r.run, run_b=base_run, floor=floor)
+                    x = v.ratio if higher or v.ratio is None else 1 / v.ratio
+                    if x is None:
+                        row.append(Text("-", style="dim"))
+                    elif v.significant:
+                        row.append(Text(f"{x:.2f}×", style=_ratio_style(x)))
+                    else:
+                        row.append(Text(f"≈{x:.2f}×", style="dim"))
                 t.add_row(*row)
             parts += [t, Text("")]
+    parts.append(Text("coloured: the 95% interval excludes 1 (and the noise floor where measured); "
+                      "≈ uncoloured: not significant", style="dim"))  # fmt: skip
     return Group(*parts)
 
 
