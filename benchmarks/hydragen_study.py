@@ -487,17 +487,13 @@ def agree(args: argparse.Namespace) -> int:
 
 
 def _paired(point: float, a: list[float], b: list[float]) -> tuple[float, float] | None:
-    """95% t-interval of a tokens/s ratio from per-round latencies b_i / a_i (a faster when a_i smaller), centred on `point`."""
+    """95% t-interval of a tokens/s ratio from per-round latencies b_i / a_i, centred on `point` as Compare does."""
     import math
-    import statistics
 
-    from store.metrics import t95
+    from store.significance import log_halfwidth
 
-    d = [math.log(y / x) for x, y in zip(a, b)]
-    if len(d) < 2:
-        return None
-    half = t95(len(d) - 1) * statistics.stdev(d) / math.sqrt(len(d))
-    return point * math.exp(-half), point * math.exp(half)
+    half = log_halfwidth([y / x for x, y in zip(a, b)])
+    return None if half is None else (point * math.exp(-half), point * math.exp(half))
 
 
 def _interval(hyd: dict, bound: dict, point: float) -> str:

@@ -157,3 +157,49 @@ def test_delete_and_rename():
         assert [r.id for r in queries.list_runs(session=s)] == [ids[0]]
         assert queries.list_runs(session=s)[0].name == "renamed"
         assert queries.cells_of(ids[1], session=s) == []
+
+
+def _as_v1(path) -> None:
+    """A database as schema v1 left it: no run.notes, cell.flags or noise_floor."""
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("alter table run drop column notes")
+        con.execute("alter table cell drop column flags")
+        con.execute("drop table noise_floor")
+        con.execute("update schema_info set value='1' where key='version'")
+    con.close()
+
+
+def test_a_v1_database_is_upgraded_in_place_and_its_runs_read_as_before(tmp_path):
+    from store.queries import list_runs
+    from store.results import load_result
+    from tests.tui_support import fill_store
+
+    path = tmp_path / "old.db"
+    fill_store(path, runs=2)
+    _as_v1(path)
+    db = open_db(path, create=False)
+    with db.session() as s:
+        results = [load_result(r, session=s) for r in list_runs(session=s)]
+    db.close()
+    assert len(results) == 2 and all(r.run["notes"] == [] for r in results)
+    assert all(c["flags"] == [] for r in results for c in r.cells)
+    con = sqlite3.connect(path)
+    assert con.execute("select value from schema_info where key='version'").fetchone()[0] == str(SCHEMA_VERSION)
+    assert con.execute("select count(*) from noise_floor").fetchone()[0] == 0
+    con.close()
+
+
+def test_a_migration_cut_short_completes_on_the_next_open(tmp_path):
+    path = tmp_path / "half.db"
+    open_db(path).close()
+    _as_v1(path)
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("alter table run add column notes JSON DEFAULT '[]'")  # the first step ran, then a crash
+    con.close()
+    open_db(path, create=False).close()
+    con = sqlite3.connect(path)
+    assert {r[1] for r in con.execute("pragma table_info(cell)")} >= {"flags"}
+    assert con.execute("select value from schema_info where key='version'").fetchone()[0] == str(SCHEMA_VERSION)
+    con.close()
