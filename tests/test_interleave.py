@@ -181,6 +181,10 @@ def test_environment_diff_names_the_thread_setting(tmp_path, values):
     lines = diff_lines(results)
     assert "$OMP_NUM_THREADS: 1 | 2" in lines
     assert "torch threads: 1 | 2" in lines
+    shown = cli("compare", "last~1", "last", "--no-chart", db=db, check=True, env={"COLUMNS": "200"}).stdout
+    assert "$OMP_NUM_THREADS: 1 | 2" in shown and "torch threads: 1 | 2" in shown
+    md = cli("export", "last~1", "last", "--format", "md", db=db, check=True).stdout
+    assert "environment differs: $OMP\\_NUM\\_THREADS: 1 \\| 2" in md  # Markdown-escaped
 
 
 def test_footprint_counts_a_shared_prefix_once_where_the_engine_shares_it():

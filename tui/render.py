@@ -32,29 +32,38 @@ def rich_table(t: Table) -> RichTable:
 
 
 def run_header(r: RunResult) -> Panel:
+    """The run as a panel. Built from Text pieces: names, labels and errors are data, never markup."""
     run = r.run
     counts = ", ".join(f"{n} {s}" for s, n in sorted(r.status_counts().items())) or "none"
     rt = run.get("runtime") or {}
+    spec = run.get("spec") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (rt.get("versions") or {}).items())
     lines = [
-        f"[bold]{run['label']}[/]  on [bold]{run['model']}[/]  ({run.get('device') or '?'})"
-        + (f"  name: {run['name']}" if run.get("name") else ""),
-        f"run {run['id'][:12]}  status [{STATUS_STYLE.get(r.status, '')}]{r.status}[/]  "
-        f"started {when(run.get('created_at'))}  finished {when(run.get('finished_at'))}",
-        f"cells: {counts} of {run.get('cells_total', '?')}",
-        f"host: {host_line(run)}",
-    ]
+        Text.assemble((str(run["label"]), "bold"), "  on ", (str(run["model"]), "bold"), f"  ({run.get('device') or '?'})",
+                      f"  name: {run['name']}" if run.get("name") else ""),
+        Text.assemble(f"run {run['id'][:12]}  status ", (r.status, STATUS_STYLE.get(r.status, "")),
+                      f"  started {when(run.get('created_at'))}  finished {when(run.get('finished_at'))}"),
+        Text(f"cells: {counts} of {run.get('cells_total', '?')}"),
+        Text(f"host: {host_line(run)}"),
+    ]  # fmt: skip
     if versions:
-        lines.append(f"versions: {versions}")
-    workload = (run.get("spec") or {}).get("workload") or {}
+        lines.append(Text(f"versions: {versions}"))
+    workload = spec.get("workload") or {}
     if workload.get("kind", "synthetic") != "synthetic":
-        lines.append(f"workload: {workload['kind']} ({workload.get('content') or '?'})")
-    timing = (run.get("spec") or {}).get("timing") or {}
+        lines.append(Text(f"workload: {workload['kind']} ({workload.get('content') or '?'})"))
+    timing = spec.get("timing") or {}
     if timing and run.get("cells_total"):
-        lines.append(f"timing: {timing.get('warmup')} warm-up, {timing.get('iters')} timed x {timing.get('repeats')} repeats per cell")
+        schedule = f", {rt['schedule']} schedule" if rt.get("schedule") else ""
+        lines.append(Text(f"timing: {timing.get('warmup')} warm-up, {timing.get('iters')} timed x "
+                          f"{timing.get('repeats')} repeats per cell{schedule}"))  # fmt: skip
+    settings = " ".join(f"{k}={v}" for k, v in (spec.get("worker_env") or {}).items())
+    if settings:  # what the study chose to set: robustness settings are opt-in and shown
+        lines.append(Text(f"worker env set by the study: {settings}", style="yellow"))
+    for note in run.get("notes") or []:
+        lines.append(Text(f"note: {note}", style="yellow"))
     if run.get("error"):
-        lines.append(f"[red]error: {run['error'].splitlines()[0]}[/]")
-    return Panel("\n".join(lines), expand=False)
+        lines.append(Text(f"error: {str(run['error']).splitlines()[0] if str(run['error']).strip() else ''}", style="red"))
+    return Panel(Text("\n").join(lines), expand=False)
 
 
 def tokens_chart(results: list[RunResult], width: int = 80, height: int = 18) -> Text | None:
