@@ -20,7 +20,7 @@ _DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, None: 4}
 _FILE_SUFFIXES = (".safetensors", ".bin", ".gguf")
 
 
-def _config(model: str) -> tuple[dict[str, Any] | None, int | None]:
+def model_config(model: str) -> tuple[dict[str, Any] | None, int | None]:
     """(HF config, weight bytes as stored) for tiny, a preset or a local directory or GGUF."""
     if model == "tiny":
         from engines.tiny import load_tiny_config, param_count
@@ -52,7 +52,7 @@ def weight_bytes(model: str, run: EngineRun) -> int | None:
         preset = load(model[: -len(":random")])
         quant = run.quant if run.quant in ("int8", "nf4", "fp4") else None
         return preset.weight_bytes(run.precision or "bf16", quant)
-    cfg, stored = _config(model)
+    cfg, stored = model_config(model)
     if stored is None:
         return None
     if cfg is not None and run.precision in _DTYPE_BYTES and run.engine != "llama.cpp":
@@ -74,7 +74,7 @@ def cached_tokens(engine: str, cell: Cell) -> int:
 
 def kv_bytes(model: str, cells: list[Cell], precision: str | None = None, engine: str = "") -> int:
     """KV cache of the largest cell: layers x KV heads x head dim x 2 x bytes x tokens in flight."""
-    cfg, _ = _config(model)
+    cfg, _ = model_config(model)
     if not cfg or not cells:
         return 0
     try:

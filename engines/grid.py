@@ -12,6 +12,10 @@ from dataclasses import dataclass
 from itertools import product
 
 MAX_AXIS_VALUES = 4096
+MAX_CELLS = 10_000  # a grid larger than this takes days and its plan alone gigabytes: say so instead
+# The largest value an axis takes: beyond these no engine runs, and SQLite's integers would overflow.
+MAX_VALUE = {"batch": 1_000_000, "completions": 1_000_000}
+MAX_TOKENS = 10_000_000  # input, output, shared and suffix lengths
 
 
 class GridError(ValueError):
@@ -57,12 +61,21 @@ def _range(part: str, whole: str, name: str) -> list[int]:
     return values
 
 
-def parse_axis(spec: str | int | list[int], name: str = "axis", minimum: int = 1) -> list[int]:
-    """Parse one axis into sorted unique integers, each at least `minimum`."""
+def parse_axis(spec: str | int | list[int], name: str = "axis", minimum: int = 1,
+               maximum: int | None = None) -> list[int]:  # fmt: skip
+    """Parse one axis into sorted unique integers, each in [minimum, maximum] (default: the axis's cap)."""
+    maximum = maximum or MAX_VALUE.get(name, MAX_TOKENS)
+    if isinstance(spec, bool) or not isinstance(spec, (int, list, str)):
+        raise GridError(f"{name}: give a list such as 1,2,4 or [1, 2, 4], not {type(spec).__name__}")
     if isinstance(spec, int):
         values = [spec]
     elif isinstance(spec, list):
-        values = [int(v) for v in spec]
+        if len(spec) > MAX_AXIS_VALUES:
+            raise GridError(f"{name}: {len(spec)} values; at most {MAX_AXIS_VALUES}")
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in spec):
+            bad = next(v for v in spec if not isinstance(v, int) or isinstance(v, bool))
+            raise GridError(f"{name}: {str(bad)[:40]!r} is not a whole number (use e.g. [1, 2, 4])")
+        values = list(spec)
     else:
         text = spec.strip()
         if not text:
@@ -78,7 +91,17 @@ def parse_axis(spec: str | int | list[int], name: str = "axis", minimum: int = 1
     bad = [v for v in values if v < minimum]
     if bad:
         raise GridError(f"{name}: {bad[0]} is below {minimum}; every value must be >= {minimum}")
+    big = [v for v in values if v > maximum]
+    if big:
+        shown = str(big[0]) if len(str(big[0])) <= 24 else str(big[0])[:20] + "…"
+        raise GridError(f"{name}: {shown} is above {maximum:,}; every value must be <= {maximum:,}")
     return sorted(set(values))
+
+
+def check_cells(count: int) -> None:
+    if count > MAX_CELLS:
+        raise GridError(f"the grid has {count:,} cells, more than {MAX_CELLS:,}; narrow an axis (a study that "
+                        "large runs for days)")  # fmt: skip
 
 
 @dataclass(frozen=True, order=True)
@@ -105,4 +128,5 @@ class Cell:
 
 def cells(batch: list[int], input_len: list[int], output_len: list[int]) -> list[Cell]:
     """The cartesian product, smallest first, so OOM-dominance skipping can work."""
+    check_cells(len(batch) * len(input_len) * len(output_len))
     return [Cell(b, i, o) for b, i, o in product(sorted(batch), sorted(input_len), sorted(output_len))]

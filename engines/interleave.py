@@ -269,8 +269,11 @@ class Interleaved:
                 lane.client.kill()
                 why = f"cell timed out after {spec.cell_timeout_s:g} s; worker killed"
             else:
-                why = f"{out.describe()}\n{out.stderr_tail}".strip()
-            r._finish_cell(self.writer, lane.run_id, index, cell, "crashed", error=why)
+                why = out.cause()
+            status = r._death_status(out)
+            r._finish_cell(self.writer, lane.run_id, index, cell, status, error=why)
+            if status == "oom":
+                lane.ooms.append(cell)
             lane.client.close()
             lane.client = None
         lane.open = False

@@ -7,6 +7,7 @@ resumption in a fresh worker, cancellation, telemetry and every write to the dat
 from __future__ import annotations
 
 import queue
+import re
 import sys
 import threading
 import time
@@ -20,11 +21,12 @@ from engines.hardware import fingerprint, resolve_device
 from engines.spec import EngineRun, StudySpec
 from engines.telemetry import Sampler
 from engines.worker_client import WorkerClient, WorkerExited
-from store.db import Database
+from store.db import Database, StoreError
 from store.writer import RunWriter
 
 Subscriber = Callable[[ev.Event], None]
 RELOAD_PLACEMENT_S = 20.0
+_ALLOC_FAILED = re.compile(r"memory allocation of \d+ bytes failed|std::bad_alloc|Cannot allocate memory|MemoryError")
 
 
 @dataclass
@@ -58,6 +60,9 @@ class Runner:
         self._active: set[str] = set()  # runs in flight (the Ray executor runs several at once)
         # Interleaved runs hold their resources to the end: a placement waiting for them would wait forever.
         self._interleaving = False
+        self._store_error: StoreError | None = None  # the first write the database refused
+        self._outcomes: dict[str, dict[int, str]] = {}  # per run: cell index -> status
+        self._errors: dict[str, str] = {}  # per run: the first cell error
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -104,11 +109,11 @@ class Runner:
         while True:
             if self.cancel.is_set():
                 raise _Cancelled
+            if deadline and time.monotonic() > deadline:  # also while events keep coming: a chatty hang is a hang
+                return None
             item = client.get(0.1)
             self._drain_samples(writer)
             if item is None:
-                if deadline and time.monotonic() > deadline:
-                    return None
                 continue
             if isinstance(item, WorkerExited):
                 return item
@@ -149,11 +154,18 @@ class Runner:
                 self._sequential(device, host, writer, sampler, result)
             if self.cancel.is_set():
                 result.status = "cancelled"
+        except StoreError as exc:
+            self._store_error = self._store_error or exc
         finally:
             sampler.stop()
-            self._drain_samples(writer)
-            writer.commit()
+            try:
+                self._drain_samples(writer)
+                writer.commit()
+            except StoreError as exc:
+                self._store_error = self._store_error or exc
             writer.close()
+        if self._store_error is not None:
+            raise self._store_error
         return result
 
     def _sequential(self, device: str, host: dict, writer: "SerialWriter", sampler: Sampler, result: StudyResult,
@@ -241,6 +253,9 @@ class Runner:
 
     def _finish_cell(self, writer: RunWriter, run_id: str, index: int, cell: Cell, status: str,
                      result: dict | None = None, error: str = "") -> None:  # fmt: skip
+        self._outcomes.setdefault(run_id, {})[index] = status
+        if status in ("failed", "crashed") and run_id not in self._errors:
+            self._errors[run_id] = (error.splitlines() or [""])[0][:300]
         row = writer.add_cell(run_id, index, cell, status, result=result, error=error)
         writer.commit()
         self._last_commit = time.monotonic()
@@ -256,12 +271,19 @@ class Runner:
             return None, f"starting {engine_run.label()} failed: {exc}"
         if client.remote:
             writer.set_host(run_id, client.host)
-        loaded = self._wait(client, writer, lambda e: isinstance(e, (ev.Loaded, ev.RunFinished)))
+        try:
+            loaded = self._wait(client, writer, lambda e: isinstance(e, (ev.Loaded, ev.RunFinished)),
+                                self.spec.load_timeout_s)  # fmt: skip
+        except BaseException:  # Ctrl-C or a database failure mid-load: the worker goes too
+            client.kill()
+            raise
+        if loaded is None:
+            client.kill()
+            return None, f"loading {engine_run.label()} timed out after {self.spec.load_timeout_s:g} s; worker killed"
         if not isinstance(loaded, ev.Loaded):
-            why = loaded.error if isinstance(loaded, ev.RunFinished) else loaded.describe()
-            tail = "" if isinstance(loaded, ev.RunFinished) else "\n" + loaded.stderr_tail
+            why = loaded.error if isinstance(loaded, ev.RunFinished) else loaded.cause()
             client.close()
-            return None, f"loading {engine_run.label()} failed: {why}{tail}".strip()
+            return None, f"loading {engine_run.label()} failed: {why}"
         writer.set_runtime(run_id, {"load_s": loaded.load_s, "dtype": loaded.dtype, "weight_bytes": loaded.weight_bytes,
                                     "versions": loaded.versions, **loaded.extra}, loaded.device)  # fmt: skip
         server = loaded.extra.get("server_pid")
@@ -397,11 +419,25 @@ class Runner:
                     measure(client, writer, run_id)
         return client, status, error, attempt
 
+    def _death_status(self, out: WorkerExited | None) -> str:
+        """A worker that died of an allocation failure under --cell-mem-limit ran out of memory (a Rust or C++
+        allocator aborts instead of raising): `oom`, so larger cells are skipped. Any other death: `crashed`."""
+        if isinstance(out, WorkerExited) and self.spec.cell_mem_limit_bytes and _ALLOC_FAILED.search(out.stderr_tail):
+            return "oom"
+        return "crashed"
+
     def _finish_run(self, writer: RunWriter, run_id: str, status: str, error: str, sampler: Sampler) -> None:
         if self._kind == "local":
             sampler.watch(None)
-        self._drain_samples(writer)
-        writer.finish_run(run_id, status, error)
+        outcomes = self._outcomes.get(run_id) or {}
+        if status == "done" and outcomes and set(outcomes.values()) <= {"failed", "crashed"}:
+            first = outcomes[min(outcomes)]  # a run of which no cell ran is a failed run, not a done one
+            status, error = "failed", f"every cell {'crashed' if first == 'crashed' else 'failed'}: {self._errors[run_id]}"
+        try:
+            self._drain_samples(writer)
+            writer.finish_run(run_id, status, error)
+        except StoreError as exc:  # the disk filled or the file was locked: the other runs still get closed
+            self._store_error = self._store_error or exc
         self.emit(ev.RunFinished(run_id, time.time(), status=status, error=error))
         self._active.discard(run_id)
         self._local_run = "" if self._local_run == run_id else self._local_run
@@ -453,8 +489,11 @@ class Runner:
                         client.kill()
                         why = f"cell timed out after {spec.cell_timeout_s:g} s; worker killed"
                     else:
-                        why = f"{out.describe()}\n{out.stderr_tail}".strip()
-                    self._finish_cell(writer, run_id, index, cell, "crashed", error=why)
+                        why = out.cause()
+                    died = self._death_status(out)
+                    self._finish_cell(writer, run_id, index, cell, died, error=why)
+                    if died == "oom":
+                        ooms.append(cell)
                     client.close()
                     client = None  # a fresh worker resumes the remaining cells
                     break

@@ -9,7 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from engines.grid import Cell, GridError, cells, parse_axis
+from engines.grid import Cell, GridError, cells, check_cells, parse_axis
 
 
 class SpecError(ValueError):
@@ -17,10 +17,10 @@ class SpecError(ValueError):
 
 
 class Timing(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    warmup: int = Field(1, ge=0, description="untimed minibatches before each cell")
-    iters: int = Field(2, ge=1, description="timed minibatches per repeat")
-    repeats: int = Field(3, ge=1, description="repeats per cell; every repeat is stored")
+    model_config = ConfigDict(extra="forbid", strict=True)  # 1e25 or "3" is not a count
+    warmup: int = Field(1, ge=0, le=1000, description="untimed minibatches before each cell")
+    iters: int = Field(2, ge=1, le=10_000, description="timed minibatches per repeat")
+    repeats: int = Field(3, ge=1, le=10_000, description="repeats per cell; every repeat is stored")
 
 
 class Grid(BaseModel):
@@ -38,6 +38,18 @@ class Grid(BaseModel):
         if value is None and info.field_name in ("shared_len", "suffix_len"):
             return None
         return parse_axis(value, info.field_name.replace("_", "-"), minimum=1)
+
+    @model_validator(mode="after")
+    def _size(self) -> "Grid":
+        check_cells(self.count())
+        return self
+
+    def count(self) -> int:
+        """Cells in the grid, without building them."""
+        n = len(self.batch) * len(self.output_len)
+        if self.shared_len is None:
+            return n * len(self.input_len)
+        return n * len(self.shared_len) * len(self.suffix_len or [32])
 
     def cells(self) -> list[Cell]:
         if self.shared_len is None:
@@ -78,6 +90,8 @@ class EngineRun(BaseModel):
 
 WORKLOADS = ("synthetic", "humaneval", "jsonl", "shared-prefix")
 SCHEDULES = ("interleaved", "sequential")
+MIN_MEM_LIMIT = 64 * 2**20  # below this a worker cannot even import its engine
+MAX_RUNS = 256
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 
 
@@ -86,7 +100,7 @@ class Workload(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     kind: str = "synthetic"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=2**32 - 1, strict=True)
     path: str | None = None  # jsonl: a file of {"text": ...} lines
     content: str | None = None  # a label for the content type; default from the kind or the file name
 
@@ -123,14 +137,14 @@ class QualitySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     metrics: list[str] = ["perplexity"]
     corpus: str = "stdlib:20"  # stdlib[:N files], a text file, or a .jsonl file with a "text" field
-    window: int = Field(512, ge=2)
-    stride: int = Field(256, ge=1)
+    window: int = Field(512, ge=2, le=1_000_000)
+    stride: int = Field(256, ge=1, le=1_000_000)
     problems: int | None = Field(None, ge=1, le=164, description="first N HumanEval problems; None = all 164")
-    samples: int = Field(1, ge=1, description="completions per problem (n of pass@k)")
+    samples: int = Field(1, ge=1, le=10_000, description="completions per problem (n of pass@k)")
     k: list[int] = [1]
-    temperature: float = Field(0.0, ge=0)
-    max_new_tokens: int = Field(128, ge=1)
-    seed: int = 0
+    temperature: float = Field(0.0, ge=0, le=100, allow_inf_nan=False)
+    max_new_tokens: int = Field(128, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
     @field_validator("metrics")
     @classmethod
@@ -143,8 +157,8 @@ class QualitySpec(BaseModel):
     @field_validator("k")
     @classmethod
     def _k(cls, value: list[int]) -> list[int]:
-        if not value or min(value) < 1:
-            raise ValueError("k values must be >= 1, e.g. 1,10")
+        if not value or min(value) < 1 or max(value) > 10_000 or len(value) > 100:
+            raise ValueError("k values must be from 1 to 10000, e.g. 1,10")
         return sorted(set(value))
 
 
@@ -153,10 +167,10 @@ class CheckSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     reference: EngineRun = EngineRun(engine="hf-generate", precision="fp32", attention="sdpa")
-    prompts: int = Field(8, ge=1)
-    input_len: int = Field(32, ge=1)
-    tokens: int = Field(32, ge=1)
-    seed: int = 0
+    prompts: int = Field(8, ge=1, le=10_000)
+    input_len: int = Field(32, ge=1, le=1_000_000)
+    tokens: int = Field(32, ge=1, le=1_000_000)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
 class StudySpec(BaseModel):
@@ -169,8 +183,9 @@ class StudySpec(BaseModel):
     timing: Timing = Timing()
     workload: Workload = Workload()
     # Address space the worker may add after loading (RLIMIT_AS): simulates a smaller host.
-    cell_mem_limit_bytes: int | None = Field(None, gt=0)
-    cell_timeout_s: float | None = Field(None, gt=0)
+    cell_mem_limit_bytes: int | None = Field(None, ge=MIN_MEM_LIMIT, le=2**50)  # 64 MiB .. 1 PiB
+    cell_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, allow_inf_nan=False)
+    load_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, allow_inf_nan=False)  # per worker start
     quality: QualitySpec | None = None
     check: CheckSpec | None = None
     # Where runs execute: "local" worker processes, or a Ray cluster "ray://HOST:PORT" (engines.executors).
@@ -184,6 +199,15 @@ class StudySpec(BaseModel):
 
     def cells(self) -> list[Cell]:
         return self.grid.cells() if self.grid is not None else []
+
+    @field_validator("runs")
+    @classmethod
+    def _runs(cls, value: list[EngineRun]) -> list[EngineRun]:
+        if not value:
+            raise ValueError("a study needs at least one run (e.g. --engine hf-generate)")
+        if len(value) > MAX_RUNS:
+            raise ValueError(f"{len(value)} runs; at most {MAX_RUNS} (pick fewer option values)")
+        return value
 
     @model_validator(mode="after")
     def _workload_fits_grid(self) -> "StudySpec":
@@ -248,14 +272,33 @@ def build_spec(data: dict[str, Any]) -> StudySpec:
         raise SpecError(str(exc)) from None
 
 
+MAX_STUDY_BYTES = 10 * 2**20
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
 def load_study(path: str | Path) -> StudySpec:
     p = Path(path)
     try:
-        data = json.loads(p.read_text())
+        with open(p, "rb") as f:
+            raw = f.read(MAX_STUDY_BYTES + 1)
     except FileNotFoundError:
         raise SpecError(f"study file {p} does not exist (save one from the dashboard or with --save-study)") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpecError(f"study file {p} is not valid JSON ({exc}); fix the file or save it again") from None
+    except OSError as exc:
+        raise SpecError(f"cannot read study file {p} ({exc.strerror or exc}); check the path") from None
+    if len(raw) > MAX_STUDY_BYTES:
+        raise SpecError(f"study file {p} is over {MAX_STUDY_BYTES >> 20} MiB; a study file is a few kB of JSON")
+    try:
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except UnicodeDecodeError:
+        raise SpecError(f"study file {p} is not UTF-8 text; give a JSON study file (--save-study writes one)") from None
+    except RecursionError:
+        raise SpecError(f"study file {p} is nested too deeply to be a study; give a JSON study file") from None
+    except ValueError as exc:  # JSONDecodeError, NaN/Infinity
+        raise SpecError(f"study file {p} is not valid JSON ({str(exc).splitlines()[0][:120]}); fix the file or save "
+                        "it again") from None  # fmt: skip
     if not isinstance(data, dict):
-        raise SpecError(f"study file {p} must hold a JSON object")
+        raise SpecError(f"study file {p} must hold a JSON object, not {type(data).__name__}")
     return build_spec(data)

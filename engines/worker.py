@@ -66,6 +66,13 @@ def _vms() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
+def one_line(exc: BaseException, limit: int = 500) -> str:
+    """`Type: message`, first line only: what a stored error says."""
+    msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = f"{type(exc).__name__}: {msg}" if msg else type(exc).__name__
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _maybe_fault(index: int, label: str = "") -> None:
     if not _FAULT:
         return
@@ -241,9 +248,9 @@ class Worker:
                 raise
             oom = self.engine.is_oom(exc)
             self.engine.release_memory()
-            text = f"{type(exc).__name__}: {exc}".strip()
-            if not oom:
-                text += "\n" + "".join(traceback.format_exception(exc)[-3:])
+            text = one_line(exc)
+            if not oom:  # the traceback (with this machine's paths) goes to the live log, not into the store
+                self.log("".join(traceback.format_exception(exc)).rstrip(), level="error")
             status, result = ("oom" if oom else "failed"), {"started_at": started}
         if self.group is not None:  # per-rank peaks to rank 0, and one status for the cell
             peaks = (result.get("peak_gpu_bytes"), result.get("peak_rss_bytes") or _peak_rss())
@@ -354,8 +361,9 @@ def main() -> int:
         except BrokenPipeError:
             return 1
         except Exception as exc:  # a failed load or tokens command: report it and stop
-            text = f"{type(exc).__name__}: {exc}\n" + "".join(traceback.format_exception(exc)[-3:])
-            worker.emit(ev.RunFinished(worker.run_id, time.time(), status="failed", error=text[:4000]))
+            text = "".join(traceback.format_exception(exc)).rstrip()
+            worker.log(text, level="error")  # the traceback to the live log; the store keeps the cause
+            worker.emit(ev.RunFinished(worker.run_id, time.time(), status="failed", error=one_line(exc)))
             if group is not None and not group.leader:
                 print(f"rank {group.rank}: {text}", file=sys.stderr)
             return 1

@@ -35,6 +35,13 @@ class WorkerExited:
         how = f"killed by {signal.Signals(-rc).name}" if rc < 0 and -rc in signal.Signals._value2member_map_ else f"exit code {rc}"
         return f"worker died ({how})"
 
+    def cause(self) -> str:
+        """One line for the store: how it died and the last thing it said (the whole tail went to the live log)."""
+        lines = [line.strip() for line in self.stderr_tail.splitlines() if line.strip()]
+        last = lines[-1] if lines else ""
+        last = last if len(last) <= 300 else last[:299] + "…"
+        return f"{self.describe()}: {last}" if last else self.describe()
+
 
 class WorkerClient:
     """A `python -m engines.worker` child: commands in on stdin, events out on stdout."""

@@ -37,6 +37,10 @@ def _inspect(path: Path) -> int | None:
         tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
         if not tables:
             return None
+        if "schema_info" not in tables and tables <= OUR_TABLES and not any(
+            con.execute(f"select 1 from {t} limit 1").fetchone() for t in tables
+        ):
+            return None  # our empty tables without the version row: a creation cut short (older versions)
         if "schema_info" not in tables:
             raise StoreError(
                 f"{path} is a SQLite file but not a codebench database; pass --db with another path"
@@ -89,16 +93,24 @@ def _on_connect(dbapi_con, _record) -> None:
     cur.execute("PRAGMA synchronous=NORMAL")  # with WAL: durable at checkpoints, never corrupt
     cur.execute("PRAGMA foreign_keys=ON")
     cur.execute("PRAGMA busy_timeout=10000")
+    if pages := os.environ.get("CODEBENCH_DB_MAX_PAGES"):  # test hook: a database that fills up like a full disk
+        cur.execute(f"PRAGMA max_page_count={int(pages)}")
     cur.close()
 
 
 class Database:
-    def __init__(self, path: Path, engine: SAEngine):
+    def __init__(self, path: Path, engine: SAEngine, read_only: bool = False):
         self.path = path
         self.engine = engine
+        self.read_only = read_only  # a copy in memory of a file this process may not write
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    def writable(self) -> None:
+        """Raise unless writes would reach the file."""
+        if self.read_only:
+            raise StoreError(f"{self.path} is read-only here; copy it somewhere writable and pass --db COPY")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -108,38 +120,105 @@ def exists(path: Path) -> bool:
     return path.exists() and path.stat().st_size > 0
 
 
+def failure(path: Path | str, exc: BaseException) -> StoreError:
+    """One line for a database that stopped taking writes (or reads): what happened and what to do."""
+    text = str(getattr(exc, "orig", None) or exc).splitlines()[0] if str(exc).strip() else type(exc).__name__
+    where = _shown(Path(str(path)))
+    if "full" in text:
+        return StoreError(f"cannot write to {where}: the disk is full (finished cells are kept); free some space and "
+                          "run again")  # fmt: skip
+    if "locked" in text or "busy" in text:
+        return StoreError(f"{where} is locked by another program; wait for it to finish or pass --db with another file")
+    if "readonly" in text or "read-only" in text:
+        return StoreError(f"{where} is read-only; copy it somewhere writable and pass --db COPY")
+    return StoreError(f"cannot use {where} ({text}); check the disk and the file, or pass --db with another file")
+
+
+def _shown(p: Path) -> str:
+    text = str(p)
+    return text if len(text) <= 120 else text[:60] + "…" + text[-40:]
+
+
+def _create_schema(p: Path) -> None:
+    """Tables and the version row, under an exclusive lock: two processes making the same new database at
+    once both end up with one whole schema (the second finds it made), and a file left empty by a kill
+    mid-creation is simply made again."""
+    from sqlalchemy.schema import CreateIndex, CreateTable
+
+    dialect = create_engine("sqlite://").dialect
+    con = sqlite3.connect(p, timeout=30, isolation_level=None)
+    try:
+        con.execute("BEGIN EXCLUSIVE")
+        have = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
+        for table in SQLModel.metadata.sorted_tables:
+            if table.name not in have:
+                con.execute(str(CreateTable(table).compile(dialect=dialect)))
+                for index in table.indexes:
+                    con.execute(str(CreateIndex(index).compile(dialect=dialect)))
+        con.execute("INSERT OR IGNORE INTO schema_info (key, value) VALUES ('version', ?)", (str(SCHEMA_VERSION),))
+        con.execute("COMMIT")
+    finally:
+        con.close()
+
+
+def _memory_copy(p: Path) -> SAEngine:
+    """The whole file read into memory, for a database this process may not write (a read-only mount: WAL
+    would need its -shm beside it)."""
+    from sqlalchemy.pool import StaticPool
+
+    mem = sqlite3.connect(":memory:", check_same_thread=False)
+    for uri in (f"file:{p}?mode=ro", f"file:{p}?immutable=1"):
+        try:
+            src = sqlite3.connect(uri, uri=True)
+            try:
+                src.backup(mem)
+                break
+            finally:
+                src.close()
+        except sqlite3.Error as exc:
+            err = exc
+    else:
+        raise StoreError(f"cannot read {_shown(p)} ({err}); copy it somewhere readable and pass --db COPY")
+    return create_engine("sqlite://", creator=lambda: mem, poolclass=StaticPool)
+
+
 def open_db(path: str | Path | None = None, *, create: bool = True) -> Database:
-    """Open (and with `create`, make) a codebench database. Checks the schema before writing."""
-    p = Path(path) if path is not None else default_db_path()
-    p = p.expanduser()
-    if p.is_dir():
-        raise StoreError(f"--db {p} is a directory; give a file path such as {p / 'runs.db'}")
-    fresh = not exists(p)
+    """Open (and with `create`, make) a codebench database. Checks the schema before writing.
+
+    Without `create` a file this process cannot write is read from a copy in memory (Database.read_only).
+    """
+    try:
+        p = (Path(path) if path is not None else default_db_path()).expanduser()
+        if p.is_dir():
+            raise StoreError(f"--db {_shown(p)} is a directory; give a file path such as {_shown(p / 'runs.db')}")
+        fresh = not exists(p)
+    except OSError as exc:
+        raise StoreError(f"--db {_shown(Path(str(path)))}: {exc.strerror or exc}; pass --db with another path") from None
     if fresh and not create:
-        raise StoreError(f"no database at {p} yet; run a benchmark first or pass --db PATH")
+        raise StoreError(f"no database at {_shown(p)} yet; run a benchmark first or pass --db PATH")
     version = None if fresh else _inspect(p)
+    fresh = fresh or version is None  # an SQLite file with no tables: made, or left empty by a kill mid-creation
+    if not create and not fresh and not (os.access(p, os.W_OK) and os.access(p.parent, os.W_OK)):
+        engine = _memory_copy(p)
+        if version is not None and version < SCHEMA_VERSION:
+            _migrate(engine, p, version)
+        return Database(p, engine, read_only=True)
     if fresh:
         try:
             p.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create {p.parent} ({exc.strerror}); pass --db with a writable path") from None
+            raise StoreError(f"cannot create {_shown(p.parent)} ({exc.strerror}); pass --db with a writable path") from None
         if not os.access(p.parent, os.W_OK):
-            raise StoreError(f"cannot write to {p.parent}; pass --db with a writable path")
+            raise StoreError(f"cannot write to {_shown(p.parent)}; pass --db with a writable path")
+        try:
+            _create_schema(p)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot create database {_shown(p)} ({exc}); pass --db PATH") from None
     engine = create_engine(f"sqlite:///{p}", connect_args={"check_same_thread": False})
     event.listen(engine, "connect", _on_connect)
-    db = Database(p, engine)
     if version is not None and version < SCHEMA_VERSION:
         _migrate(engine, p, version)
-    if fresh:
-        try:
-            SQLModel.metadata.create_all(engine)
-            with db.session() as s:
-                s.add(SchemaInfo(key="version", value=str(SCHEMA_VERSION)))
-                s.commit()
-        except Exception as exc:
-            engine.dispose()
-            raise StoreError(f"cannot create database {p} ({exc.__class__.__name__}: {exc}); pass --db PATH") from None
-    return db
+    return Database(p, engine)
 
 
 def memory_db() -> Database:

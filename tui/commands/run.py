@@ -24,7 +24,16 @@ def parse_size(text: str) -> int:
 
 
 def _list(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
+    values = [t.strip() for t in text.split(",") if t.strip()]
+    if not values:  # an empty flag must not quietly become the default
+        raise argparse.ArgumentTypeError(f"'{text[:40]}' names nothing; give a comma list, e.g. a,b")
+    return values
+
+
+def _text(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a value or leave the flag out for the default")
+    return text
 
 
 def _option(text: str) -> tuple[str, Any]:
@@ -48,7 +57,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("run", help="run a study headless and store it",
                        description="Run engines over a batch x input-length x output-length grid.")  # fmt: skip
     p.add_argument("--study", metavar="FILE", help="a study file (JSON) saved from the dashboard or --save-study")
-    p.add_argument("--model", help="tiny (default), NAME:random (a preset: `codebench-tui models`), a model directory, "
+    p.add_argument("--model", type=_text, help="tiny (default), NAME:random (a preset: `codebench-tui models`), a model directory, "
                                    "a .gguf file or an HF id")
     p.add_argument("--engine", type=_list, help="comma list, e.g. hf-generate,hf-pipeline (default hf-generate)")
     p.add_argument("--precision", type=_list, help="comma list: fp32,bf16,fp16")
@@ -87,6 +96,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="workload seed (default 0)")
     p.add_argument("--name", help="a name for the study")
     p.add_argument("--cell-timeout", type=float, metavar="S", help="kill a cell's worker after S seconds")
+    p.add_argument("--load-timeout", type=float, metavar="S",
+                   help="kill a worker that has not loaded its model after S seconds (its run fails)")
     p.add_argument("--cell-mem-limit", type=parse_size, metavar="SIZE",
                    help="address space the worker may add after loading (RLIMIT_AS), e.g. 2GiB")  # fmt: skip
     add_quality_args(p)
@@ -169,7 +180,7 @@ def spec_from_args(args: argparse.Namespace):
     base["timing"] = timing
     if args.worker_env:
         base["worker_env"] = {**base.get("worker_env", {}), **dict(args.worker_env)}
-    for key, field in (("device", "device"), ("name", "name"), ("executor", "executor"), ("cell_timeout", "cell_timeout_s"),
+    for key, field in (("device", "device"), ("name", "name"), ("executor", "executor"), ("cell_timeout", "cell_timeout_s"), ("load_timeout", "load_timeout_s"),
                        ("cell_mem_limit", "cell_mem_limit_bytes"), ("schedule", "schedule")):  # fmt: skip
         if getattr(args, key) is not None:
             base[field] = getattr(args, key)
@@ -210,6 +221,63 @@ def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
 
 
 PRESET_ENGINES = ("hf-generate", "hf-pipeline", "torch-compile", "hf-noshare", "hf-prefix-kv", "hydragen", "noattention")
+GGUF_ENGINES = ("llama.cpp",)
+URL_ENGINES = ("openai",)
+
+
+def check_files(model: str, kind: str, runs: list) -> None:
+    """What can be seen of a model's files before any worker starts: a GGUF's header and tensor table, a
+    directory's config.json."""
+    from engines.spec import SpecError
+
+    if kind == "gguf":
+        try:
+            from engines.gguf_convert import inspect_gguf
+        except ImportError:  # no gguf package: llama.cpp is not installed and its check says so
+            return
+        inspect_gguf(model)
+    elif kind == "dir":
+        cfg = Path(model).expanduser() / "config.json"
+        try:
+            data = json.loads(cfg.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+            raise SpecError(f"{cfg} is not a readable JSON model config ({type(exc).__name__}); fix it or give "
+                            "another model directory") from None  # fmt: skip
+        if not isinstance(data, dict) or not (data.get("model_type") or data.get("architectures")):
+            raise SpecError(f"{cfg} names no model_type or architectures; it is not an HF model config")
+
+
+def check_device(device: str) -> None:
+    """--device cuda on a machine whose driver shows no GPU fails here, not after a model load."""
+    from engines.hardware import gpus
+    from engines.spec import SpecError
+
+    if device.startswith("cuda"):
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= len(gpus()):
+            seen = f"{len(gpus())} GPU(s)" if gpus() else "no GPU"
+            raise SpecError(f"--device {device} but the NVIDIA driver shows {seen} here; use --device cpu or auto")
+
+
+def check_window(spec, run, device: str) -> None:
+    """PyTorch's flash kernel takes no mask on CUDA, so it cannot apply a sliding window shorter than a cell's
+    context: refused before the model loads (the worker would refuse it after)."""
+    from engines.footprint import model_config
+    from engines.presets import kv_layout
+    from engines.spec import SpecError
+
+    if run.attention != "sdpa-flash" or not device.startswith("cuda") or "sliding_window" in run.options:
+        return
+    cfg, _ = model_config(spec.model)
+    try:
+        window = kv_layout(cfg)["window"] if cfg else None
+    except (KeyError, TypeError, ZeroDivisionError):
+        return
+    longest = max((c.input_len + c.output_len - 1 for c in spec.cells()), default=0)
+    if window and longest >= window:
+        raise SpecError(f"{run.label()}: PyTorch's flash kernel cannot apply this model's {window}-token sliding "
+                        f"window to a {longest}-token context; use --attention sdpa or sdpa-efficient, or "
+                        "--opt sliding_window=none")  # fmt: skip
 
 
 def validate(spec) -> str:
@@ -225,10 +293,20 @@ def validate(spec) -> str:
     check_workload(spec.workload)
     remote = _connect_executor(spec.executor)
     device = spec.device if remote else resolve_device(spec.device)  # Ray nodes resolve their own
+    if not remote:
+        check_files(spec.model, kind, spec.runs)
+        check_device(device)
     for run in spec.runs + ([spec.check.reference] if spec.check else []):
         if kind == "preset" and run.engine not in PRESET_ENGINES:
             raise SpecError(f"{run.engine} cannot build {spec.model} (random weights need an HF engine); "
                             f"use --engine {','.join(PRESET_ENGINES)}")  # fmt: skip
+        if kind == "gguf" and run.engine not in GGUF_ENGINES:
+            raise SpecError(f"{run.engine} cannot read the GGUF file {spec.model[-80:]}; use --engine llama.cpp, or "
+                            "give an HF model directory")  # fmt: skip
+        if kind == "url" and run.engine not in URL_ENGINES:
+            raise SpecError(f"{run.engine} cannot run a server URL; use --engine openai for {spec.model[:80]}")
+        if not remote:
+            check_window(spec, run, device)
         tp.check_model(spec.model, run)  # heads that --tp cannot split evenly
         if remote and run is not (spec.check.reference if spec.check else None):
             continue  # what a node can run is for the node to say: a run it cannot load fails with the reason
@@ -325,11 +403,22 @@ def execute(spec, args: argparse.Namespace) -> int:
 
             print_speculative(console, _results(db, result.run_ids))
         console.print(f"stored in {db.path} (group {result.group_id[:8]})")
+    failed = failed_runs(db, result.run_ids)
     db.close()
     if result.status == "cancelled":
         console.print("[yellow]cancelled: finished cells are kept[/]")
         return 130
-    return 0
+    for label, error in failed:  # the study ran, but not all of it: say which, and exit 1
+        print(f"codebench-tui: run {label[:120]} failed: {(error.splitlines() or [''])[0][:300]}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def failed_runs(db, run_ids: list[str]) -> list[tuple[str, str]]:
+    from store.models import Run
+
+    with db.session() as s:
+        runs = [s.get(Run, i) for i in run_ids]
+    return [(r.label, r.error or "") for r in runs if r is not None and r.status == "failed"]
 
 
 def open_dashboard(args: argparse.Namespace) -> int:
