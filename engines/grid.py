@@ -22,17 +22,24 @@ class GridError(ValueError):
     """A grid spec that cannot be parsed; the message names the token and the fix."""
 
 
+def _shown(text: str) -> str:
+    """A token as an error shows it: quoted, escapes visible, short."""
+    r = repr(text)
+    return r if len(r) <= 42 else r[:40] + "…"
+
+
 def _int(token: str, whole: str, name: str) -> int:
     try:
         return int(token)
     except ValueError:
-        raise GridError(f"{name}: '{token}' in '{whole}' is not an integer (use e.g. 1,2,4 or 32:129:x2)") from None
+        raise GridError(f"{name}: {_shown(token)} in {_shown(whole)} is not an integer "
+                        "(use e.g. 1,2,4 or 32:129:x2)") from None
 
 
 def _range(part: str, whole: str, name: str) -> list[int]:
     pieces = part.split(":")
     if len(pieces) not in (2, 3):
-        raise GridError(f"{name}: '{part}' is not START:STOP or START:STOP:STEP (e.g. 32:129:x2)")
+        raise GridError(f"{name}: {_shown(part)} is not START:STOP or START:STOP:STEP (e.g. 32:129:x2)")
     start = _int(pieces[0], whole, name)
     stop = _int(pieces[1], whole, name)
     step = pieces[2] if len(pieces) == 3 else "1"
@@ -40,9 +47,9 @@ def _range(part: str, whole: str, name: str) -> list[int]:
     if step.startswith("x"):
         factor = _int(step[1:], whole, name)
         if factor < 2:
-            raise GridError(f"{name}: factor in '{part}' must be at least 2 (e.g. x2)")
+            raise GridError(f"{name}: factor in {_shown(part)} must be at least 2 (e.g. x2)")
         if start <= 0:
-            raise GridError(f"{name}: a geometric range needs START > 0, got '{part}'")
+            raise GridError(f"{name}: a geometric range needs START > 0, got {_shown(part)}")
         v = start
         while v < stop:
             values.append(v)
@@ -52,12 +59,12 @@ def _range(part: str, whole: str, name: str) -> list[int]:
     else:
         inc = _int(step, whole, name)
         if inc <= 0:
-            raise GridError(f"{name}: step in '{part}' must be positive")
+            raise GridError(f"{name}: step in {_shown(part)} must be positive")
         values = list(range(start, stop, inc))[: MAX_AXIS_VALUES + 1]
     if not values:
-        raise GridError(f"{name}: range '{part}' is empty (the stop is excluded: use e.g. 32:129:x2)")
+        raise GridError(f"{name}: range {_shown(part)} is empty (the stop is excluded: use e.g. 32:129:x2)")
     if len(values) > MAX_AXIS_VALUES:
-        raise GridError(f"{name}: '{part}' has more than {MAX_AXIS_VALUES} values")
+        raise GridError(f"{name}: {_shown(part)} has more than {MAX_AXIS_VALUES} values")
     return values
 
 
@@ -84,7 +91,7 @@ def parse_axis(spec: str | int | list[int], name: str = "axis", minimum: int = 1
         for part in text.split(","):
             part = part.strip()
             if not part:
-                raise GridError(f"{name}: empty item in '{text}'")
+                raise GridError(f"{name}: empty item in {_shown(text)}")
             values.extend(_range(part, text, name) if ":" in part else [_int(part, text, name)])
     if not values:
         raise GridError(f"{name}: no values")

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 from engines import events as ev
 from engines.grid import Cell
 from engines.spec import EngineRun
+from store.db import StoreError
 
 if TYPE_CHECKING:
     from engines.runner import Runner, StudyResult
@@ -127,11 +128,12 @@ class Interleaved:
         except _Cancelled:
             why = ""
             self._cancel(lanes, cells)
-        except BaseException as exc:
+        except BaseException as exc:  # the database refused a write, or a bug: no run finished its grid
             why = ""
+            text = str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
             for lane in lanes:
-                if lane.status == "done":
-                    lane.status, lane.error = "failed", f"{type(exc).__name__}: {exc}"
+                if lane.status in ("done", "deferred"):
+                    lane.status, lane.error = "failed", text
             raise
         finally:
             r._interleaving = False

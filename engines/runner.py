@@ -506,6 +506,9 @@ class Runner:
                 client.kill()
             if current is not None:
                 self._finish_cell(writer, run_id, current, cells[current], "cancelled", error="cancelled by user")
+        except BaseException as exc:  # the database refused a write, or a bug: the run did not finish its grid
+            status, error = "failed", str(exc) if isinstance(exc, StoreError) else f"{type(exc).__name__}: {exc}"
+            raise
         finally:
             if client:
                 client.close()

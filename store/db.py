@@ -6,7 +6,10 @@ import os
 import sqlite3
 from pathlib import Path
 
+from urllib.parse import quote
+
 from sqlalchemy import event
+from sqlalchemy.pool import QueuePool
 from sqlalchemy.engine import Engine as SAEngine
 from sqlmodel import Session, SQLModel, create_engine, select
 
@@ -27,12 +30,26 @@ def default_db_path() -> Path:
     return Path(user_data_dir("codebench-tui")) / "runs.db"
 
 
+def _read_only(path: Path) -> sqlite3.Connection:
+    """A connection that cannot write: read-only, or immutable where even that needs files beside it (WAL's
+    -shm on a read-only mount). The path is quoted: `?` and `#` in a file name are not URI syntax."""
+    err: Exception | None = None
+    for mode in ("mode=ro", "immutable=1"):
+        try:
+            con = sqlite3.connect(f"file:{quote(str(path))}?{mode}", uri=True, check_same_thread=False)
+            con.execute("select count(*) from sqlite_master").fetchone()
+            return con
+        except sqlite3.DatabaseError as exc:  # "file is not a database" means the same in both modes
+            if "not a database" in str(exc) or "malformed" in str(exc):
+                raise StoreError(f"{_shown(path)} is not a usable codebench database ({exc}); move it away or pass "
+                                 "--db PATH") from None  # fmt: skip
+            err = exc
+    raise StoreError(f"cannot open database {_shown(path)} ({err}); check permissions or pass --db PATH")
+
+
 def _inspect(path: Path) -> int | None:
     """Schema version of an existing file, None if the file is empty. Never writes."""
-    try:
-        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot open database {path} ({exc}); check permissions or pass --db PATH") from None
+    con = _read_only(path)
     try:
         tables = {r[0] for r in con.execute("select name from sqlite_master where type='table'")}
         if not tables:
@@ -167,18 +184,13 @@ def _memory_copy(p: Path) -> SAEngine:
     from sqlalchemy.pool import StaticPool
 
     mem = sqlite3.connect(":memory:", check_same_thread=False)
-    for uri in (f"file:{p}?mode=ro", f"file:{p}?immutable=1"):
-        try:
-            src = sqlite3.connect(uri, uri=True)
-            try:
-                src.backup(mem)
-                break
-            finally:
-                src.close()
-        except sqlite3.Error as exc:
-            err = exc
-    else:
-        raise StoreError(f"cannot read {_shown(p)} ({err}); copy it somewhere readable and pass --db COPY")
+    src = _read_only(p)
+    try:
+        src.backup(mem)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot read {_shown(p)} ({exc}); copy it somewhere readable and pass --db COPY") from None
+    finally:
+        src.close()
     return create_engine("sqlite://", creator=lambda: mem, poolclass=StaticPool)
 
 
@@ -214,7 +226,9 @@ def open_db(path: str | Path | None = None, *, create: bool = True) -> Database:
             _create_schema(p)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot create database {_shown(p)} ({exc}); pass --db PATH") from None
-    engine = create_engine(f"sqlite:///{p}", connect_args={"check_same_thread": False})
+    # A creator, not a URL: SQLAlchemy would read `?` in a file name as URL parameters.
+    engine = create_engine("sqlite://", creator=lambda: sqlite3.connect(str(p), check_same_thread=False),
+                           poolclass=QueuePool)  # fmt: skip
     event.listen(engine, "connect", _on_connect)
     if version is not None and version < SCHEMA_VERSION:
         _migrate(engine, p, version)

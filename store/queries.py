@@ -147,6 +147,11 @@ def delete_runs(run_ids: Iterable[str], *, session: Session) -> int:
     ids = list(run_ids)
     if not ids:
         return 0
+    running = [r.id[:8] for r in session.exec(select(Run).where(col(Run.id).in_(ids))) if effective_status(r) == "running"]
+    if running:  # its study still writes cells for it
+        from store.db import StoreError
+
+        raise StoreError(f"run {running[0]} is still running; cancel its study (x on Live) before deleting it")
     session.exec(delete(CellRow).where(col(CellRow.run_id).in_(ids)))
     session.exec(delete(Telemetry).where(col(Telemetry.run_id).in_(ids)))
     session.exec(delete(Quality).where(col(Quality.run_id).in_(ids)))

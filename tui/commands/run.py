@@ -294,7 +294,6 @@ def validate(spec) -> str:
     remote = _connect_executor(spec.executor)
     device = spec.device if remote else resolve_device(spec.device)  # Ray nodes resolve their own
     if not remote:
-        check_files(spec.model, kind, spec.runs)
         check_device(device)
     for run in spec.runs + ([spec.check.reference] if spec.check else []):
         if kind == "preset" and run.engine not in PRESET_ENGINES:
@@ -314,6 +313,8 @@ def validate(spec) -> str:
         if not avail.ok:
             hint = f"; {avail.hint}" if avail.hint else ""
             raise SpecError(f"{run.label()}: {avail.reason}{hint}")
+    if not remote:
+        check_files(spec.model, kind, spec.runs)
     if spec.quality:
         validate_quality(spec.quality)
     return device

@@ -58,9 +58,9 @@ class HistoryScreen(Screen):
     class Changed(Message):
         """Runs were renamed or deleted (thread -> screen)."""
 
-        def __init__(self, text: str) -> None:
+        def __init__(self, text: str, ok: bool = True) -> None:
             super().__init__()
-            self.text = text
+            self.text, self.ok = text, ok
 
     def __init__(self, **kw: Any) -> None:
         super().__init__(**kw)
@@ -320,16 +320,25 @@ class HistoryScreen(Screen):
         app = self.app
 
         def work() -> None:
-            with app.database().session() as s:
-                fn(s)
-                s.commit()
+            try:
+                db = app.database()
+                db.writable()
+                with db.session() as s:
+                    fn(s)
+                    s.commit()
+            except Exception as exc:  # noqa: BLE001 - a refused delete, a locked or read-only file: say why
+                from store.db import StoreError, failure
+
+                why = exc if isinstance(exc, StoreError) else failure(app.resolved_db_path() or "the database", exc)
+                self.post_message(self.Changed(str(why), ok=False))
+                return
             self.post_message(self.Changed(text))
 
         self.run_worker(work, thread=True, group="history-write", exit_on_error=False)
 
     @on(Changed)
     def _changed(self, message: Changed) -> None:
-        self.notify(message.text)
+        self.notify(message.text, severity="information" if message.ok else "error", markup=False)
         self.reload()
 
     def palette_commands(self):
