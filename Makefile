@@ -7,7 +7,7 @@ TORCH  ?= torch==2.13.0
 BIN     = $(VENV)/bin
 PIP     = $(BIN)/python -m pip
 
-.PHONY: dashboard install install-test test engines clean
+.PHONY: dashboard install install-test test test-extras engines clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,13 @@ install-test: $(BIN)/python
 test: install-test
 	bash scripts/run-tests.sh $(BIN)/python
 
+# Each extra alone, in a fresh environment of its own, with the tests that need it: installing every extra
+# at once once hid a missing dependency (ray without its client).
+test-extras:
+	bash scripts/test-extras.sh "$(PYTHON)" "$(TORCH)"
+
 engines: install
 	$(BIN)/codebench-tui engines
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) .venv-extra-* build *.egg-info

@@ -386,3 +386,50 @@ async def test_tp_and_executor_fields_reach_the_spec_and_the_study_file(store, t
         await pilot.pause(0.2)
         assert app.screen.query_one("#tp").value == "1,2"
         assert app.screen.build() == load_study(study)
+
+
+async def _palette(pilot, text: str) -> None:
+    await pilot.press("ctrl+p")
+    await pilot.pause(0.2)
+    await pilot.press(*list(text))
+    await pilot.pause(0.5)
+    await pilot.press("enter")
+    await pilot.pause(0.3)
+
+
+@aio
+async def test_the_palette_reaches_compare_export_and_replay(store):
+    from tui.app import make_app
+
+    path, ids = store
+    app = make_app(str(path), preload=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda a: bool(a.screen.choices))
+        titles = {c.title for c in app.get_system_commands(app.screen)}
+        assert {"Compare last two runs", "Compare selected", "Export…", "Replay…"} <= titles
+        await _palette(pilot, "compare last two")
+        await settle(pilot, lambda a: bool(getattr(a.screen, "results", None)))
+        newest = [r[0] for r in rows(path, "select id from run order by created_at desc limit 2")]
+        assert [r.id for r in app.screen.results] == newest[::-1]  # the older is the baseline
+        await pilot.press("escape")
+        await _palette(pilot, "compare selected")  # nothing selected yet: it says how
+        assert app.screen.__class__.__name__ != "CompareScreen"
+        await pilot.press("f4")
+        await settle(pilot, lambda a: bool(getattr(a.screen, "rows", None)))
+        await pilot.press("space", "down", "space")
+        chosen = list(app.screen.selected)
+        await _palette(pilot, "compare selected")
+        await settle(pilot, lambda a: bool(getattr(a.screen, "results", None)))
+        assert [r.id for r in app.screen.results] == chosen
+        await pilot.press("escape")
+        await _palette(pilot, "export")  # History's selection, in Compare's export dialog
+        await settle(pilot, lambda a: a.screen.__class__.__name__ == "ExportScreen")
+        await pilot.press("escape")
+        await pilot.pause(0.2)
+        await pilot.press("escape", "f2")  # on Setup, where no Replay binding of History's competes
+        await pilot.pause(0.2)
+        await _palette(pilot, "replay")
+        await settle(pilot, lambda a: a.screen.__class__.__name__ == "PromptScreen")
+        await pilot.press("enter")  # "last"
+        await settle(pilot, lambda a: isinstance(a.screen, LiveScreen) and a.screen.state.finished_cells > 0)
+        assert app.screen.run_ids == [newest[0]]

@@ -116,6 +116,56 @@ class CodebenchApp(App[int]):
         self.live.start(feed)
         return True
 
+    # --- palette actions that reach across screens -------------------------------------------
+
+    def _newest(self, n: int, then: Any) -> None:
+        """The ids of the n newest runs, read in a thread, handed to `then` on the UI thread."""
+
+        def work() -> None:
+            from store.queries import list_runs
+
+            with self.database().session() as s:
+                ids = [r.id for r in list_runs(session=s, limit=n)]
+            self.call_from_thread(then, list(reversed(ids)))
+
+        self.run_worker(work, thread=True, group="palette", exit_on_error=False)
+
+    def compare_last(self) -> None:
+        def show(ids: list[str]) -> None:
+            if len(ids) < 2:
+                self.notify("compare needs two stored runs; run a study first", severity="warning")
+                return
+            self.push_screen(_screen("compare", "CompareScreen")(ids))
+
+        self._newest(2, show)
+
+    def compare_selected(self) -> None:
+        ids = _history_selection(self)
+        if len(ids) < 2:
+            self.notify("select two or more runs in History (f4, then space on each) first", severity="warning")
+            return
+        self.push_screen(_screen("compare", "CompareScreen")(ids))
+
+    def export_runs(self) -> None:
+        if hasattr(self.screen, "action_export") and getattr(self.screen, "results", None):
+            self.screen.action_export()  # the Compare screen's own dialog
+            return
+        ids = _history_selection(self)
+        opening = lambda ids: self.push_screen(_screen("compare", "CompareScreen")(ids, open_export=True))  # noqa: E731
+        if ids:
+            opening(ids)
+        else:
+            self._newest(1, lambda ids: opening(ids) if ids else self.notify("no runs stored yet", severity="warning"))
+
+    def replay_prompt(self) -> None:
+        from tui.screens.modals import PromptScreen
+
+        def play(ref: str | None) -> None:
+            if ref and ref.strip():
+                self.push_screen(_screen("live", "LiveScreen")(replay_run=ref.strip(), speed=self.replay_speed))
+
+        self.push_screen(PromptScreen("Replay which run? (an id, an id prefix, last or last~N)", "last"), play)
+
     def on_live_screen_study_finished(self, message: Any) -> None:
         severity = "information" if message.status == "done" else "warning"
         self.notify(f"study {message.status}: {len(message.run_ids)} run(s) stored", severity=severity)
@@ -137,9 +187,21 @@ class CodebenchApp(App[int]):
         if extra:
             for title, help_text, callback in extra():
                 yield SystemCommand(title, help_text, callback)
+        yield SystemCommand("Compare last two runs", "The two newest stored runs side by side (the older is the baseline)",
+                            self.compare_last)  # fmt: skip
+        yield SystemCommand("Compare selected", "The runs selected in History (space) side by side", self.compare_selected)
+        yield SystemCommand("Export…", "Write the compared runs, or those selected in History (else the newest), as "
+                            "CSV, Markdown, JSON or HTML", self.export_runs)  # fmt: skip
+        yield SystemCommand("Replay…", "Play a stored run in the live screen: an id, an id prefix, last or last~N",
+                            self.replay_prompt)  # fmt: skip
         for command in super().get_system_commands(screen):
             if command.title != "Quit":
                 yield command
+
+
+def _history_selection(app: Any) -> list[str]:
+    history = getattr(app, "history", None)  # the History screen, once opened (it registers itself)
+    return list(getattr(history, "selected", []) or [])
 
 
 def _freeze_heap() -> None:

@@ -59,9 +59,10 @@ class CompareScreen(Screen):
             super().__init__()
             self.text, self.ok = text, ok
 
-    def __init__(self, run_ids: list[str], **kw: Any) -> None:
+    def __init__(self, run_ids: list[str], open_export: bool = False, **kw: Any) -> None:
         super().__init__(**kw)
         self.run_ids = list(run_ids)
+        self.open_export = open_export  # the palette's Export…: the dialog opens once the runs are loaded
         self.results: list = []
         self.floors: dict[str, float] = {}  # the hosts' noise floors per metric (store.noise)
         self.floor_note = ""
@@ -113,6 +114,9 @@ class CompareScreen(Screen):
         self.floors, self.floor_note = message.floors
         self._render_all()
         self.refresh_bindings()  # metric, baseline, export and copy are live now
+        if self.open_export:
+            self.open_export = False
+            self.action_export()
 
     # --- rendering ---------------------------------------------------------------------------
 

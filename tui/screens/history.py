@@ -88,6 +88,7 @@ class HistoryScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
+        self.app.history = self  # the palette's Compare selected / Export… read the selection
         self._update_header()
         self.reload()
 
