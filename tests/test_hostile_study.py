@@ -306,3 +306,45 @@ def test_careless_history_flags(tmp_path, args, fragment):
 def test_a_5000_character_db_path_is_one_line(tmp_path):
     proc = cli("runs", "--db", str(tmp_path / ("x" * 5000)))
     _one_line_error(proc, "--db")
+
+
+NUMERIC_FLAGS = ["--batch", "--input-len", "--output-len", "--warmup", "--iters", "--repeats", "--cell-timeout",
+                 "--load-timeout", "--cell-mem-limit", "--seed", "--tp", "--window", "--stride", "--problems",
+                 "--samples", "--k", "--temperature", "--max-new-tokens", "--shared-len", "--completions"]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(flag=st.sampled_from(NUMERIC_FLAGS),
+       value=st.one_of(st.integers(min_value=-(2**80), max_value=2**80).map(str),
+                       st.floats(allow_nan=True, allow_infinity=True).map(repr),
+                       st.sampled_from(["1e25", "-0", "0x10", "1_000", " 3 ", "nan", "inf", "1:4097", "1:10**9:x2",
+                                        "4096:1:x2", "1,,2", "٣", "1e-300", "9" * 400, "2GiB", "1:2:0"]),
+                       st.text(max_size=12)))  # fmt: skip
+def test_any_value_of_a_numeric_flag_is_refused_in_one_line_or_runs(flag, value):
+    """argparse, the spec and the grid together: a value either becomes a study a worker can run, or an error
+    of one line (argparse's exit 2 or the CLI's known errors) before anything is written."""
+    from engines.grid import MAX_CELLS, GridError
+    from engines.spec import SpecError
+    from tui.cli import build_parser
+    from tui.commands.run import spec_from_args
+    from tui.errors import UsageError
+
+    extra = ["--workload", "shared-prefix"] if flag in ("--shared-len", "--completions") else []
+    extra += ["--quality", "pass@k"] if flag in ("--problems", "--samples", "--k", "--temperature",
+                                                 "--max-new-tokens") else []  # fmt: skip
+    extra += ["--quality", "perplexity"] if flag in ("--window", "--stride") else []
+    argv = ["run", *extra, flag, value]
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:
+        assert exc.code == 2
+        return
+    try:
+        spec = spec_from_args(args)
+    except (SpecError, UsageError, GridError) as exc:
+        assert str(exc).strip() and "\n" not in str(exc).strip(), repr(str(exc))
+        return
+    assert spec.grid is None or spec.grid.count() <= MAX_CELLS
+    assert 1 <= spec.timing.repeats <= 10_000 and spec.timing.warmup <= 1000
+    if spec.cell_mem_limit_bytes is not None:
+        assert 64 * 2**20 <= spec.cell_mem_limit_bytes <= 2**50
