@@ -1,7 +1,8 @@
-"""store.safe.shown over arbitrary text (hypothesis)."""
+"""store.safe.shown and the tables built on it, over arbitrary text (hypothesis)."""
 
 from __future__ import annotations
 
+import io
 import re
 
 from hypothesis import given, settings
@@ -39,3 +40,37 @@ def test_shown_has_no_controls_is_bounded_and_idempotent(text, limit, lines):
     assert shown(out, limit, lines=lines) == out
     if not CONTROL.search(text) and (limit is None or len(text) <= limit):
         assert out == text  # clean text is left alone
+
+
+def _result(n: int, name: str, label: str, model: str, error: str, note: str):
+    from store.results import RunResult
+
+    run = {"id": f"{n:x}" * 32, "name": name, "label": label, "model": model, "device": "cpu", "status": "done",
+           "error": error, "notes": [note], "config": {"engine": "e", "options": {label: name}}, "host": {"cpu": note},
+           "created_at": 1.0, "cells_total": 2}  # fmt: skip
+    cells = [{"batch": b, "input_len": 8, "output_len": 2, "status": "done" if b == 1 else label, "error": error,
+              "tokens_per_s": 10.0 * b, "latency_s": 0.1, "repeats": [{"latencies_s": [0.1, 0.11]}] * 3,
+              "flags": [{"code": note, "reason": error}], "params": {}} for b in (1, 2)]  # fmt: skip
+    return RunResult(run, cells)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(ANY, ANY, ANY, ANY, ANY), min_size=2, max_size=3))
+def test_tables_and_their_terminal_rendering(runs):
+    """Every table built from hostile runs holds clean, bounded strings; Rich draws them without markup errors
+    and writes no control character but its own colours."""
+    from rich.console import Console
+
+    from store.tables import cell_table, comparison_table, quality_table
+    from tests.tui_support import leaks
+    from tui.render import rich_table
+
+    results = [_result(i + 1, *r) for i, r in enumerate(runs)]
+    tables = [comparison_table(results), quality_table(results), cell_table(results[0])]
+    console = Console(file=io.StringIO(), force_terminal=True, color_system="truecolor", width=160)
+    for t in tables:
+        for s in [t.title, *t.headers, *(v for row in t.rows for v in row), *t.notes]:
+            assert not CONTROL.search(s), repr(s)
+            assert len(s) <= 600
+        console.print(rich_table(t))
+    assert not leaks(console.file.getvalue())
