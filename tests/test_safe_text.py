@@ -42,6 +42,17 @@ def test_shown_has_no_controls_is_bounded_and_idempotent(text, limit, lines):
         assert out == text  # clean text is left alone
 
 
+@EXAMPLES
+@given(ANY)
+def test_palette_text_is_never_markup(text):
+    """The command palette parses its titles as Textual markup: they are escaped to show as written."""
+    from textual.content import Content
+
+    from tui.app import palette_text
+
+    assert Content.from_markup(palette_text(text)).plain == shown(text, LINE)
+
+
 def _result(n: int, name: str, label: str, model: str, error: str, note: str):
     from store.results import RunResult
 

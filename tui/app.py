@@ -14,6 +14,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from store.safe import LINE, NAME, shown
 from tui.screens.setup import SetupScreen
 
 if TYPE_CHECKING:
@@ -116,6 +117,12 @@ class CodebenchApp(App[int]):
         self.live.start(feed)
         return True
 
+    def notify(self, message: str, *, title: str = "", severity: Any = "information", timeout: float | None = None,
+               markup: bool = True) -> None:  # fmt: skip
+        """Every notification, never as markup: they carry names, paths and errors (Screen.notify comes here)."""
+        super().notify(shown(message, 2 * LINE, lines=True), title=shown(title, NAME), severity=severity,
+                       timeout=timeout, markup=False)  # fmt: skip
+
     def on_live_screen_study_finished(self, message: Any) -> None:
         severity = "information" if message.status == "done" else "warning"
         self.notify(f"study {message.status}: {len(message.run_ids)} run(s) stored", severity=severity)
@@ -132,14 +139,20 @@ class CodebenchApp(App[int]):
                         continue
                     seen.add(b.action)
                     help_text = f"{b.tooltip or b.description}  [{b.key_display or key}]"
-                    yield SystemCommand(b.description, help_text, partial(node.run_action, b.action))
+                    yield SystemCommand(palette_text(b.description), palette_text(help_text),
+                                        partial(node.run_action, b.action))  # fmt: skip
         extra = getattr(screen, "palette_commands", None)
-        if extra:
+        if extra:  # titles may name runs and models
             for title, help_text, callback in extra():
-                yield SystemCommand(title, help_text, callback)
+                yield SystemCommand(palette_text(title), palette_text(help_text), callback)
         for command in super().get_system_commands(screen):
             if command.title != "Quit":
                 yield command
+
+
+def palette_text(text: str) -> str:
+    """The command palette reads titles and help as Textual markup: shown as written (`[` escaped)."""
+    return shown(text, LINE).replace("[", "\\[")
 
 
 def _freeze_heap() -> None:
