@@ -9,6 +9,7 @@ from typing import Any
 from store import annotate
 from store.metrics import peak_mem, ratio
 from store.results import CELL_AXES, RunResult, run_title, varying, varying_config_keys
+from store.safe import NAME, first_line, shown
 from store.significance import PEAK_MEM_THRESHOLD, log_halfwidth, ratio_text, repeat_values, run_comparisons
 
 METRICS = {
@@ -21,6 +22,11 @@ METRICS = {
 STATUS_MARK = {"oom": "OOM", "skipped": "skipped", "crashed": "crashed", "failed": "failed", "cancelled": "cancelled"}
 AXIS_LABEL = {"batch": "batch", "input_len": "input", "output_len": "output"}
 AXIS_SHORT = {"batch": "b", "input_len": "in", "output_len": "out"}
+TITLE, CELL, NOTE = 160, 96, 480  # the most a table's title, a header or cell, a note shows
+
+
+def status_mark(status: str) -> str:
+    return STATUS_MARK.get(status) or shown(status, 16)  # an imported status is data: short, as the known ones
 
 
 @dataclass
@@ -31,6 +37,23 @@ class Table:
     notes: list[str] = field(default_factory=list)
     # Per row, per column: a status for colouring ("oom", "done", ...); same shape as rows.
     styles: list[list[str]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        # Every view (terminal, Compare, Markdown, HTML) shows these strings, and most hold stored data.
+        self.title = shown(self.title, TITLE)
+        self.headers = [shown(h, CELL) for h in self.headers]
+        self.rows = [[shown(v, CELL) for v in row] for row in self.rows]
+        self.notes = [shown(n, NOTE) for n in self.notes]
+
+
+def title_of(result: RunResult, keys: list[str] | None = None) -> str:
+    """A run's name (or what sets it apart) for a title: shown, cut to a name's width."""
+    return shown(run_title(result, keys), NAME)
+
+
+def titles_of(results: list[RunResult], keys: list[str]) -> list[str]:
+    """`title [short id]` per run; the id stays whole however long the title."""
+    return [f"{title_of(r, keys) if keys else shown(r.run['label'], NAME)} [{shown(r.short_id)}]" for r in results]
 
 
 def fmt(value: float | None, digits: int = 3) -> str:
@@ -64,13 +87,13 @@ def cell_table(result: RunResult) -> Table:
     headers = ["batch", "input", "output", "status", "tok/s", "latency s", "±95% CI", "flags", "TTFT s",
                "decode tok/s", "× ref", "same tokens", "RSS MB", "GPU MB", "J/tok", "BW %"]  # fmt: skip
     extra_keys = sorted({k for c in result.cells for k in (c.get("params") or {})})
-    headers[3:3] = extra_keys
+    headers[3:3] = [shown(k, NAME) for k in extra_keys]
     rows, styles = [], []
     for c in result.cells:
         row = [str(c["batch"]), str(c["input_len"]), str(c["output_len"])]
-        row += [str((c.get("params") or {}).get(k, "-")) for k in extra_keys]
+        row += [shown((c.get("params") or {}).get(k, "-"), NAME) for k in extra_keys]
         status = c["status"]
-        row.append(STATUS_MARK.get(status, status))
+        row.append(status_mark(status))
         gpu = c.get("peak_gpu_bytes") or c.get("peak_nvml_bytes")
         per_gpu = (((c.get("metrics") or {}).get("tp") or {}).get("peak_gpu_bytes_per_rank")) or []
         codes = annotate.flag_codes(c)
@@ -84,7 +107,8 @@ def cell_table(result: RunResult) -> Table:
     notes = []
     errors = [(c, c["error"]) for c in result.cells if c.get("error") and c["status"] in ("failed", "crashed")]
     for c, err in errors[:5]:
-        notes.append(f"b={c['batch']} in={c['input_len']} out={c['output_len']} {c['status']}: {err.splitlines()[0]}")
+        notes.append(f"b={c['batch']} in={c['input_len']} out={c['output_len']} {shown(c['status'], NAME)}: "
+                     f"{first_line(err)}")  # fmt: skip
     throttled = [c for c in result.cells if ((c.get("metrics") or {}).get("efficiency") or {}).get("throttle")]
     if throttled:
         reasons = sorted({t for c in throttled for t in c["metrics"]["efficiency"]["throttle"]})
@@ -95,13 +119,13 @@ def cell_table(result: RunResult) -> Table:
         notes.append("±95% CI: half-width of the 95% confidence interval of tok/s from the cell's repeats "
                      "(t interval on log values: tok/s ×/÷ (1 + x))")  # fmt: skip
     notes += annotate.code_lines(list(dict.fromkeys(code for c in result.cells for code in annotate.flag_codes(c))))
-    notes += annotate.run_note_lines([run_title(result)], [result.run])
+    notes += annotate.run_note_lines([title_of(result)], [result.run])
     # Columns with nothing in them (GPU memory on a CPU run) only take space.
     keep = [i for i in range(len(headers)) if i < 4 or any(row[i] != "-" for row in rows)]
     headers = [headers[i] for i in keep]
     rows = [[row[i] for i in keep] for row in rows]
     styles = [[st[i] for i in keep] for st in styles]
-    return Table(run_title(result), headers, rows, notes, styles)
+    return Table(title_of(result), headers, rows, notes, styles)
 
 
 def efficiency_columns(cell: dict[str, Any]) -> list[str]:
@@ -140,8 +164,8 @@ def speculative_table(results: list[RunResult]) -> Table:
                 continue
             same = {True: "yes", False: "NO"}.get(ref.get("identical"), "-")
             speedup = ref.get("speedup")
-            rows.append([spec or r.run["label"], content_type(r), str(c["batch"]), str(c["input_len"]),
-                         str(c["output_len"]), fmt(c.get("tokens_per_s")), "-" if speedup is None else f"{speedup:.2f}×", pct(sp.get("acceptance_rate")),
+            rows.append([shown(spec or r.run["label"], NAME), shown(content_type(r), NAME), str(c["batch"]),
+                         str(c["input_len"]), str(c["output_len"]), fmt(c.get("tokens_per_s")), "-" if speedup is None else f"{speedup:.2f}×", pct(sp.get("acceptance_rate")),
                          fmt(sp.get("mean_accepted_len")), fmt(sp.get("tokens_per_step")),
                          fmt(bd.get("draft_ms_per_token")), fmt(bd.get("verify_ms_per_token")),
                          fmt(bd.get("other_ms_per_token")), same])  # fmt: skip
@@ -171,17 +195,17 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
         raise ValueError(f"unknown metric '{metric}' (known: {', '.join(METRICS)})")
     label, higher_better = METRICS[metric]
     keys = varying_config_keys(results)
-    titles = [f"{run_title(r, keys) if keys else r.run['label']} [{r.short_id}]" for r in results]
-    names = [run_title(r, keys) for r in results] if keys else titles  # short, for the notes
+    titles = titles_of(results, keys)
+    names = [title_of(r, keys) for r in results] if keys else titles  # short, for the notes
     names = names if len(set(names)) == len(names) else titles
     all_keys = sorted({r.cell_key(c) for r in results for c in r.cells})
     axes = [i for i, ax in enumerate(CELL_AXES) if varying([k[i] for k in all_keys])] or [0]
     headers = [AXIS_LABEL[CELL_AXES[i]] for i in axes]
     params = sorted({name for k in all_keys for name, _ in k[3]})
     params = [p for p in params if varying([dict(k[3]).get(p) for k in all_keys])]
-    headers += params
+    headers += [shown(p, NAME) for p in params]
     if varying([content_type(r) for r in results]):
-        titles = [f"{t} [{content_type(r)}]" for t, r in zip(titles, results)]
+        titles = [f"{t} [{shown(content_type(r), NAME)}]" for t, r in zip(titles, results)]
     for i, t in enumerate(titles):
         headers.append(f"{t} {label}")
         if i != baseline:
@@ -190,7 +214,7 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
     verdicts = run_comparisons(results, baseline, metric, floors)
     rows, styles, flagged = [], [], []
     for key in all_keys:
-        row = [str(key[i]) for i in axes] + [str(dict(key[3]).get(p, "-")) for p in params]
+        row = [str(key[i]) for i in axes] + [shown(dict(key[3]).get(p, "-"), NAME) for p in params]
         where = " ".join(f"{AXIS_SHORT[CELL_AXES[i]]}={key[i]}" for i in axes)
         where += "".join(f" {p}={dict(key[3]).get(p, '-')}" for p in params)
         style = ["done"] * len(row)
@@ -200,7 +224,7 @@ def comparison_table(results: list[RunResult], baseline: int = 0, metric: str = 
                 row.append("-")
                 style.append("missing")
             elif cell["status"] != "done":
-                row.append(STATUS_MARK.get(cell["status"], cell["status"]))
+                row.append(status_mark(cell["status"]))
                 style.append(cell["status"])
             else:
                 mark = f" {annotate.FLAG_MARK}" if annotate.cell_flags(cell) else ""
@@ -256,7 +280,7 @@ def _interval_note(verdicts: list[dict], memory: bool) -> str:
 def quality_table(results: list[RunResult], baseline: int = 0) -> Table:
     """Rows are quality metrics, columns are runs (seed 001's evaluation table)."""
     keys = varying_config_keys(results)
-    titles = [f"{run_title(r, keys) if keys else r.run['label']} [{r.short_id}]" for r in results]
+    titles = titles_of(results, keys)
     metrics = list(dict.fromkeys(q["metric"] for r in results for q in r.quality))
     headers = ["metric"]
     for i, t in enumerate(titles):
@@ -275,7 +299,8 @@ def quality_table(results: list[RunResult], baseline: int = 0) -> Table:
             elif q["value"] is None:
                 row.append("n/a")
                 style.append("failed")
-                notes.append(f"{titles[i]} {m}: {(q['details'] or {}).get('error', 'not available')}")
+                error = (q["details"] or {}).get("error", "not available")
+                notes.append(f"{titles[i]} {shown(m, NAME)}: {first_line(error)}")
             else:
                 row.append(f"{q['value']:.4g}")
                 style.append("done")

@@ -6,6 +6,7 @@ Snapshots must not depend on the clock, the machine or which engines CI installe
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from pathlib import Path
 
@@ -219,3 +220,135 @@ def utc(monkeypatch: pytest.MonkeyPatch):
     yield
     monkeypatch.undo()
     time.tzset()
+
+
+# --- hostile data: every stored string tries the terminal (escapes) and Rich/Textual (markup) ---------------
+
+# What a careless or hostile string may hold: clear the screen, retitle the window, a hyperlink, the C1 forms
+# of CSI/OSC/ST, DEL, NUL and BEL.
+ESCAPES = "\x1b[2J\x1b]0;pwned\x07\x1b]8;;http://x\x1b\\here\x1b]8;;\x1b\\\x9b2J\x9d0;c1\x9c\x7f\x00\x07"
+MARKUP = ("[/]", "[link=https://evil]x[/link]", "[bold red]", "[@click=app.quit]x[/]")
+LONG = 100_000  # characters in the long name
+
+
+def hostile(tag: str, markup: str = "[/]") -> str:
+    """`tag` and some markup first (so they show before any cut), then every escape."""
+    return f"{tag}{markup}{ESCAPES}"
+
+
+HOSTILE_ID = "\x1b]0;id\x07" + "7d05e9a3" * 3  # an imported run's id is data too
+HOSTILE = {  # the visible start of each hostile value, as the tests look for it
+    "name0": hostile("N0", "[bold red]"), "label0": hostile("L0", "[link=https://evil]x[/link]"),
+    "model0": hostile("M0", "[@click=app.quit]x[/]"), "label1": hostile("L1"), "label2": hostile("L2"),
+    "model2": hostile("M2"), "long": "LONG" + "x" * LONG + ESCAPES,
+}
+
+
+def fill_hostile_store(path: Path, hostile_id: bool = True) -> list[str]:
+    """fill_store's three runs, then every string the views show replaced by a hostile one (as an import
+    could bring): names (one 100 kB), labels, models, devices, statuses, errors, notes, flags, host fields,
+    versions, environments, options, params, quality, and (`hostile_id`) the newest run's id, which
+    store.queries.resolve_run refuses by id. Returns the run ids, oldest first."""
+    import json
+
+    ids = fill_store(path)
+    old = ids[2]
+    ids[2] = HOSTILE_ID if hostile_id else old
+    con = sqlite3.connect(path)
+    j = json.dumps
+    host = {**HOST, "hostname": hostile("H0"), "cpu": hostile("CPU0"), "python": hostile("PY0"),
+            "gpus": [{"index": 0, "name": hostile("GPU0"), "mem_total": 80 * 2**30}]}  # fmt: skip
+    runtime = {"load_s": 1.25, "dtype": hostile("DT"), "schedule": hostile("SCH"),
+               "versions": {"torch" + ESCAPES: hostile("V0")}, "env": {"OMP" + ESCAPES: hostile("ENV0")}}  # fmt: skip
+    with con:
+        con.execute("update run set id=? where id=?", (ids[2], old))
+        for table in ("cell", "telemetry", "quality"):
+            con.execute(f"update {table} set run_id=? where run_id=?", (ids[2], old))
+        con.execute("update run_group set name=?", (hostile("GROUP"),))
+        con.execute("update run set name=?, label=?, model=?, device=?, error=?, notes=?, host=?, runtime=?, config=?,"
+                    " spec=? where id=?",
+                    (HOSTILE["name0"], HOSTILE["label0"], HOSTILE["model0"], "cpu" + ESCAPES, hostile("E0"),
+                     j([hostile("NOTE0"), "x" * LONG]), j(host), j(runtime),
+                     j({"engine": "hf-generate", "precision": "fp32", "options": {"opt" + ESCAPES: hostile("O0")}}),
+                     j({"model": "tiny", "worker_env": {"W" + ESCAPES: hostile("WE0")},
+                        "workload": {"kind": "jsonl", "content": hostile("CONTENT")},
+                        "timing": {"warmup": 1, "iters": 2, "repeats": 3}}), ids[0]))  # fmt: skip
+        con.execute("update run set name=?, label=? where id=?", (HOSTILE["long"], HOSTILE["label1"], ids[1]))
+        con.execute("update run set label=?, model=?, status=?, error=? where id=?",
+                    (HOSTILE["label2"], HOSTILE["model2"], hostile("RS"), "x" * LONG, ids[2]))  # fmt: skip
+        # Cells: an error, flags with hostile codes and reasons, an unknown status, extra-axis params.
+        con.execute("update cell set status='failed', error=? where run_id=? and idx=0", (hostile("CE0"), ids[0]))
+        con.execute("update cell set flags=? where run_id=? and idx=1",
+                    (j([{"code": hostile("FC"), "reason": hostile("FR0")}, {"code": "load", "reason": "x" * LONG}]),
+                     ids[0]))  # fmt: skip
+        con.execute("update cell set flags=? where run_id=? and idx=1",
+                    (j([{"code": "cv", "reason": hostile("FR1")}]), ids[1]))
+        con.execute("update cell set status=?, error=? where run_id=? and idx=2",
+                    (hostile("CS2"), hostile("CE2"), ids[2]))  # fmt: skip
+        con.execute("update cell set params=? where run_id=? and idx=3", (j({"k" + ESCAPES: hostile("PV")}), ids[2]))
+        con.execute("update telemetry set gpus=? where run_id=?",
+                    (j([{"index": 0, "node": hostile("NODE"), "mem_used": 2**30, "mem_total": 2**34}]), ids[2]))
+        con.execute("insert into quality (run_id, metric, value, details, created_at) values (?, ?, null, ?, ?)",
+                    (ids[0], hostile("Q0"), j({"error": hostile("QE0")}), T0))  # fmt: skip
+        con.execute("insert into quality (run_id, metric, value, details, created_at) "
+                    "values (?, 'perplexity', 3.5, '{}', ?)", (ids[1], T0))  # fmt: skip
+    con.close()
+    return ids
+
+
+def hostile_events() -> tuple[list[ev.Event], dict[int, tuple[int, int, int]], list[str]]:
+    """scripted_events with hostile labels, log lines, errors, statuses, flags, devices and GPU nodes."""
+    events, cells, _ = scripted_events()
+    labels = [HOSTILE["label0"], HOSTILE["long"]]
+    out: list[ev.Event] = []
+    for e in events:
+        if isinstance(e, ev.RunStarted):
+            e.label = labels[int(e.run_id[0]) - 1]
+        elif isinstance(e, ev.Log):
+            e.message = hostile("LOG") + "\r" + hostile("LOG2")
+        elif isinstance(e, ev.Loaded):
+            e.device, e.dtype = hostile("DEV"), hostile("DT")
+        elif isinstance(e, ev.CellFinished):
+            if e.status != "done":
+                e.status, e.error = hostile("ST"), hostile("ERR") + "\nsecond line"
+            if e.result.get("flags"):
+                e.result["flags"] = [{"code": hostile("FC"), "reason": hostile("FR")}]
+        elif isinstance(e, ev.TelemetrySample):
+            e.gpus = [{**g, "node": hostile("NODE")} for g in e.gpus]
+        elif isinstance(e, ev.CellStarted):
+            e.label = hostile("CELL")
+        elif isinstance(e, ev.RunFinished):
+            e.status, e.error = hostile("RF"), hostile("RE")
+        out.append(e)
+    return out, cells, labels
+
+
+# --- what reaches the terminal ---------------------------------------------------------------------------------
+
+# What the app itself writes: colours (SGR), cursor moves, and the progress display's line control.
+OWN_CONTROLS = re.compile(r"\x1b\[[0-9;:]*m|\x1b\[\d+;\d+H|\x1b\[\?25[lh]|\x1b\[2K|\x1b\[1A|\r")
+# Anything else below 0x20 (but newline), DEL and the C1 controls: a terminal would obey them.
+CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def leaks(out: str) -> list[str]:
+    """Control characters in `out` that the app did not write itself, each with some context."""
+    rest = OWN_CONTROLS.sub("", out)
+    return [repr(rest[max(m.start() - 30, 0) : m.end() + 30]) for m in CONTROL.finditer(rest)]
+
+
+def visible(out: str) -> str:
+    return OWN_CONTROLS.sub("", out)
+
+
+def screen_output(app) -> str:
+    """What the app's driver would write to the terminal for a full redraw of the current screen."""
+    import io
+
+    from rich.console import Console
+
+    width, height = app.size
+    console = Console(width=width, height=height, file=io.StringIO(), force_terminal=True, color_system="truecolor",
+                      legacy_windows=False, safe_box=False)  # fmt: skip
+    console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
+    return console.file.getvalue()

@@ -14,6 +14,7 @@ from textual.app import App, SystemCommand
 from textual.binding import Binding
 from textual.screen import Screen
 
+from store.safe import LINE, NAME, shown
 from tui.screens.setup import SetupScreen
 
 if TYPE_CHECKING:
@@ -166,6 +167,12 @@ class CodebenchApp(App[int]):
 
         self.push_screen(PromptScreen("Replay which run? (an id, an id prefix, last or last~N)", "last"), play)
 
+    def notify(self, message: str, *, title: str = "", severity: Any = "information", timeout: float | None = None,
+               markup: bool = True) -> None:  # fmt: skip
+        """Every notification, never as markup: they carry names, paths and errors (Screen.notify comes here)."""
+        super().notify(shown(message, 2 * LINE, lines=True), title=shown(title, NAME), severity=severity,
+                       timeout=timeout, markup=False)  # fmt: skip
+
     def on_live_screen_study_finished(self, message: Any) -> None:
         severity = "information" if message.status == "done" else "warning"
         self.notify(f"study {message.status}: {len(message.run_ids)} run(s) stored", severity=severity)
@@ -182,11 +189,12 @@ class CodebenchApp(App[int]):
                         continue
                     seen.add(b.action)
                     help_text = f"{b.tooltip or b.description}  [{b.key_display or key}]"
-                    yield SystemCommand(b.description, help_text, partial(node.run_action, b.action))
+                    yield SystemCommand(palette_text(b.description), palette_text(help_text),
+                                        partial(node.run_action, b.action))  # fmt: skip
         extra = getattr(screen, "palette_commands", None)
-        if extra:
+        if extra:  # titles may name runs and models
             for title, help_text, callback in extra():
-                yield SystemCommand(title, help_text, callback)
+                yield SystemCommand(palette_text(title), palette_text(help_text), callback)
         yield SystemCommand("Compare last two runs", "The two newest stored runs side by side (the older is the baseline)",
                             self.compare_last)  # fmt: skip
         yield SystemCommand("Compare selected", "The runs selected in History (space) side by side", self.compare_selected)
@@ -202,6 +210,11 @@ class CodebenchApp(App[int]):
 def _history_selection(app: Any) -> list[str]:
     history = getattr(app, "history", None)  # the History screen, once opened (it registers itself)
     return list(getattr(history, "selected", []) or [])
+
+
+def palette_text(text: str) -> str:
+    """The command palette reads titles and help as Textual markup: shown as written (`[` escaped)."""
+    return shown(text, LINE).replace("[", "\\[")
 
 
 def _freeze_heap() -> None:

@@ -63,7 +63,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return open_dashboard(args)
         return args.func(args)
     except _known_errors() as exc:
-        msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        from store.safe import first_line
+
+        msg = first_line(str(exc).strip(), 2000) if str(exc).strip() else type(exc).__name__  # echoes input: shown
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
     except BrokenPipeError:  # `codebench-tui runs | head`

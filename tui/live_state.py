@@ -1,4 +1,7 @@
-"""What the live screen shows, folded from events: progress, ETA, series, results, log. No widgets here."""
+"""What the live screen shows, folded from events: progress, ETA, series, results, log. No widgets here.
+
+Labels, statuses, flags and log lines come from workers, study files and stored runs: they are kept here as
+shown (store.safe), so the screen draws nothing a terminal would obey."""
 
 from __future__ import annotations
 
@@ -8,10 +11,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines import events as ev
+from store.safe import LOG, NAME, shown
 
 SERIES = 240  # points kept per time series
 LOG_LINES = 2000
-ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # colours, titles, links
 STATUS_WORD = {"oom": "OOM", "skipped": "skipped", "crashed": "crashed", "failed": "failed", "cancelled": "cancelled"}
 
 
@@ -58,7 +62,7 @@ class GpuSeries:
 
     @property
     def label(self) -> str:
-        return f"{self.node} GPU{self.index}" if self.node else f"GPU{self.index}"
+        return f"{shown(self.node, NAME)} GPU{self.index}" if self.node else f"GPU{self.index}"
 
 
 def _peak(result: dict[str, Any]) -> int | None:
@@ -73,7 +77,7 @@ class LiveState:
                  host_cpus: int = 0, estimate_s: float | None = None):  # fmt: skip
         self.cells = cells
         self.expected_runs = max(len(labels), 1)
-        self.pending_labels = list(labels)
+        self.pending_labels = [shown(label, NAME) for label in labels]
         self.runs: dict[str, RunProgress] = {}
         self.host_mem = host_mem
         self.host_cpus = host_cpus
@@ -101,11 +105,11 @@ class LiveState:
     # --- folding -----------------------------------------------------------------------
 
     def _say(self, t: float, level: str, text: str) -> None:
-        # Worker stderr carries progress bars: keep what a terminal would show last, no escapes.
+        # Worker stderr carries progress bars: keep what a terminal would show last; any other control shown.
         text = ANSI.sub("", text)
         if "\r" in text:
             text = next((p for p in reversed(text.split("\r")) if p.strip()), "")
-        self.log.append((t, level, text.rstrip()))
+        self.log.append((t, level, shown(text.rstrip(), LOG, lines=True)))
         self.log_total += 1
 
     def apply(self, e: ev.Event) -> None:
@@ -115,10 +119,11 @@ class LiveState:
             if self.started is None:
                 self.started = e.t
             self.status = "running"
-            run = self.runs[e.run_id] = RunProgress(e.run_id, e.label, e.cells_total or len(self.cells),
+            label = shown(e.label, NAME)
+            run = self.runs[e.run_id] = RunProgress(e.run_id, label, e.cells_total or len(self.cells),
                                                     status="starting", started=e.t, number=len(self.runs) + 1)  # fmt: skip
-            if e.label in self.pending_labels:
-                self.pending_labels.remove(e.label)
+            if label in self.pending_labels:
+                self.pending_labels.remove(label)
             self._say(e.t, "info", f"run {e.run_id[:8]} started: {e.label}, {run.total} cells")
         elif isinstance(e, ev.WorkerStarted):
             self._say(e.t, "info", f"worker pid {e.pid} started" + (f" (attempt {e.attempt})" if e.attempt > 1 else ""))
@@ -133,7 +138,7 @@ class LiveState:
         elif isinstance(e, ev.Progress):
             if self.current is None or self.current["index"] != e.index:
                 self.current = {"run": run.label if run else "", "index": e.index, "label": self._cell_label(e.index)}
-            self.current.update(phase=e.phase, done=e.done, total=e.total, tps=e.tokens_per_s)
+            self.current.update(phase=shown(e.phase, NAME), done=e.done, total=e.total, tps=e.tokens_per_s)
             if e.phase == "timed" and e.tokens_per_s:
                 self.tokens.append(e.tokens_per_s)
                 self.tokens_seen += 1
@@ -149,7 +154,7 @@ class LiveState:
             self._say(e.t, "info", f"quality {e.metric}: {value}")
         elif isinstance(e, ev.RunFinished):
             if run:
-                run.status, run.ended = e.status, e.t
+                run.status, run.ended = shown(e.status, NAME), e.t
             self._procs.pop(e.run_id, None)
             self.current = None
             self._say(e.t, "error" if e.error else "info",
@@ -168,15 +173,16 @@ class LiveState:
     def _cell_finished(self, e: ev.CellFinished, run: RunProgress | None) -> None:
         from store.metrics import summarise
 
+        status = shown(e.status, NAME)
         if run:
             run.finished += 1
-            run.counts[e.status] += 1
+            run.counts[status] += 1
         b, i, o = self.cells.get(e.index, (0, 0, 0))
         summary = summarise(e.result.get("repeats") or [], b, o) if e.status == "done" else {}
         flags = [f for f in e.result.get("flags") or [] if isinstance(f, dict)]
-        self.results.append(CellResult(run.number if run else 0, run.label if run else "", e.index, b, i, o, e.status,
+        self.results.append(CellResult(run.number if run else 0, run.label if run else "", e.index, b, i, o, status,
                                        summary.get("tokens_per_s"), summary.get("latency_s"), _peak(e.result),
-                                       e.error, [str(f.get("code", "?")) for f in flags]))  # fmt: skip
+                                       e.error, [shown(f.get("code", "?"), NAME) for f in flags]))  # fmt: skip
         for f in flags:  # the table has room for the codes only: the first reason of each per run goes to the log
             key = (e.run_id, str(f.get("code")))
             if key not in self._flagged:

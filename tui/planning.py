@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 from itertools import product
 from typing import Any, Callable
 
+from store.safe import LINE, shown
+
 DEFAULT_S_PER_CELL = 20.0  # no history for an engine: a conservative guess per cell
 DEFAULT_STARTUP_S = 15.0  # worker spawn, imports and model load per run
 AXES = ("precision", "attention", "quant")
@@ -38,7 +40,7 @@ def model_choices(recent: list[str]) -> list[tuple[str, str]]:
     for name in recent:
         if name not in seen:
             seen.add(name)
-            out.append((f"{name}  (recent)", name))
+            out.append((f"{shown(name, LINE)}  (recent)", name))  # the label is shown; the value stays whole
     return out
 
 

@@ -9,6 +9,7 @@ from rich.text import Text
 
 from store.export import host_line, when
 from store.results import RunResult
+from store.safe import LINE, NAME, first_line, shown
 from store.tables import Table
 
 STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim", "cancelled": "dim",
@@ -32,37 +33,39 @@ def rich_table(t: Table) -> RichTable:
 
 
 def run_header(r: RunResult) -> Panel:
-    """The run as a panel. Built from Text pieces: names, labels and errors are data, never markup."""
+    """The run as a panel. Built from Text pieces: names, labels and errors are data, never markup; every
+    stored string is shown (store.safe), so its escape sequences reach no terminal."""
     run = r.run
-    counts = ", ".join(f"{n} {s}" for s, n in sorted(r.status_counts().items())) or "none"
+    counts = ", ".join(f"{n} {shown(s, NAME)}" for s, n in sorted(r.status_counts().items())) or "none"
     rt = run.get("runtime") or {}
     spec = run.get("spec") or {}
-    versions = ", ".join(f"{k} {v}" for k, v in (rt.get("versions") or {}).items())
+    versions = ", ".join(f"{shown(k, NAME)} {shown(v, NAME)}" for k, v in (rt.get("versions") or {}).items())
     lines = [
-        Text.assemble((str(run["label"]), "bold"), "  on ", (str(run["model"]), "bold"), f"  ({run.get('device') or '?'})",
-                      f"  name: {run['name']}" if run.get("name") else ""),
-        Text.assemble(f"run {run['id'][:12]}  status ", (r.status, STATUS_STYLE.get(r.status, "")),
+        Text.assemble((shown(run["label"], NAME), "bold"), "  on ", (shown(run["model"], LINE), "bold"),
+                      f"  ({shown(run.get('device') or '?', NAME)})",
+                      f"  name: {shown(run['name'], LINE)}" if run.get("name") else ""),
+        Text.assemble(f"run {shown(run['id'][:12])}  status ", (shown(r.status, NAME), STATUS_STYLE.get(r.status, "")),
                       f"  started {when(run.get('created_at'))}  finished {when(run.get('finished_at'))}"),
         Text(f"cells: {counts} of {run.get('cells_total', '?')}"),
-        Text(f"host: {host_line(run)}"),
+        Text(f"host: {shown(host_line(run), LINE)}"),
     ]  # fmt: skip
     if versions:
-        lines.append(Text(f"versions: {versions}"))
+        lines.append(Text(f"versions: {shown(versions, LINE)}"))
     workload = spec.get("workload") or {}
     if workload.get("kind", "synthetic") != "synthetic":
-        lines.append(Text(f"workload: {workload['kind']} ({workload.get('content') or '?'})"))
+        lines.append(Text(f"workload: {shown(workload['kind'], NAME)} ({shown(workload.get('content') or '?', NAME)})"))
     timing = spec.get("timing") or {}
     if timing and run.get("cells_total"):
-        schedule = f", {rt['schedule']} schedule" if rt.get("schedule") else ""
+        schedule = f", {shown(rt['schedule'], NAME)} schedule" if rt.get("schedule") else ""
         lines.append(Text(f"timing: {timing.get('warmup')} warm-up, {timing.get('iters')} timed x "
                           f"{timing.get('repeats')} repeats per cell{schedule}"))  # fmt: skip
     settings = " ".join(f"{k}={v}" for k, v in (spec.get("worker_env") or {}).items())
     if settings:  # what the study chose to set: robustness settings are opt-in and shown
-        lines.append(Text(f"worker env set by the study: {settings}", style="yellow"))
+        lines.append(Text(f"worker env set by the study: {shown(settings, LINE)}", style="yellow"))
     for note in run.get("notes") or []:
-        lines.append(Text(f"note: {note}", style="yellow"))
+        lines.append(Text(f"note: {shown(note, LINE)}", style="yellow"))
     if run.get("error"):
-        lines.append(Text(f"error: {str(run['error']).splitlines()[0] if str(run['error']).strip() else ''}", style="red"))
+        lines.append(Text(f"error: {first_line(run['error'])}", style="red"))
     return Panel(Text("\n").join(lines), expand=False)
 
 
@@ -76,7 +79,7 @@ def tokens_chart(results: list[RunResult], width: int = 80, height: int = 18) ->
             pts = sorted((c["batch"], c["tokens_per_s"]) for c in r.cells
                          if c["input_len"] == in_len and c["status"] == "done" and c.get("tokens_per_s"))  # fmt: skip
             if pts:
-                name = f"in={in_len}" if len(results) == 1 else f"{r.short_id} in={in_len}"
+                name = f"in={in_len}" if len(results) == 1 else f"{shown(r.short_id)} in={in_len}"
                 series.append((name, pts))
     if not series:
         return None
@@ -96,7 +99,7 @@ def tokens_chart(results: list[RunResult], width: int = 80, height: int = 18) ->
 def _cell_short(c: dict) -> str:
     p = c.get("params") or {}
     if "shared_len" in p:
-        return f"N={c['batch']} P={p['shared_len']} U={p.get('suffix_len')} G={c['output_len']}"
+        return shown(f"N={c['batch']} P={p['shared_len']} U={p.get('suffix_len')} G={c['output_len']}", NAME)
     return f"b={c['batch']} in={c['input_len']} out={c['output_len']}"
 
 
@@ -113,14 +116,14 @@ def breakdown_chart(results: list[RunResult], width: int = 80) -> Text | None:
     bars: list[tuple[str, dict]] = []
     seen: set[tuple] = set()
     for r in results:
-        name = (r.run.get("config") or {}).get("spec") or r.run["label"]
+        name = shown((r.run.get("config") or {}).get("spec") or r.run["label"], NAME)
         for c in r.cells:
             m = c.get("metrics") or {}
             ref = m.get("reference") or {}
             if c["status"] != "done" or not m.get("breakdown"):
                 continue
             if ref.get("breakdown") and (ref.get("run_id"), _cell_short(c)) not in seen:
-                ref_name = ref.get("label", "reference").rsplit("spec=", 1)[-1]
+                ref_name = shown(str(ref.get("label", "reference")).rsplit("spec=", 1)[-1], NAME)
                 bars.append((f"{ref_name} {_cell_short(c)}", ref["breakdown"]))
                 seen.add((ref.get("run_id"), _cell_short(c)))
             if (r.id, _cell_short(c)) not in seen:
@@ -145,7 +148,7 @@ def speedup_chart(results: list[RunResult], width: int = 80, height: int = 16) -
 
     series: dict[str, list[tuple[float, float]]] = {}
     for r in results:
-        name = (r.run.get("config") or {}).get("spec") or r.run["label"]
+        name = shown((r.run.get("config") or {}).get("spec") or r.run["label"], NAME)
         for c in r.cells:
             m = c.get("metrics") or {}
             rate = (m.get("speculative") or {}).get("acceptance_rate")

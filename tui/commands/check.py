@@ -45,6 +45,7 @@ def run(args: argparse.Namespace) -> int:
     from engines.spec import build_spec
     from store.db import open_db
     from store.queries import quality_of
+    from store.safe import NAME, first_line, shown
     from tui.commands.run import execute
 
     for name, value in (("--prompts", args.prompts), ("--input-len", args.input_len), ("--tokens", args.tokens)):
@@ -77,12 +78,12 @@ def run(args: argparse.Namespace) -> int:
                 results[run.label] = {"error": err}
                 worst = 0.0
                 if not args.json:
-                    print(f"{run.label}: failed: {err}")
+                    print(f"{shown(run.label, NAME)}: failed: {first_line(err)}")
                 continue
             results[run.label] = rows[-1].details
             worst = min(worst, rows[-1].value)
             if not args.json:
-                print(format_line(run.label, rows[-1].details))
+                print(shown(format_line(run.label, rows[-1].details), lines=True))
     db.close()
     if args.json:
         print(json.dumps({"reference": ref.label(), "results": results}, indent=2))

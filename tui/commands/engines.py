@@ -20,6 +20,7 @@ def run(args: argparse.Namespace) -> int:
     from engines import registry
     from engines.hardware import resolve_device
     from engines.spec import EngineRun
+    from store.safe import LINE, shown
 
     device = resolve_device(args.device)
     table = Table(title=f"engines (device {device})", title_justify="left", header_style="bold")
@@ -28,7 +29,9 @@ def run(args: argparse.Namespace) -> int:
     for info in registry.ENGINES.values():
         avail = registry.check(EngineRun(engine=info.name), device)
         options = "; ".join(f"{axis}: {','.join(vals)}" for axis, vals in info.axes.items())
-        state = Text("yes", style="green") if avail.ok else Text(f"no: {avail.reason}\n{avail.hint}", style="dim")
-        table.add_row(info.name, options, state, info.summary)
+        # A reason may quote an import error: Text, never markup.
+        state = (Text("yes", style="green") if avail.ok
+                 else Text(f"no: {shown(avail.reason, LINE)}\n{shown(avail.hint, LINE)}", style="dim"))  # fmt: skip
+        table.add_row(Text(info.name), Text(options), state, Text(info.summary))
     Console().print(table)
     return 0

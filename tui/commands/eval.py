@@ -43,10 +43,12 @@ def run(args: argparse.Namespace) -> int:
 
 def score_file(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.text import Text
 
     from engines.quality.humaneval import score_completions
     from engines.quality.sandbox import SandboxUnavailable
     from engines.spec import SpecError
+    from store.safe import LINE, shown
 
     k = [int(x) for x in args.k] if args.k else [1]
     try:
@@ -55,7 +57,7 @@ def score_file(args: argparse.Namespace) -> int:
         raise SpecError(f"generated code cannot be run safely here: {exc}") from None
     console = Console()
     counts = ", ".join(f"{n} {s}" for s, n in sorted(score.counts().items()))
-    console.print(f"{args.completions}: {len(score.tasks)} problems, {score.samples} samples ({counts})")
+    console.print(Text(f"{shown(args.completions, LINE)}: {len(score.tasks)} problems, {score.samples} samples ({counts})"))
     for kk, v in sorted(score.pass_at.items()):
         console.print(f"pass@{kk} = {v:.4f}")
     for kk in score.skipped_k:

@@ -98,6 +98,7 @@ def runs(args: argparse.Namespace) -> int:
     from store.export import when
     from store.queries import count_runs, list_runs
     from store.results import load_result
+    from store.safe import LINE, NAME, shown
     from tui.render import STATUS_STYLE
 
     db = open_db(args.db, create=False)
@@ -107,9 +108,10 @@ def runs(args: argparse.Namespace) -> int:
         rows = list_runs(session=s, limit=args.limit or None)
         results = [load_result(r, session=s, telemetry=False) for r in rows]
     if not results:
-        console.print(f"no runs stored in {db.path}")
+        console.print(Text(f"no runs stored in {shown(db.path, LINE)}"))
         return 0
-    table = RichTable(title=f"{total} run(s) in {db.path}", title_justify="left", header_style="bold")
+    # Every cell is Text: names, labels and models are data, never markup.
+    table = RichTable(title=Text(f"{total} run(s) in {shown(db.path, LINE)}"), title_justify="left", header_style="bold")
     table.add_column("id", no_wrap=True, min_width=8)
     table.add_column("started", no_wrap=True)
     for col in ("run", "model", "status", "cells", "best tok/s"):
@@ -117,11 +119,12 @@ def runs(args: argparse.Namespace) -> int:
     for r in results:
         counts = r.status_counts()
         best = max((c["tokens_per_s"] for c in r.cells if c.get("tokens_per_s")), default=None)
-        bad = ", ".join(f"{n} {k}" for k, n in counts.items() if k != "done")
-        name = f"{r.run['name']}: " if r.run.get("name") else ""
-        table.add_row(r.short_id, when(r.run["created_at"])[5:16], f"{name}{r.run['label']} ({r.run.get('device') or '?'})",
-                      r.run["model"], Text(r.status, style=STATUS_STYLE.get(r.status, "")),
-                      f"{counts.get('done', 0)}/{r.run['cells_total']}" + (f" ({bad})" if bad else ""),
+        bad = ", ".join(f"{n} {shown(k, NAME)}" for k, n in counts.items() if k != "done")
+        name = f"{shown(r.run['name'], NAME)}: " if r.run.get("name") else ""
+        what = f"{name}{shown(r.run['label'], NAME)} ({shown(r.run.get('device') or '?', NAME)})"
+        table.add_row(Text(shown(r.short_id)), when(r.run["created_at"])[5:16], Text(what),
+                      Text(shown(r.run["model"], NAME)), Text(shown(r.status, NAME), style=STATUS_STYLE.get(r.status, "")),
+                      Text(f"{counts.get('done', 0)}/{r.run['cells_total']}" + (f" ({bad})" if bad else "")),
                       f"{best:,.1f}" if best else "-")  # fmt: skip
     console.print(table)
     if total > len(results):

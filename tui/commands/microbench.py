@@ -85,7 +85,9 @@ def table(head: dict, points: list[dict], a: dict):
 
 def microbench(args: argparse.Namespace) -> int:
     from rich.console import Console
+    from rich.text import Text
 
+    from store.safe import LINE, shown
     from tui.render import rich_table
 
     a = _args(args)
@@ -126,6 +128,6 @@ def microbench(args: argparse.Namespace) -> int:
     if proc.returncode != 0:
         tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
         why = f"stopped after --timeout {args.timeout:g} s" if proc.returncode == -9 else tail
-        err.print(f"codebench-tui: microbenchmark worker failed: {why}")
+        err.print(Text(f"codebench-tui: microbenchmark worker failed: {shown(why, LINE)}"))  # stderr: never markup
         return 1
     return 0

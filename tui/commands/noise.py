@@ -76,8 +76,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def report(console, db_path: str | None, run_ids: list[str]) -> int:
+    from rich.text import Text
+
     from store import noise
     from store.db import open_db
+    from store.safe import LINE, NAME, shown
     from store.results import load_result
     from store.queries import resolve_run
 
@@ -85,18 +88,19 @@ def report(console, db_path: str | None, run_ids: list[str]) -> int:
     with db.session() as s:
         a, b = (load_result(resolve_run(i, session=s), session=s, telemetry=False) for i in run_ids)
         if a.status != "done" or b.status != "done":
-            console.print(f"[red]the A/A runs ended {a.status} and {b.status}: no noise floor stored[/]")
+            console.print(Text(f"the A/A runs ended {shown(a.status, NAME)} and {shown(b.status, NAME)}: "
+                               "no noise floor stored", style="red"))  # fmt: skip
             return 1
         floors = noise.save(a, b, session=s)
         s.commit()
     if not floors:
         console.print("[red]no cell finished in both runs: no noise floor stored[/]")
         return 1
-    host = (a.run.get("host") or {}).get("hostname") or "this host"
+    host = shown((a.run.get("host") or {}).get("hostname") or "this host", NAME)
     parts = ", ".join(f"{m} ±{row.floor * 100:.1f}%" for m, row in floors.items())
     cells = max(row.cells for row in floors.values())
-    console.print(f"noise floor of {host} ({noise.device_kind(a.run.get('device'))}), {a.run['label']}, "
-                  f"A/A over {cells} cells (95th percentile of |log ratio|): {parts}")  # fmt: skip
-    console.print(f"stored in {db.path}; compare uses it for runs on this host")
+    console.print(Text(f"noise floor of {host} ({noise.device_kind(a.run.get('device'))}), {shown(a.run['label'], NAME)}, "
+                       f"A/A over {cells} cells (95th percentile of |log ratio|): {parts}"))  # fmt: skip
+    console.print(Text(f"stored in {shown(db.path, LINE)}; compare uses it for runs on this host"))
     db.close()
     return 0

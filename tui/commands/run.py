@@ -364,17 +364,19 @@ def run(args: argparse.Namespace) -> int:
 def execute(spec, args: argparse.Namespace) -> int:
     """Validate everything, then run the study with live progress and print its results."""
     from rich.console import Console
+    from rich.text import Text
 
     from engines.runner import Runner
     from store.db import open_db
+    from store.safe import LINE, NAME, shown
 
     device = validate(spec)
     console = Console(stderr=False)
     cells = spec.cells()
     quality = f", quality: {', '.join(spec.quality.metrics)}" if spec.quality else ""
-    plan = f"{len(spec.runs)} run(s) x {len(cells)} cells on {spec.model} ({device}){quality}: " + "; ".join(
-        r.label() for r in spec.runs
-    )
+    # Text, not a markup string: the model path and the options are the user's.
+    plan = Text(f"{len(spec.runs)} run(s) x {len(cells)} cells on {shown(spec.model, LINE)} ({device}){quality}: "
+                + "; ".join(shown(r.label(), NAME) for r in spec.runs))  # fmt: skip
     if getattr(args, "save_study", None):
         Path(args.save_study).write_text(spec.to_json() + "\n")
     if getattr(args, "dry_run", False):
@@ -403,14 +405,14 @@ def execute(spec, args: argparse.Namespace) -> int:
             from tui.render import print_speculative
 
             print_speculative(console, _results(db, result.run_ids))
-        console.print(f"stored in {db.path} (group {result.group_id[:8]})")
+        console.print(Text(f"stored in {shown(db.path, LINE)} (group {result.group_id[:8]})"))
     failed = failed_runs(db, result.run_ids)
     db.close()
     if result.status == "cancelled":
         console.print("[yellow]cancelled: finished cells are kept[/]")
         return 130
     for label, error in failed:  # the study ran, but not all of it: say which, and exit 1
-        print(f"codebench-tui: run {label[:120]} failed: {(error.splitlines() or [''])[0][:300]}", file=sys.stderr)
+        print(f"codebench-tui: run {shown(label, NAME)} failed: {shown(error, LINE)}", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -6,6 +6,7 @@ schema and the same text as `codebench-tui compare` / `export`.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
+from store.safe import LINE, NAME, shown
 from tui.widgets.footer import Footer
 from tui.widgets.plot import Plot
 
@@ -108,7 +110,7 @@ class CompareScreen(Screen):
     @on(Loaded)
     def _loaded(self, message: Loaded) -> None:
         if message.results is None:
-            self.query_one("#cmp-head", Static).update(Text(message.error, style="bold red"))
+            self.query_one("#cmp-head", Static).update(Text(shown(message.error, LINE), style="bold red"))
             return
         self.results = message.results
         self.floors, self.floor_note = message.floors
@@ -139,7 +141,7 @@ class CompareScreen(Screen):
             head.append(f" {label} ", style="reverse bold" if key == self.metric else "dim")
         head.append("   base ", style="bold")
         base = self.results[self.baseline]
-        head.append(f"{base.short_id} {base.run.get('name') or base.run['label']}", style="cyan")
+        head.append(f"{shown(base.short_id)} {shown(base.run.get('name') or base.run['label'], NAME)}", style="cyan")
         self.query_one("#cmp-head", Static).update(head)
 
     def table(self) -> Any:
@@ -209,8 +211,11 @@ class CompareScreen(Screen):
     def action_export(self) -> None:
         from tui.screens.modals import ExportScreen
 
-        stem = "codebench-" + "-".join(r.short_id for r in self.results[:4])
-        self.app.push_screen(ExportScreen(stem), self._export_to)
+        self.app.push_screen(ExportScreen(self.stem()), self._export_to)
+
+    def stem(self) -> str:
+        """A file name from the runs' ids: imported ids may hold anything, a file name only this."""
+        return "codebench-" + "-".join(re.sub(r"[^0-9A-Za-z_.]", "_", r.short_id) for r in self.results[:4])
 
     def _export_to(self, choice: tuple[str, str] | None) -> None:
         if not choice:
@@ -261,9 +266,9 @@ class CompareScreen(Screen):
             yield (f"Compare: metric {METRICS[key][0]}", f"Show {METRICS[key][0]} in the table",
                    lambda k=key: self.set_metric(k))  # fmt: skip
         for i, r in enumerate(self.results):
-            yield (f"Compare: baseline {r.short_id} {r.run['label']}", "Ratios against this run",
+            yield (f"Compare: baseline {shown(r.short_id)} {shown(r.run['label'], NAME)}", "Ratios against this run",
                    lambda i=i: self.set_baseline(i))  # fmt: skip
         for fmt in ("csv", "md", "json", "html"):
-            stem = "codebench-" + "-".join(r.short_id for r in self.results[:4])
+            stem = self.stem()
             yield (f"Compare: export {fmt.upper()}", f"Write {stem}.{fmt} in the current directory",
                    lambda f=fmt, s=stem: self.export(f, Path(f"{s}.{f}")))  # fmt: skip

@@ -13,6 +13,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Input, Static
 
+from store.safe import shown
+from tui.widgets.field import Field
 from tui.widgets.footer import Footer
 from tui.widgets.runtable import Column, RunTable
 
@@ -81,7 +83,7 @@ class HistoryScreen(Screen):
 
     def compose(self):
         with Horizontal(id="hist-top"):
-            yield Input(placeholder="/ filter: model engine status name host id", id="hist-filter",
+            yield Field(placeholder="/ filter: model engine status name host id", id="hist-filter",
                         compact=True)  # fmt: skip
             yield Static(id="hist-status")
         yield RunTable(COLUMNS, id="hist-table")
@@ -143,7 +145,7 @@ class HistoryScreen(Screen):
             ((r.id[:8], "bold"),),
             _when(r.created_at),
             r.label,
-            ((r.status, STATUS_STYLE.get(r.status, "")),),
+            ((shown(r.status, 12), STATUS_STYLE.get(r.status, "")),),  # an imported status must not crowd out the rest
             ((done, ""), (f" {bad}", "red")) if bad else done,
             "-" if r.best_tps is None else f"{r.best_tps:,.1f}",
             r.model,

@@ -18,6 +18,7 @@ from textual.screen import Screen
 from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
+from store.safe import NAME, first_line, shown
 from tui.widgets.footer import Footer
 from tui.feed import Feed, FeedInfo
 from tui.live_state import STATUS_WORD, LiveState
@@ -144,7 +145,7 @@ class LiveScreen(Screen):
     def play_run(self, ref: str, speed: float | None = None) -> None:
         """Load a stored run in a thread, then replay it."""
         self._speed = speed
-        self.query_one("#live-head", Static).update(f"loading run {ref}…")
+        self.query_one("#live-head", Static).update(Text(f"loading run {shown(ref, NAME)}…"))
         self.run_worker(lambda: _load_run(self.app, ref), thread=True, name="load-replay", group="replay",
                         exit_on_error=False)  # fmt: skip
 
@@ -195,7 +196,8 @@ class LiveScreen(Screen):
 
             self.start(ReplayFeed(worker.result, speed=self._speed))
         elif worker.group == "replay" and event.state == WorkerState.ERROR:
-            self.query_one("#live-head", Static).update(Text(f"cannot replay: {worker.error}", style="bold red"))
+            head = Text(f"cannot replay: {first_line(worker.error)}", style="bold red")
+            self.query_one("#live-head", Static).update(head)
         elif worker.group == "study" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
             self._drain()  # the runner's last events, as one more message, before the verdict
             self.call_later(self._study_done, worker)
@@ -274,7 +276,8 @@ class LiveScreen(Screen):
         s = self.state
         status = s.status
         style = {"running": "bold cyan", "finished": "bold green", "cancelled": "bold yellow", "failed": "bold red"}
-        out = Text.assemble((feed.info.title, "bold"), "  ", (feed.info.model, "italic"), "  ",
+        out = Text.assemble((shown(feed.info.title, 2 * NAME), "bold"), "  ", (shown(feed.info.model, NAME), "italic"),
+                            "  ",
                             (status, style.get(status, "")), f"  elapsed {clock(s.elapsed(now))}")  # fmt: skip
         if not feed.live:
             pos = feed.now() - getattr(feed, "start", 0.0)

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from rich.text import Text
 from textual import on
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, RadioButton, RadioSet, Static
+
+from store.safe import LINE, shown
+from tui.widgets.field import Field
 
 FORMAT_NAMES = {"csv": "CSV", "md": "Markdown", "json": "JSON (lossless, importable)", "html": "HTML"}
 
@@ -23,7 +27,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self):
         with Vertical(classes="dialog"):
-            yield Static(self.question, classes="question")
+            yield Static(Text(shown(self.question, LINE, lines=True)), classes="question")  # may name runs: never markup
             with Horizontal(classes="buttons"):
                 yield Button(f"{self.yes} (y)", id="yes", variant="error")
                 yield Button(f"{self.no} (n)", id="no", variant="primary")
@@ -48,8 +52,8 @@ class PromptScreen(ModalScreen["str | None"]):
 
     def compose(self):
         with Vertical(classes="dialog"):
-            yield Label(self.title_text, classes="question")
-            yield Input(self.value, placeholder=self.placeholder, id="prompt-input")
+            yield Label(Text(shown(self.title_text, LINE)), classes="question")
+            yield Field(self.value, placeholder=self.placeholder, id="prompt-input")
             yield Static("enter: OK   escape: cancel", classes="hint")
 
     @on(Input.Submitted)
@@ -77,7 +81,7 @@ class ExportScreen(ModalScreen["tuple[str, str] | None"]):
             with RadioSet(id="export-format"):
                 for key, name in FORMAT_NAMES.items():
                     yield RadioButton(name, value=key == self.fmt, id=f"fmt-{key}")
-            yield Input(f"{self.stem}.{self.fmt}", id="export-path")
+            yield Field(f"{self.stem}.{self.fmt}", id="export-path")
             yield Static("arrows: format   tab: file name   enter: write   escape: cancel", classes="hint")
 
     @on(RadioSet.Changed)

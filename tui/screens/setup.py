@@ -20,6 +20,8 @@ from textual.screen import Screen
 from textual.widgets import Button, Input, Label, Select, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
+from store.safe import LINE, shown
+from tui.widgets.field import Field
 from tui.widgets.footer import Footer
 from tui.widgets.picker import AxisPicker
 from tui.planning import axis_text, human_duration, parse_worker_env, worker_env_text
@@ -78,7 +80,7 @@ class SetupScreen(Screen):
             with Horizontal(id="setup-cols"):
                 with Vertical(id="setup-left"):
                     yield Static("Model", classes="section")
-                    yield Input("tiny", id="model", compact=True,
+                    yield Field("tiny", id="model", compact=True,
                                 placeholder="tiny, a model directory, a .gguf file or an HF id")  # fmt: skip
                     yield Static(id="model-msg", classes="msg")
                     with Lazy(Vertical(id="setup-engines")):
@@ -94,32 +96,32 @@ class SetupScreen(Screen):
                     for key, label in GRID_FIELDS:
                         with Horizontal(classes="field"):
                             yield Label(label, classes="field-label")
-                            yield Input(DEFAULTS[key], id=f"grid-{key}", compact=True)
+                            yield Field(DEFAULTS[key], id=f"grid-{key}", compact=True)
                     yield Static(id="grid-msg", classes="msg")
                     yield Static("Timing per cell", classes="section")
                     for key, label, _ in TIMING_FIELDS:
                         with Horizontal(classes="field"):
                             yield Label(label, classes="field-label")
-                            yield Input(DEFAULTS[key], id=f"timing-{key}", compact=True, type="integer")
+                            yield Field(DEFAULTS[key], id=f"timing-{key}", compact=True, type="integer")
                     yield Static("Study", classes="section")
                     with Horizontal(classes="field"):
                         yield Label("name", classes="field-label")
-                        yield Input("", id="name", compact=True, placeholder="optional")
+                        yield Field("", id="name", compact=True, placeholder="optional")
                     with Horizontal(classes="field"):
                         yield Label("device", classes="field-label")
                         yield Select(DEVICES, value="auto", id="device", compact=True, allow_blank=False)
                     with Horizontal(classes="field"):
                         yield Label("tp", classes="field-label")
-                        yield Input("1", id="tp", compact=True, placeholder="tensor-parallel sizes: 1 or 1,2")
+                        yield Field("1", id="tp", compact=True, placeholder="tensor-parallel sizes: 1 or 1,2")
                     with Horizontal(classes="field"):
                         yield Label("executor", classes="field-label")
-                        yield Input("local", id="executor", compact=True, placeholder="local or ray://HOST:PORT")
+                        yield Field("local", id="executor", compact=True, placeholder="local or ray://HOST:PORT")
                     with Horizontal(classes="field"):
                         yield Label("schedule", classes="field-label")
                         yield Select(SCHEDULES, value="interleaved", id="schedule", compact=True, allow_blank=False)
                     with Horizontal(classes="field"):
                         yield Label("env", classes="field-label")
-                        yield Input("", id="worker-env", compact=True,
+                        yield Field("", id="worker-env", compact=True,
                                     placeholder="optional KEY=VALUE")  # fmt: skip
                     yield Static(id="plan-msg", classes="plan")
                     with Horizontal(id="setup-buttons"):
@@ -197,7 +199,7 @@ class SetupScreen(Screen):
         self._check_model()
         pick = self.query_one("#model-pick", Select)
         current = self.query_one("#model", Input).value.strip()
-        pick.set_options(message.models)
+        pick.set_options([(Text(label), value) for label, value in message.models])  # recent models are data
         if any(v == current for _, v in message.models):
             pick.value = current
         engines = self.query_one("#engines", SelectionList)
@@ -269,7 +271,7 @@ class SetupScreen(Screen):
         children: list[Any] = [head, *pickers]
         spec_values = registry.ENGINES[name].axes.get("spec") if name in registry.ENGINES else None
         if spec_values:  # free values (ngram=N, draft=MODEL): typed, checked as you type
-            field = Input(self.spec_text.get(name, ""), name=name, compact=True, classes="spec-input",
+            field = Field(self.spec_text.get(name, ""), name=name, compact=True, classes="spec-input",
                           placeholder=", ".join(v for v in spec_values if v != "none"))  # fmt: skip
             children.append(Horizontal(Label("spec", classes="spec-label"), field, classes="spec-field"))
         children.append(notes)
@@ -376,6 +378,7 @@ class SetupScreen(Screen):
         from tui.planning import check_model_text
 
         ok, msg = check_model_text(self.query_one("#model", Input).value)
+        msg = shown(msg, LINE)  # it may quote the model path
         self.query_one("#model-msg", Static).update(Text(("✓ " if ok else "✗ ") + msg, style="green" if ok else "red"))
         self.query_one("#model", Input).set_class(not ok, "-invalid")
         return ok
@@ -434,7 +437,7 @@ class SetupScreen(Screen):
         grid_msg = self.query_one("#grid-msg", Static)
         plan = self.query_one("#plan-msg", Static)
         if form is None:
-            grid_msg.update(Text("✗ " + errors[0], style="red"))
+            grid_msg.update(Text("✗ " + shown(errors[0], LINE), style="red"))  # echoes what was typed or loaded
             plan.update(Text("fix the field marked in red to see the plan", style="dim"))
             self.estimate_s = None
             return
@@ -448,7 +451,7 @@ class SetupScreen(Screen):
             return
         problems = self.option_problems()
         if problems:
-            plan.update(Text("✗ " + problems[0], style="red"))
+            plan.update(Text("✗ " + shown(problems[0], LINE), style="red"))
             self.estimate_s = None
             return
         if not runs:
@@ -457,12 +460,12 @@ class SetupScreen(Screen):
             return
         total, basis = estimate_seconds(runs, cells, form["timing"], self.rates)
         schedule = str(self.query_one("#schedule", Select).value)
-        env = worker_env_text(form["worker_env"])
+        env = shown(worker_env_text(form["worker_env"]), LINE)
         self.estimate_s = total
         loaded = "\nruns as loaded from the study file (pick options to replace them)" if self.loaded_runs else ""
         plan.update(Text.assemble((f"{len(runs)} run(s) × {len(cells)} cells = {len(runs) * len(cells)} cells", "bold"),
                                   f"\nabout {human_duration(total)} ({basis})\non {self.device}"
-                                  + ("" if form["executor"] == "local" else f" via {form['executor']}")
+                                  + ("" if form["executor"] == "local" else f" via {shown(form['executor'], LINE)}")
                                   + (f", {schedule}" if len(runs) > 1 else "") + (f"\nworker env: {env}" if env else ""),
                                   (loaded, "italic")))  # fmt: skip
 

@@ -9,11 +9,12 @@ from rich.console import Group
 from rich.table import Table as RichTable
 from rich.text import Text
 
+from store.safe import NAME, shown
 from tui.widgets.plot import series_chart
 
 
 def _label(r: Any, n_runs: int, in_len: int, many_inputs: bool) -> str:
-    name = r.short_id if n_runs > 1 else ""
+    name = shown(r.short_id) if n_runs > 1 else ""  # plotext's output is read back as ANSI: no escapes of ours
     return " ".join(p for p in (name, f"in={in_len}" if many_inputs or not name else "") if p)
 
 
@@ -76,8 +77,9 @@ def speedup_grids(results: list[Any], baseline: int, metric: str = "tokens_per_s
         for out_len in sorted({k[2] for k in cells} | {k[2] for k in base}):
             batches = sorted({k[0] for k in (*cells, *base) if k[2] == out_len})
             inputs = sorted({k[1] for k in (*cells, *base) if k[2] == out_len})
-            parts.append(Text.assemble((f"{r.short_id} {r.run['label']}", "bold"), " vs ",
-                                       (f"{results[baseline].short_id} {results[baseline].run['label']}", "cyan"),
+            base_name = f"{shown(results[baseline].short_id)} {shown(results[baseline].run['label'], NAME)}"
+            parts.append(Text.assemble((f"{shown(r.short_id)} {shown(r.run['label'], NAME)}", "bold"), " vs ",
+                                       (base_name, "cyan"),
                                        f"  out={out_len}  {label} " + ("ratio" if higher else "base/run")))  # fmt: skip
             t = RichTable(header_style="bold", box=None, padding=(0, 1))
             t.add_column("batch \\ in", justify="right")
@@ -91,7 +93,7 @@ def speedup_grids(results: list[Any], baseline: int, metric: str = "tokens_per_s
                         row.append(Text("-", style="dim"))
                         continue
                     if c["status"] != "done":
-                        row.append(Text(c["status"].upper() if c["status"] == "oom" else c["status"], style="bold red"))
+                        row.append(Text("OOM" if c["status"] == "oom" else shown(c["status"], 12), style="bold red"))
                         continue
                     v = compare(c, bc, metric, run_a=r.run, run_b=base_run, floor=floor)
                     x = v.ratio if higher or v.ratio is None else 1 / v.ratio

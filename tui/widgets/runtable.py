@@ -4,6 +4,7 @@ Textual's DataTable renders every cell through a Rich console and measures every
 History (a page of runs, ten columns) that was most of the time it took to open. Here a cell is a
 plain string or a few (text, style) fragments, column widths come from string lengths, and columns
 that do not fit are dropped (by priority) or cut with an ellipsis, so nothing scrolls sideways.
+Cells become segments as they are, so every cell and label is shown (store.safe) on the way in.
 """
 
 from __future__ import annotations
@@ -21,8 +22,17 @@ from textual.message import Message
 from textual.scroll_view import ScrollView
 from textual.strip import Strip
 
+from store.safe import shown
+
 Fragments = tuple[tuple[str, str], ...]  # (text, style) pieces of one cell
 Cell = Union[str, Fragments]
+WIDEST = 200  # no column is drawn wider; longer cells are cut on the way in
+
+
+def _safe(cell: Cell) -> Cell:
+    if isinstance(cell, tuple):
+        return tuple((shown(text, WIDEST), style) for text, style in cell)
+    return shown(cell, WIDEST)  # a str, or whatever a column of an imported run holds
 
 
 @dataclass
@@ -121,7 +131,7 @@ class RunTable(ScrollView, can_focus=True):
     def __init__(self, columns: Sequence[Column], **kw) -> None:
         super().__init__(**kw)
         self.columns = list(columns)
-        self.labels = {c.key: c.label for c in self.columns}
+        self.labels = {c.key: shown(c.label, WIDEST) for c in self.columns}
         self.keys: list[str] = []
         self.rows: list[list[Cell]] = []
         self._index: dict[str, int] = {}
@@ -145,9 +155,9 @@ class RunTable(ScrollView, can_focus=True):
         return self._index.get(key)
 
     def set_rows(self, keys: list[str], rows: list[list[Cell]], cursor_key: str | None = None) -> None:
-        self.keys, self.rows = list(keys), rows
+        self.keys, self.rows = list(keys), [[_safe(c) for c in row] for row in rows]
         self._index = {k: i for i, k in enumerate(self.keys)}
-        self._natural = [max([cell_len(c.label)] + [_width(r[i]) for r in rows]) for i, c in enumerate(self.columns)]
+        self._natural = [max([cell_len(c.label)] + [_width(r[i]) for r in self.rows]) for i, c in enumerate(self.columns)]
         row = self._index.get(cursor_key, 0) if cursor_key is not None else 0
         self.cursor_row = min(row, max(len(rows) - 1, 0))
         self._relayout()
@@ -158,7 +168,7 @@ class RunTable(ScrollView, can_focus=True):
         row, col = self._index.get(key), next((i for i, c in enumerate(self.columns) if c.key == column), None)
         if row is None or col is None:
             return
-        self.rows[row][col] = cell
+        self.rows[row][col] = cell = _safe(cell)
         if _width(cell) > self._natural[col]:
             self._natural[col] = _width(cell)
             self._relayout()
@@ -168,7 +178,7 @@ class RunTable(ScrollView, can_focus=True):
     def set_labels(self, labels: dict[str, str]) -> None:
         if labels == self.labels:
             return
-        self.labels = dict(labels)
+        self.labels = {key: shown(label, WIDEST) for key, label in labels.items()}
         self._natural = [max(n, cell_len(self.labels[c.key])) for n, c in zip(self._natural, self.columns)]
         self._relayout()
 
