@@ -19,8 +19,11 @@ UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "kib": 2**10, "m": 1e6, "mb": 1e6, 
 def parse_size(text: str) -> int:
     m = SIZE.match(text)
     if not m or m.group(2).lower() not in UNITS:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a size (use e.g. 512MiB or 2GiB)")
-    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is not a size (use e.g. 512MiB or 2GiB)")
+    size = float(m.group(1)) * UNITS[m.group(2).lower()]
+    if not size < 2**62:  # inf from a 400-digit number, or past what any machine has
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} is larger than any machine's memory (use e.g. 2GiB)")
+    return int(size)
 
 
 def _list(text: str) -> list[str]:
