@@ -5,7 +5,12 @@ for each sequence's last token, greedy argmax), not B calls. Prefill and decode 
 from llama.cpp's own perf counters, read at the phase boundary: llama.cpp files any
 multi-token llama_decode under "prompt eval", so its own split is wrong for batched decoding.
 
-Options (run.options): n_threads (default: physical cores), n_threads_batch, n_batch, n_ubatch,
+n_threads defaults to llama.cpp's own default, common_cpu_get_num_math() (llama-bench's -t; see
+engines/llama_tools.default_threads): physical cores of the whole machine, performance cores only on
+hybrid CPUs. On the 2-core dev VM (2 cores, no SMT) that is 2, as `_threads()` gave before; they differ
+where an affinity mask is narrower than the machine (llama.cpp does not look at it) or on hybrid CPUs.
+
+Options (run.options): n_threads (default: llama.cpp's, above), n_threads_batch, n_batch, n_ubatch,
 n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
 type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, n_ctx (total positions;
 default: grown to fit each cell, n_seq x per-sequence length, during warm-up), repack (on/off/auto:
@@ -17,7 +22,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from gguf import GGMLQuantizationType
 
 from engines import gguf_convert
 from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory
+from engines.llama_tools import default_threads
 from engines.spec import SpecError
 
 # KV-cache types by ggml type number (gguf's enum mirrors ggml's; llama_cpp lacks some names, e.g. BF16).
@@ -45,17 +50,6 @@ _backend_ready = False
 # llama-cpp-python routes llama.cpp's log through this logger; below ERROR it floods the worker's stderr tail
 # (this build logs the whole model-loader dump at WARN).
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-
-
-def _threads() -> int:
-    """Physical cores we may run on (llama.cpp's own default): hyperthreads slow its matmuls down."""
-    import psutil
-
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        allowed = os.cpu_count() or 1
-    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
 def _round_up(n: int, to: int = 256) -> int:
@@ -95,7 +89,7 @@ def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     split = o.setdefault("split_mode", "row")  # row: each weight matrix split across GPUs (tensor parallel)
     if split not in _SPLIT:
         raise SpecError(f"llama.cpp split_mode must be row or layer, got {split!r}")
-    o.setdefault("n_threads", _threads())
+    o.setdefault("n_threads", default_threads())
     o.setdefault("n_threads_batch", o["n_threads"])
     o.setdefault("kv_unified", False)  # independent prompts: per-sequence KV streams decode faster
     repack = o.get("repack", "auto")
