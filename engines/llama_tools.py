@@ -49,24 +49,24 @@ def default_threads() -> int:
     Linux: distinct thread_siblings masks of cpu0, cpu1, ... (stopping at the first CPU without one), i.e.
     physical cores on every CPU of the machine (the affinity mask is not consulted); on hybrid x86 CPUs
     the count of performance cores instead. macOS: hw.perflevel0.physicalcpu (performance cores).
-    Elsewhere psutil's physical cores, then llama.cpp's last resort (n <= 4 ? n : n / 2).
+    Windows: physical cores (psutil's count, as GetLogicalProcessorInformationEx's). Where none of that
+    answers, llama.cpp's last resort: n <= 4 ? n : n / 2 of the logical CPUs.
     """
+    n = 0
     if sys.platform.startswith("linux"):
-        if platform.machine() in ("x86_64", "AMD64") and _is_hybrid():
+        if platform.machine() == "x86_64" and _is_hybrid():
             n = _math_cpus_hybrid(os.sysconf("SC_NPROCESSORS_ONLN"))
-            if n > 0:
-                return n
-        n = _linux_physical_cores()
-        if n > 0:
-            return n
+        if n <= 0:
+            n = _linux_physical_cores()
     elif sys.platform == "darwin":
         for key in ("hw.perflevel0.physicalcpu", "hw.physicalcpu"):
             with contextlib.suppress(OSError, ValueError, subprocess.SubprocessError):
-                return int(subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, check=True).stdout)
-    import psutil
+                n = n or int(subprocess.run(["sysctl", "-n", key], capture_output=True, text=True, check=True).stdout)
+    else:
+        import psutil
 
-    n = psutil.cpu_count(logical=False)
-    if n:
+        n = psutil.cpu_count(logical=False) or 0
+    if n > 0:
         return n
     logical = os.cpu_count() or 0
     return (logical if logical <= 4 else logical // 2) if logical else 4
