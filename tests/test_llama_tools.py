@@ -58,6 +58,7 @@ def test_missing_toolchain_is_one_clear_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # a first build took 6 to 12 minutes on 2 busy cores
 def test_built_tools_match_the_installed_build_and_default_threads(monkeypatch):
     """Builds llama-bench and llama-batched-bench (minutes the first time; the user's cache after that)."""
     if _USER_CACHE:
