@@ -52,32 +52,36 @@ def codebench(quant: str, threads: str, batches: list[int], p: int, n: int, repe
     con = sqlite3.connect(db)
     try:
         run_id, runtime = con.execute("select id, runtime from run order by created_at desc limit 1").fetchone()
-        cells = con.execute("select batch, status, decode_tps from cell where run_id=?", (run_id,)).fetchall()
+        cells = con.execute("select batch, status, decode_tps, repeats from cell where run_id=?", (run_id,)).fetchall()
     finally:
         con.close()
-    if any(status != "done" for _, status, _ in cells):
-        raise RuntimeError(f"codebench cells not done: {cells}")
-    return {"tps": {b: tps for b, _, tps in cells}, "threads": json.loads(runtime).get("n_threads")}
+    if any(status != "done" for _, status, _, _ in cells):
+        raise RuntimeError(f"codebench cells not done: {[c[:3] for c in cells]}")
+    peak = {b: max(b * n / (lat - ttft) for r in json.loads(reps) for lat, ttft in zip(r["latencies_s"], r["ttft_s"]))
+            for b, _, _, reps in cells}  # fmt: skip
+    return {"tps": {b: tps for b, _, tps, _ in cells}, "peak": peak, "threads": json.loads(runtime).get("n_threads")}
 
 
 def llama_bench(exe: Path, gguf: str, threads: str, p: int, n: int, reps: int) -> dict:
     cmd = [str(exe), "-m", gguf, "-p", "0", "-n", str(n), "-d", str(p), "-r", str(reps), "-o", "json"]
     cmd += [] if threads == "default" else ["-t", threads]
     (row,) = json.loads(_out(cmd))
-    return {"tps": {1: statistics.median(row["samples_ts"])}, "threads": row["n_threads"]}
+    ts = row["samples_ts"]
+    return {"tps": {1: statistics.median(ts)}, "peak": {1: max(ts)}, "threads": row["n_threads"]}
 
 
 def batched_bench(exe: Path, gguf: str, threads: str, batches: list[int], p: int, n: int, reps: int) -> dict:
     """One process per batch B, with codebench's context for that cell: B sequences of 256 positions."""
-    tps, used = {}, None
+    tps, peak, used = {}, {}, None
     for b in batches:
         n_ctx = b * max(256, -(-(p + n + 1) // 256) * 256)
         cmd = [str(exe), "-m", gguf, "-npp", str(p), "-ntg", str(n), "-npl", ",".join([str(b)] * reps),
                "-c", str(n_ctx), "--output-format", "jsonl"]  # fmt: skip
         cmd += [] if threads == "default" else ["-t", threads]
         rows = [json.loads(line) for line in _out(cmd).splitlines() if line.startswith("{")]
-        tps[b], used = statistics.median(r["speed_tg"] for r in rows), rows[0]["n_threads"]
-    return {"tps": tps, "threads": used}
+        runs = [r["speed_tg"] for r in rows]
+        tps[b], peak[b], used = statistics.median(runs), max(runs), rows[0]["n_threads"]
+    return {"tps": tps, "peak": peak, "threads": used}
 
 
 def _out(cmd: list[str]) -> str:
@@ -114,7 +118,7 @@ def compare(a: argparse.Namespace) -> None:
                 order = list(sides) if (r + a.quants.index(quant)) % 2 == 0 else list(sides)[::-1]
                 for side in order:
                     got = sides[side]()
-                    results.setdefault((quant, threads, side), []).append(got["tps"])
+                    results.setdefault((quant, threads, side), []).append(got)
                     used[(quant, threads, side)] = got["threads"]
         print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t0:.0f} s)", flush=True)
     _table(a, results, used)
@@ -122,8 +126,10 @@ def compare(a: argparse.Namespace) -> None:
 
 def _table(a: argparse.Namespace, results: dict, used: dict) -> None:
     print(f"\ncodebench decode tok/s (CLI, stored decode_tps) / llama.cpp's tools; tiny, prompt {a.input_len}, "
-          f"{a.tokens} decode steps, {a.rounds} rounds; best = best round / best round, median = of per-round ratios")  # fmt: skip
-    print(f"{'quant':<6} {'threads':>11} {'batch':>5} {'tool':<13} {'best':>6} {'median':>6} "
+          f"{a.tokens} decode steps, {a.rounds} rounds of {a.repeats} runs a side.\n"
+          "best = best round / best round; median = median of per-round ratios (a round's figure: codebench's "
+          "stored decode_tps, the tools' median run);\npeak = fastest single run / fastest single run")  # fmt: skip
+    print(f"{'quant':<6} {'threads':>9} {'batch':>5} {'tool':<13} {'best':>6} {'median':>6} {'peak':>6} "
           f"{'cb best':>8} {'cb med':>8} {'tool best':>9} {'tool med':>8}")  # fmt: skip
     worst = None
     for quant in a.quants:
@@ -131,18 +137,19 @@ def _table(a: argparse.Namespace, results: dict, used: dict) -> None:
             cb = results[(quant, threads, "codebench")]
             for tool in ("llama-bench", "batched-bench"):
                 tr = results[(quant, threads, tool)]
-                t_label = threads
+                label = threads
                 if threads == "default":
-                    t_label = f"def {used[(quant, threads, 'codebench')]}/{used[(quant, threads, tool)]}"
+                    label = f"def {used[(quant, threads, 'codebench')]}/{used[(quant, threads, tool)]}"
                 for b in a.batches:
-                    if b not in tr[0]:
+                    if b not in tr[0]["tps"]:
                         continue
-                    c, t = [x[b] for x in cb], [x[b] for x in tr]
+                    c, t = [x["tps"][b] for x in cb], [x["tps"][b] for x in tr]
                     best = max(c) / max(t)
                     med = statistics.median(x / y for x, y in zip(c, t))
+                    peak = max(x["peak"][b] for x in cb) / max(x["peak"][b] for x in tr)
                     worst = best if worst is None else min(worst, best)
-                    print(f"{quant:<6} {t_label:>11} {b:>5} {tool:<13} {best:>6.3f} {med:>6.3f} {max(c):>8.1f} "
-                          f"{statistics.median(c):>8.1f} {max(t):>9.1f} {statistics.median(t):>8.1f}")  # fmt: skip
+                    print(f"{quant:<6} {label:>9} {b:>5} {tool:<13} {best:>6.3f} {med:>6.3f} {peak:>6.3f} "
+                          f"{max(c):>8.1f} {statistics.median(c):>8.1f} {max(t):>9.1f} {statistics.median(t):>8.1f}")  # fmt: skip
     print(f"\nlowest best-of-rounds ratio: {worst:.3f} (target >= 0.97)")
     print("threads 'def a/b': each side's own default, a = codebench's n_threads, b = the tool's")
 
