@@ -8,8 +8,9 @@ counters, read at the phase boundary, are kept in `extra` (perf_*) as informatio
 
 n_threads defaults to llama.cpp's own default, common_cpu_get_num_math() (llama-bench's -t; see
 engines/llama_tools.default_threads): physical cores of the whole machine, performance cores only on
-hybrid CPUs. On the 2-core dev VM (2 cores, no SMT) that is 2, as `_threads()` gave before; they differ
-where an affinity mask is narrower than the machine (llama.cpp does not look at it) or on hybrid CPUs.
+hybrid CPUs. On the 2-core dev VM (2 cores, no SMT) that is 2, as was the previous default (physical
+cores within the affinity mask); the two differ where an affinity mask is narrower than the machine
+(llama.cpp does not look at it) and on hybrid CPUs.
 
 Options (run.options): n_threads (default: llama.cpp's, above), n_threads_batch, n_batch, n_ubatch,
 n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
