@@ -165,7 +165,7 @@ def _quant_row(model_dir: str, quant: str, batches: list[int], in_len: int, n: i
         for _ in range(rounds):
             res = eng.generate(prompts, n)
             rates.append(b * n / res.extra["wall_s"])
-            decode.append(res.extra["decode_tokens_per_s"])
+            decode.append(res.extra["perf_decode_tokens_per_s"])
         row[f"b{b}"] = statistics.median(rates)
         row[f"b{b}_decode"] = statistics.median(decode)
     with open("/proc/self/status") as f:

@@ -1,11 +1,18 @@
 """llama.cpp through llama-cpp-python's low-level API, with real batching.
 
 A batch of B prompts is B sequences in one llama_batch per step (one seq_id each, logits only
-for each sequence's last token, greedy argmax), not B calls. Prefill and decode times come
-from llama.cpp's own perf counters, read at the phase boundary: llama.cpp files any
-multi-token llama_decode under "prompt eval", so its own split is wrong for batched decoding.
+for each sequence's last token, greedy argmax), not B calls. One clock for every figure: TTFT and
+decode time are wall-clock (perf_counter) from the start of generate(), the clock of the runner's
+latency, so decode tokens/s = B x (N - 1) / (latency - TTFT) mixes nothing. llama.cpp's own perf
+counters, read at the phase boundary, are kept in `extra` (perf_*) as information.
 
-Options (run.options): n_threads (default: physical cores), n_threads_batch, n_batch, n_ubatch,
+n_threads defaults to llama.cpp's own default, common_cpu_get_num_math() (llama-bench's -t; see
+engines/llama_tools.default_threads): physical cores of the whole machine, performance cores only on
+hybrid CPUs. On the 2-core dev VM (2 cores, no SMT) that is 2, as was the previous default (physical
+cores within the affinity mask); the two differ where an affinity mask is narrower than the machine
+(llama.cpp does not look at it) and on hybrid CPUs.
+
+Options (run.options): n_threads (default: llama.cpp's, above), n_threads_batch, n_batch, n_ubatch,
 n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
 type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, n_ctx (total positions;
 default: grown to fit each cell, n_seq x per-sequence length, during warm-up), repack (on/off/auto:
@@ -17,7 +24,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +34,7 @@ from gguf import GGMLQuantizationType
 
 from engines import gguf_convert
 from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory
+from engines.llama_tools import default_threads
 from engines.spec import SpecError
 
 # KV-cache types by ggml type number (gguf's enum mirrors ggml's; llama_cpp lacks some names, e.g. BF16).
@@ -42,20 +49,13 @@ _SPLIT = {"layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}  #
 _CTX_MIN = 256  # per-sequence context the first cell gets before it grows
 
 _backend_ready = False
+# A second handle on llama_get_logits that returns the address as an int (llama-cpp-python's returns a new
+# POINTER object per call): the per-step check that the logits buffer has not moved costs one cheap call.
+_logits_addr = ll.llama_cpp._lib["llama_get_logits"]
+_logits_addr.argtypes, _logits_addr.restype = [ctypes.c_void_p], ctypes.c_void_p
 # llama-cpp-python routes llama.cpp's log through this logger; below ERROR it floods the worker's stderr tail
 # (this build logs the whole model-loader dump at WARN).
 logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
-
-
-def _threads() -> int:
-    """Physical cores we may run on (llama.cpp's own default): hyperthreads slow its matmuls down."""
-    import psutil
-
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS
-        allowed = os.cpu_count() or 1
-    return max(1, min(allowed, psutil.cpu_count(logical=False) or allowed))
 
 
 def _round_up(n: int, to: int = 256) -> int:
@@ -95,7 +95,7 @@ def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     split = o.setdefault("split_mode", "row")  # row: each weight matrix split across GPUs (tensor parallel)
     if split not in _SPLIT:
         raise SpecError(f"llama.cpp split_mode must be row or layer, got {split!r}")
-    o.setdefault("n_threads", _threads())
+    o.setdefault("n_threads", default_threads())
     o.setdefault("n_threads_batch", o["n_threads"])
     o.setdefault("kv_unified", False)  # independent prompts: per-sequence KV streams decode faster
     repack = o.get("repack", "auto")
@@ -232,6 +232,7 @@ class LlamaCpp(Engine):
         self._lgt = np.ctypeslib.as_array(self.batch.logits, shape=(self.batch_cap,))
         np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.batch_cap,))[:] = 1
         self._seq_of = [-1] * self.batch_cap  # what batch.seq_id[i][0] holds, to skip rewrites
+        self._lv, self._lv_key = None, None  # numpy view of the logits buffer and its (address, rows)
 
     def _room(self, n_seq: int, n_ctx: int, lens: list[int]) -> bool:
         if self.opts["kv_unified"]:
@@ -270,12 +271,19 @@ class LlamaCpp(Engine):
         self.batch.n_tokens = n
         rc = ll.llama_decode(self.ctx, self.batch)
         if rc != 0:
-            why = "no KV slot" if rc == 1 else "see the worker log"
-            raise RuntimeError(f"llama_decode failed with code {rc} ({why})")
+            _decode_failed(rc)
+
+    def _logits(self, rows: int) -> np.ndarray:
+        """The n_out requested rows of llama.cpp's logits, in batch order, as a numpy view kept while the
+        buffer's address and the row count stay the same (llama.cpp reallocates it only to grow)."""
+        key = (_logits_addr(self.ctx), rows)  # llama_get_logits also waits for the backend, as it must
+        if key != self._lv_key:
+            buf = (ctypes.c_float * (rows * self.n_vocab)).from_address(key[0])
+            self._lv, self._lv_key = np.frombuffer(buf, dtype=np.float32).reshape(rows, self.n_vocab), key
+        return self._lv
 
     def _argmax(self, n_out: int) -> np.ndarray:
-        ptr = ll.llama_get_logits(self.ctx)  # the n_out requested rows, in batch order
-        return np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).argmax(axis=1)
+        return self._logits(n_out).argmax(axis=1)
 
     def _prefill(self, prompts: list[list[int]]) -> np.ndarray:
         """All prompts (sequence i in seq id i) packed into n_batch-sized llama_batches; each one's next token."""
@@ -297,48 +305,72 @@ class LlamaCpp(Engine):
                 done += n_out
         return nxt
 
+    def _decode_steps(self, out: np.ndarray, lens: list[int], t_first: float) -> list[float]:
+        """Greedy decoding, one token per sequence per llama_decode: out[0] holds each sequence's first token
+        (from the prefill, which ended at t_first), the loop fills out[1:]. Returns t_first and the clock at the
+        end of each step.
+
+        The loop only writes into buffers that exist before it: the batch's token and position arrays,
+        and out's row (argmax's `out=`). Greedy selection is numpy's argmax over the kept logits view:
+        1.1 us a step at batch 1 on tiny's 4096-token vocabulary (2.0 at batch 4), against 7.2 (28) for
+        llama.cpp's greedy sampler, whose llama_sampler_sample copies each row into a candidate array
+        first; the old fresh view + argmax took 3.6 (4.4). Both pick the first maximum.
+        benchmarks/llamacpp_vs_llama_bench.py --steps measures them."""
+        n, b = out.shape
+        first = np.asarray(lens, dtype=np.int32)
+        self._fill(0, out[0], first, range(b), np.ones(b, dtype=np.int8))
+        # Positions after step s are row s - 1: a copy per step, cheaper than an in-place `pos += 1` (a ufunc
+        # call, 1.5% of a batch-1 Q4_0 step on tiny with its cache side effects).
+        next_pos = first + np.arange(1, n, dtype=np.int32)[:, None]
+        tok, pos = self._tok[:b], self._pos[:b]
+        self.batch.n_tokens = b
+        decode, ctx, batch, logits, clock = ll.llama_decode, self.ctx, self.batch, self._logits, time.perf_counter
+        ends = [t_first] * n
+        for step in range(1, n):
+            rc = decode(ctx, batch)
+            if rc != 0:
+                _decode_failed(rc)
+            row = out[step]
+            logits(b).argmax(axis=1, out=row)
+            tok[:] = row
+            pos[:] = next_pos[step - 1]
+            ends[step] = clock()
+        return ends
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        t0 = time.perf_counter()  # TTFT and decode time share this clock with the runner's latency
         _check_call(prompts, max_new_tokens)
         b = len(prompts)
         lens = [len(p) for p in prompts]
         self._ensure_capacity([n + max_new_tokens for n in lens])
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
         ll.llama_perf_context_reset(self.ctx)
-        t0 = time.perf_counter()
-        nxt = self._prefill(prompts)
-        perf_prefill = ll.llama_perf_context(self.ctx)
+        out = np.empty((max_new_tokens, b), dtype=np.int64)  # step-major: a step's tokens are one row
+        out[0] = self._prefill(prompts)
         t_first = time.perf_counter()
-
-        # Decode: one token per sequence per llama_decode.
-        out = np.empty((b, max_new_tokens), dtype=np.int64)
-        out[:, 0] = nxt
-        cur = np.asarray(lens, dtype=np.int32)
-        all_seqs, all_logits = list(range(b)), np.ones(b, dtype=np.int8)
-        steps: list[float] = []
-        for step in range(1, max_new_tokens):
-            ts = time.perf_counter()
-            self._fill(0, out[:, step - 1], cur, all_seqs, all_logits)
-            self._decode(b)
-            out[:, step] = self._argmax(b)
-            cur += 1
-            steps.append(time.perf_counter() - ts)
-        wall = time.perf_counter() - t0
+        perf_prefill = ll.llama_perf_context(self.ctx)
+        ends = self._decode_steps(out, lens, t_first)
         perf = ll.llama_perf_context(self.ctx)
-
+        ttft, wall = t_first - t0, ends[-1] - t0
+        decode_s = wall - ttft
         pre_ms = perf_prefill.t_p_eval_ms + perf_prefill.t_eval_ms
         dec_ms = perf.t_p_eval_ms + perf.t_eval_ms - pre_ms
         return GenerateResult(
-            tokens=out.tolist(),
-            ttft_s=pre_ms / 1e3,
-            step_times_s=steps,
+            tokens=out.T.tolist(),
+            ttft_s=ttft,
+            step_times_s=np.diff(ends).tolist(),
             extra={
-                "prefill_s": pre_ms / 1e3,
-                "decode_s": dec_ms / 1e3,
-                "decode_tokens_per_s": b * (max_new_tokens - 1) / (dec_ms / 1e3) if dec_ms > 0 else None,
-                "prefill_tokens_per_s": sum(lens) / (pre_ms / 1e3) if pre_ms > 0 else None,
+                "prefill_s": ttft,
+                "decode_s": decode_s,
+                "decode_tokens_per_s": b * (max_new_tokens - 1) / decode_s if max_new_tokens > 1 else None,
                 "wall_s": wall,
-                "ttft_wall_s": t_first - t0,
-                # llama.cpp's compute time over our wall clock: near 1 means the counters cover the call.
+                # llama.cpp's own timers (compute inside llama_decode only); a batched decode step counts as
+                # "prompt" there, so they are read at the phase boundary.
+                "perf_prefill_s": pre_ms / 1e3,
+                "perf_decode_s": dec_ms / 1e3,
+                "perf_decode_tokens_per_s": b * (max_new_tokens - 1) / (dec_ms / 1e3) if dec_ms > 0 else None,
+                "perf_prefill_tokens_per_s": sum(lens) / (pre_ms / 1e3) if pre_ms > 0 else None,
+                # llama.cpp's compute time over the wall clock: near 1 means little time outside llama_decode.
                 "perf_over_wall": (pre_ms + dec_ms) / 1e3 / wall if wall > 0 else None,
                 # llama.cpp's token counts (each floored at 1); a batched decode step counts as "prompt".
                 "perf_n_p_eval": perf.n_p_eval,
@@ -364,8 +396,7 @@ class LlamaCpp(Engine):
             self._decode(stop - start)
             n_out = int(want[start:stop].sum())
             if n_out:
-                ptr = ll.llama_get_logits(self.ctx)
-                rows.append(np.ctypeslib.as_array(ptr, shape=(n_out, self.n_vocab)).astype(np.float64))
+                rows.append(self._logits(n_out).astype(np.float64))
         logits = np.concatenate(rows)
         top = logits.max(axis=1, keepdims=True)
         logz = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
@@ -375,6 +406,7 @@ class LlamaCpp(Engine):
     # --- unload ---------------------------------------------------------------------------
 
     def _free_context(self) -> None:
+        self._lv, self._lv_key = None, None
         if self.batch is not None:
             ll.llama_batch_free(self.batch)
             self.batch = None
@@ -387,6 +419,11 @@ class LlamaCpp(Engine):
         if self.model:
             ll.llama_model_free(self.model)
             self.model = None
+
+
+def _decode_failed(rc: int) -> None:
+    why = "no KV slot" if rc == 1 else "see the worker log"
+    raise RuntimeError(f"llama_decode failed with code {rc} ({why})")
 
 
 def _file_type_name(code: Any) -> str:

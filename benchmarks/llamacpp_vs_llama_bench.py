@@ -1,0 +1,322 @@
+"""codebench's llama.cpp decode tokens/s against llama.cpp's own llama-bench and llama-batched-bench.
+
+    python benchmarks/llamacpp_vs_llama_bench.py [--quants f32,q8_0,q4_0] [--threads 1,default]
+        [--batches 1,2,4] [--input-len 32] [--tokens 128] [--rounds 5] [--repeats 3] [--steps]
+
+The tools are built from the llama.cpp vendored in the installed llama-cpp-python's sdist
+(engines/llama_tools.py, cached), tiny's GGUFs are the ones codebench writes (engines/gguf_convert.py).
+codebench is measured as a user sees it: the real CLI, and the cell's stored `decode_tps`, the figure
+the tool displays (B x (output_len - 1) / (latency - TTFT), medians over --repeats).
+Both sides decode the same: N steps at positions P..P+N-1 after a P-token prompt:
+    codebench            run --input-len P --output-len N+1 (the first token comes from the prefill)
+    llama-bench          -p 0 -n N -d P -r R: tg N at depth P (it runs batch 1 only)
+    llama-batched-bench  -npp P -ntg N -npl B,B,B -c <codebench's n_ctx for B>: S_TG t/s, median of R runs
+    (the same context shape as codebench's cell: B sequences of 256 positions, one KV stream each)
+"default" threads: no n_threads / -t anywhere, so each side takes its own default (both printed).
+Each round runs, per quant and thread setting, codebench and the tools, alternating which goes first.
+best = the best round of codebench / the best round of the tool; median = median of per-round ratios.
+--steps instead times the decode loop's per-step pieces in this process (numpy argmax vs llama.cpp's
+greedy sampler), the figures quoted in engines/llamacpp.py.
+--loop instead runs, in this one process and on llama-cpp-python's own libraries, llama-bench's C loop
+(its libllama-bench-impl.so, whose libllama/libggml resolve to the ones already loaded), the adapter's
+generate() and a bare Python loop of llama_decode calls: what a Python-driven loop costs by itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def codebench(quant: str, threads: str, batches: list[int], p: int, n: int, repeats: int, db: Path) -> dict:
+    """{batch: stored decode_tps} and the threads the run used, from one CLI run."""
+    cmd = [sys.executable, "-m", "tui.cli", "run", "--model", "tiny", "--engine", "llama.cpp", "--quant", quant,
+           "--batch", ",".join(map(str, batches)), "--input-len", str(p), "--output-len", str(n + 1),
+           "--warmup", "1", "--iters", "1", "--repeats", str(repeats), "--db", str(db), "--quiet"]  # fmt: skip
+    if threads != "default":
+        cmd += ["--opt", f"n_threads={threads}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"codebench run failed: {proc.stderr[-2000:]}")
+    con = sqlite3.connect(db)
+    try:
+        run_id, runtime = con.execute("select id, runtime from run order by created_at desc limit 1").fetchone()
+        cells = con.execute("select batch, status, decode_tps, repeats from cell where run_id=?", (run_id,)).fetchall()
+    finally:
+        con.close()
+    if any(status != "done" for _, status, _, _ in cells):
+        raise RuntimeError(f"codebench cells not done: {[c[:3] for c in cells]}")
+    peak = {b: max(b * n / (lat - ttft) for r in json.loads(reps) for lat, ttft in zip(r["latencies_s"], r["ttft_s"]))
+            for b, _, _, reps in cells}  # fmt: skip
+    return {"tps": {b: tps for b, _, tps, _ in cells}, "peak": peak, "threads": json.loads(runtime).get("n_threads")}
+
+
+def llama_bench(exe: Path, gguf: str, threads: str, p: int, n: int, reps: int) -> dict:
+    cmd = [str(exe), "-m", gguf, "-p", "0", "-n", str(n), "-d", str(p), "-r", str(reps), "-o", "json"]
+    cmd += [] if threads == "default" else ["-t", threads]
+    (row,) = json.loads(_out(cmd))
+    ts = row["samples_ts"]
+    return {"tps": {1: statistics.median(ts)}, "peak": {1: max(ts)}, "threads": row["n_threads"]}
+
+
+def batched_bench(exe: Path, gguf: str, threads: str, batches: list[int], p: int, n: int, reps: int) -> dict:
+    """One process per batch B, with codebench's context for that cell: B sequences of 256 positions."""
+    tps, peak, used = {}, {}, None
+    for b in batches:
+        n_ctx = b * max(256, -(-(p + n + 1) // 256) * 256)
+        cmd = [str(exe), "-m", gguf, "-npp", str(p), "-ntg", str(n), "-npl", ",".join([str(b)] * reps),
+               "-c", str(n_ctx), "--output-format", "jsonl"]  # fmt: skip
+        cmd += [] if threads == "default" else ["-t", threads]
+        rows = [json.loads(line) for line in _out(cmd).splitlines() if line.startswith("{")]
+        runs = [r["speed_tg"] for r in rows]
+        tps[b], peak[b], used = statistics.median(runs), max(runs), rows[0]["n_threads"]
+    return {"tps": tps, "peak": peak, "threads": used}
+
+
+def _out(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{Path(cmd[0]).name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc.stdout + proc.stderr  # llama-batched-bench logs its jsonl lines to stderr
+
+
+def compare(a: argparse.Namespace) -> None:
+    from engines import gguf_convert, llama_tools
+    from engines.tiny import ensure_tiny
+
+    t0 = time.perf_counter()
+    tools = llama_tools.build_tools(log=lambda line: print("  " + line, flush=True))
+    print(f"tools ready in {time.perf_counter() - t0:.1f} s: {', '.join(map(str, tools.values()))}")
+    print(f"system info (installed = built): {llama_tools.manifest()['system_info']}")
+    model = ensure_tiny()
+    ggufs = {q: str(gguf_convert.convert(model, q)) for q in a.quants}
+    db = Path(tempfile.mkdtemp(prefix="cb-vs-llama-bench-")) / "runs.db"
+    # results[(quant, threads, side)] = per-round {batch: tok/s}; used[(quant, threads, side)] = its threads
+    results: dict[tuple, list[dict]] = {}
+    used: dict[tuple, object] = {}
+    for r in range(a.rounds):
+        for quant in a.quants:
+            for threads in a.threads:
+                sides = {
+                    "codebench": lambda: codebench(quant, threads, a.batches, a.input_len, a.tokens, a.repeats, db),
+                    "llama-bench": lambda: llama_bench(tools["llama-bench"], ggufs[quant], threads, a.input_len,
+                                                       a.tokens, a.repeats),
+                    "batched-bench": lambda: batched_bench(tools["llama-batched-bench"], ggufs[quant], threads,
+                                                           a.batches, a.input_len, a.tokens, a.repeats),
+                }  # fmt: skip
+                order = list(sides) if (r + a.quants.index(quant)) % 2 == 0 else list(sides)[::-1]
+                for side in order:
+                    got = sides[side]()
+                    results.setdefault((quant, threads, side), []).append(got)
+                    used[(quant, threads, side)] = got["threads"]
+        print(f"round {r + 1}/{a.rounds} done ({time.perf_counter() - t0:.0f} s)", flush=True)
+    _table(a, results, used)
+
+
+def _table(a: argparse.Namespace, results: dict, used: dict) -> None:
+    print(f"\ncodebench decode tok/s (CLI, stored decode_tps) / llama.cpp's tools; tiny, prompt {a.input_len}, "
+          f"{a.tokens} decode steps, {a.rounds} rounds of {a.repeats} runs a side.\n"
+          "best = best round / best round; median = median of per-round ratios (a round's figure: codebench's "
+          "stored decode_tps, the tools' median run);\npeak = fastest single run / fastest single run")  # fmt: skip
+    print(f"{'quant':<6} {'threads':>9} {'batch':>5} {'tool':<13} {'best':>6} {'median':>6} {'peak':>6} "
+          f"{'cb best':>8} {'cb med':>8} {'tool best':>9} {'tool med':>8}")  # fmt: skip
+    worst = None
+    for quant in a.quants:
+        for threads in a.threads:
+            cb = results[(quant, threads, "codebench")]
+            for tool in ("llama-bench", "batched-bench"):
+                tr = results[(quant, threads, tool)]
+                label = threads
+                if threads == "default":
+                    label = f"def {used[(quant, threads, 'codebench')]}/{used[(quant, threads, tool)]}"
+                for b in a.batches:
+                    if b not in tr[0]["tps"]:
+                        continue
+                    c, t = [x["tps"][b] for x in cb], [x["tps"][b] for x in tr]
+                    best = max(c) / max(t)
+                    med = statistics.median(x / y for x, y in zip(c, t))
+                    peak = max(x["peak"][b] for x in cb) / max(x["peak"][b] for x in tr)
+                    worst = best if worst is None else min(worst, best)
+                    print(f"{quant:<6} {label:>9} {b:>5} {tool:<13} {best:>6.3f} {med:>6.3f} {peak:>6.3f} "
+                          f"{max(c):>8.1f} {statistics.median(c):>8.1f} {max(t):>9.1f} {statistics.median(t):>8.1f}")  # fmt: skip
+    print(f"\nlowest best-of-rounds ratio: {worst:.3f} (target >= 0.97)")
+    print("threads 'def a/b': each side's own default, a = codebench's n_threads, b = the tool's")
+
+
+# --- per-step pieces, in this process ----------------------------------------------------------------
+
+
+def steps(a: argparse.Namespace) -> None:
+    import llama_cpp as ll
+    import numpy as np
+
+    from engines.llamacpp import LlamaCpp
+    from engines.tiny import ensure_tiny
+
+    eng = LlamaCpp({"quant": "f32", "options": {"n_threads": 1}})
+    eng.load(str(ensure_tiny()), "cpu")
+    smpl = ll.llama_sampler_init_greedy()
+    print(f"per-step pieces of the decode loop, us (best / median of 7 x 20000 calls), vocab {eng.n_vocab}")
+    for b in a.batches:
+        eng.generate([[5, 6, 7]] * b, 4)  # leaves b rows of logits
+        row = np.empty(b, dtype=np.int64)
+        tok = eng._tok[:b]
+        ctx = eng.ctx
+
+        def numpy_view():  # the adapter's path
+            eng._logits(b).argmax(axis=1, out=row)
+            tok[:] = row
+
+        def sampler():  # llama.cpp's greedy sampler, one call per sequence
+            for i in range(b):
+                row[i] = tok[i] = ll.llama_sampler_sample(smpl, ctx, i)
+
+        def old():  # before: a fresh ctypes array view and a fresh argmax array each step
+            ptr = ll.llama_get_logits(ctx)
+            row[:] = np.ctypeslib.as_array(ptr, shape=(b, eng.n_vocab)).argmax(axis=1)
+            tok[:] = row
+
+        numpy_view()
+        want = row.copy()
+        sampler()
+        assert (row == want).all(), "llama.cpp's greedy sampler and numpy's argmax disagree"
+        for name, fn in (("numpy argmax on the kept view", numpy_view), ("llama_sampler_sample (greedy)", sampler),
+                         ("as_array + argmax (before)", old)):  # fmt: skip
+            times = []
+            for _ in range(7):
+                t = time.perf_counter()
+                for _ in range(20000):
+                    fn()
+                times.append((time.perf_counter() - t) / 20000 * 1e6)
+            print(f"  batch {b}: {name:<32} {min(times):6.2f} {statistics.median(times):6.2f}")
+    ll.llama_sampler_free(smpl)
+    eng.unload()
+
+
+# --- the loop alone, in one process ----------------------------------------------------------------------
+
+
+def loop(a: argparse.Namespace) -> None:
+    import ctypes
+
+    import llama_cpp as ll
+
+    from engines import llama_tools
+    from engines.llamacpp import LlamaCpp
+    from engines.tiny import ensure_tiny
+    from engines.workloads import synthetic_prompts
+
+    impl = llama_tools.build_tools()["llama-bench"].parent / "libllama-bench-impl.so"
+    bench_main = ctypes.CDLL(str(impl))._Z11llama_benchiPPc  # llama-bench's main(); tools/llama-bench/main.cpp
+    bench_main.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+    libc = ctypes.CDLL(None)
+    model = ensure_tiny()
+    p, n = a.input_len, a.tokens
+    prompt = synthetic_prompts(model / "tokenizer.json", 1, p, seed=0)
+    print(f"one process, llama-cpp-python's libraries; batch 1, tg {n} at depth {p}, tok/s of {a.repeats} runs a "
+          f"round, {a.rounds} rounds rotated; ratio = paired median of round medians vs llama-bench's loop")  # fmt: skip
+    for quant in a.quants:
+        for threads in a.threads:
+            t = llama_tools.default_threads() if threads == "default" else int(threads)
+            eng = LlamaCpp({"quant": quant, "options": {"n_threads": t}})
+            eng.load(str(model), "cpu")
+            eng.generate(prompt, n + 1)
+            args = [b"llama-bench", b"-m", eng.gguf_path.encode(), b"-p", b"0", b"-n", str(n).encode(), b"-d",
+                    str(p).encode(), b"-t", str(t).encode(), b"-r", str(a.repeats).encode(), b"-o", b"json"]  # fmt: skip
+            batch = ll.llama_batch_init(p, 0, 1)
+
+            def c_loop():
+                with tempfile.TemporaryFile() as f:
+                    with _redirect(f.fileno()):
+                        bench_main(len(args), (ctypes.c_char_p * len(args))(*args))
+                        libc.fflush(None)
+                    f.seek(0)
+                    return json.loads(f.read())[0]["samples_ts"]
+
+            def adapter():
+                return [n / eng.generate(prompt, n + 1).extra["decode_s"] for _ in range(a.repeats)]
+
+            def bare():
+                out = []
+                for _ in range(a.repeats):
+                    ll.llama_memory_clear(ll.llama_get_memory(eng.ctx), True)
+                    for i, tok in enumerate(prompt[0]):
+                        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, i, 1, i == p - 1
+                        batch.seq_id[i][0] = 0
+                    batch.n_tokens = p
+                    ll.llama_decode(eng.ctx, batch)
+                    batch.n_tokens, batch.logits[0] = 1, 1
+                    t0 = time.perf_counter()
+                    for i in range(n):
+                        batch.token[0], batch.pos[0] = 7, p + i
+                        ll.llama_decode(eng.ctx, batch)
+                        ll.llama_get_logits(eng.ctx)
+                    out.append(n / (time.perf_counter() - t0))
+                return out
+
+            sides = {"llama-bench's loop": c_loop, "codebench adapter": adapter, "bare Python loop": bare}
+            got: dict[str, list[float]] = {k: [] for k in sides}
+            for r in range(a.rounds):
+                names = list(sides)
+                for k in names[r % 3 :] + names[: r % 3]:
+                    got[k].append(statistics.median(sides[k]()))
+            ref = got["llama-bench's loop"]
+            for k, v in got.items():
+                ratio = statistics.median(x / y for x, y in zip(v, ref))
+                print(f"  {quant:<5} t={t} {k:<20} best {max(v):8.1f}  median {statistics.median(v):8.1f}  ratio {ratio:.3f}"
+                      f"  ({1e6 / statistics.median(v):6.1f} us/step)")  # fmt: skip
+            ll.llama_batch_free(batch)
+            eng.unload()
+
+
+class _redirect:
+    """fd 1 into a file and fd 2 to /dev/null while llama-bench's main() runs in this process."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def __enter__(self) -> None:
+        self.saved = os.dup(1), os.dup(2)
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(self.fd, 1)
+        os.dup2(null, 2)
+        os.close(null)
+
+    def __exit__(self, *exc) -> None:
+        for fd, saved in zip((1, 2), self.saved):
+            os.dup2(saved, fd)
+            os.close(saved)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quants", default="f32,q8_0,q4_0")
+    ap.add_argument("--threads", default="1,default", help="thread settings: numbers and/or 'default'")
+    ap.add_argument("--batches", default="1,2,4")
+    ap.add_argument("--input-len", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=128, help="decode steps N (codebench generates N + 1 tokens)")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=3, help="codebench repeats, llama-bench -r, batched-bench runs")
+    ap.add_argument("--steps", action="store_true", help="time the decode loop's per-step pieces instead")
+    ap.add_argument("--loop", action="store_true", help="llama-bench's loop, the adapter and a bare loop in one process")
+    a = ap.parse_args()
+    a.quants, a.threads = a.quants.split(","), a.threads.split(",")
+    a.batches = [int(b) for b in a.batches.split(",")]
+    os.environ.setdefault("PYTHONPATH", str(ROOT))
+    (steps if a.steps else loop if a.loop else compare)(a)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
