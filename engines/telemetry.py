@@ -128,7 +128,7 @@ class Sampler(threading.Thread):
         self.nvml = nvml or Nvml()
         self._tree: ProcessTree | None = None
         self._trees: dict[tuple[int, ...], ProcessTree] = {}  # kept, so switching workers keeps CPU % baselines
-        self._stop = threading.Event()
+        self._halt = threading.Event()
         self._lock = threading.Lock()
 
     def watch(self, pid: int | None, *also: int) -> None:
@@ -143,14 +143,14 @@ class Sampler(threading.Thread):
                 self._trees[key] = self._tree
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
     def run(self) -> None:
         next_t = time.monotonic()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             with self._lock:
                 tree = self._tree
             cpu, rss = tree.sample() if tree else (0.0, 0)
             self.sink(time.time(), cpu, rss, self.nvml.sample())
             next_t += self.period
-            self._stop.wait(max(0.0, next_t - time.monotonic()))
+            self._halt.wait(max(0.0, next_t - time.monotonic()))
