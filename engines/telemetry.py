@@ -89,17 +89,22 @@ class Nvml:
 class ProcessTree:
     """CPU % and RSS summed over a process and its descendants (cpu_percent needs kept objects)."""
 
+    RESCAN_S = 1.0  # finding descendants reads all of /proc: most of the sampler's cost, and they rarely change
+
     def __init__(self, *pids: int):
         self.roots = [psutil.Process(pid) for pid in pids]
         self._procs: dict[int, psutil.Process] = {}
+        self._scanned = 0.0
 
     def sample(self) -> tuple[float, int]:
-        procs = []
-        for root in self.roots:  # the worker, and a local server it benchmarks
-            try:
-                procs += [root, *root.children(recursive=True)]
-            except psutil.Error:
-                continue
+        procs = list(self._procs.values())
+        if time.monotonic() - self._scanned > self.RESCAN_S or not procs:
+            self._scanned, procs = time.monotonic(), []
+            for root in self.roots:  # the worker, and a local server it benchmarks
+                try:
+                    procs += [root, *root.children(recursive=True)]
+                except psutil.Error:
+                    continue
         cpu, rss = 0.0, 0
         alive = {}
         for p in procs:
