@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -190,23 +188,15 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export(args: argparse.Namespace) -> int:
     from store.db import open_db
     from store.export import render
 
+    from tui.outputs import check_output, write_atomic
+
     db = open_db(args.db, create=False)
+    if args.output:
+        check_output(args.output, db.path)  # before the work, and again when writing
     results = _results(db, args.runs, telemetry=args.format == "json")
     base = _baseline(results, db, args.baseline)
     groups = []
@@ -219,17 +209,7 @@ def export(args: argparse.Namespace) -> int:
     floors, note = _floors(db, results)
     text = render(args.format, results, groups, base, floors, note)
     if args.output:
-        out = Path(args.output)
-        if out.is_dir():
-            from tui.errors import UsageError
-
-            raise UsageError(f"-o {out} is a directory; give a file name such as {out / ('results.' + args.format)}")
-        try:
-            _write_atomic(out, text)
-        except OSError as exc:
-            from tui.errors import UsageError
-
-            raise UsageError(f"cannot write {out} ({exc.strerror}); choose another -o path") from None
+        out = write_atomic(args.output, text, db.path)
         print(f"wrote {len(results)} run(s) to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)

@@ -279,7 +279,19 @@ def validate_quality(q) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "save_study", None):
+        from tui.outputs import check_output
+
+        check_output(args.save_study, study_db(args), "--save-study")  # before any work
     return execute(spec_from_args(args), args)
+
+
+def study_db(args: argparse.Namespace):
+    """The database this command uses, which no file it writes may replace."""
+    from store.db import default_db_path
+
+    db = getattr(args, "db", None)
+    return Path(db) if db else default_db_path()
 
 
 def execute(spec, args: argparse.Namespace) -> int:
@@ -297,7 +309,9 @@ def execute(spec, args: argparse.Namespace) -> int:
         r.label() for r in spec.runs
     )
     if getattr(args, "save_study", None):
-        Path(args.save_study).write_text(spec.to_json() + "\n")
+        from tui.outputs import write_atomic
+
+        write_atomic(args.save_study, spec.to_json() + "\n", study_db(args), "--save-study")
     if getattr(args, "dry_run", False):
         console.print(plan)
         return 0
