@@ -48,6 +48,14 @@ def _ratio_columns(base_id: str, v: Comparison | None) -> list[Any]:
             v.method or "", v.reason]  # fmt: skip
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A spreadsheet runs a text cell that starts like a formula: text gets a leading ', numbers stay numbers."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def to_csv(results: list[RunResult], baseline: int = 0, floors: dict[str, float] | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -56,7 +64,7 @@ def to_csv(results: list[RunResult], baseline: int = 0, floors: dict[str, float]
     for n, r in enumerate(results):
         cfg = r.run.get("config") or {}
         for c in r.cells:
-            w.writerow([
+            w.writerow(csv_safe(v) for v in [
                 r.id, r.run.get("name") or "", r.run["label"], r.run["model"], cfg.get("engine"),
                 cfg.get("precision") or "", cfg.get("attention") or "", cfg.get("quant") or "",
                 json.dumps(cfg.get("options") or {}, sort_keys=True), r.run.get("device") or "",
