@@ -12,13 +12,14 @@ from typing import Any
 from sqlmodel import Session
 
 from store.annotate import cell_flags
+from store.import_schema import EXPORT_TAG
+from store.importdoc import CheckedExport, ImportError_, check, parse_export, read_export  # noqa: F401 (the importer's API)
 from store.models import SCHEMA_VERSION, CellRow, Quality, Run, RunGroup, Telemetry
 from store.results import RunResult
 from store.significance import REPEAT_METRICS, Comparison, run_comparisons
 from store.tables import Table, cell_table, comparison_table, quality_table
 
 FORMATS = ("csv", "md", "json", "html")
-EXPORT_TAG = "codebench-tui export"
 
 CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
                "device", "batch", "input_len", "output_len", "params", "status", "tokens_per_s", "latency_s",
@@ -27,10 +28,6 @@ CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "a
                # tokens/s against the baseline run (store.significance), empty on the baseline's rows
                "baseline_run_id", "ratio", "ratio_ci_low", "ratio_ci_high", "significant", "ratio_method",
                "ratio_reason", "flags"]  # fmt: skip
-
-
-class ImportError_(ValueError):
-    pass
 
 
 def when(ts: float | None) -> str:
@@ -198,20 +195,11 @@ def render(fmt_name: str, results: list[RunResult], groups: list[dict[str, Any]]
     raise ValueError(f"unknown format '{fmt_name}' (known: {', '.join(FORMATS)})")
 
 
-def parse_export(text: str, source: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ImportError_(f"{source} is not JSON ({exc.msg} at line {exc.lineno}); export it again with --format json")
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_TAG:
-        raise ImportError_(f"{source} is not a codebench-tui JSON export; export one with --format json")
-    if doc.get("schema_version") not in range(1, SCHEMA_VERSION + 1):  # v1 exports lack notes and flags only
-        raise ImportError_(f"{source} has schema v{doc.get('schema_version')}, this codebench-tui reads v{SCHEMA_VERSION}")
-    return doc
-
-
 def import_export(doc: dict[str, Any], *, session: Session) -> tuple[int, int]:
-    """Insert the runs of an export; runs already present (same id) are skipped. Returns (added, skipped)."""
+    """Insert the runs of an export; runs already present (same id) are skipped. Returns (added, skipped).
+    A document that did not come from parse_export/read_export is checked first."""
+    if not isinstance(doc, CheckedExport):
+        doc = check(doc, "the document")
     added = skipped = 0
     for g in doc.get("groups", []):
         if session.get(RunGroup, g["id"]) is None:

@@ -217,20 +217,37 @@ def export(args: argparse.Namespace) -> int:
 
 
 def import_file(args: argparse.Namespace) -> int:
-    from store.db import open_db
-    from store.export import import_export, parse_export
+    """Check the whole file first, then open (or create) the database: a bad file writes nothing."""
+    from store.db import default_db_path, open_db
+    from store.export import import_export, read_export
 
-    path = Path(args.file)
+    doc = read_export(Path(args.file))
+    target = Path(args.db).expanduser() if getattr(args, "db", None) else default_db_path()
+    new_paths = _absent([target.with_name(target.name + s) for s in ("", "-wal", "-shm", "-journal")]
+                        + list(reversed(target.parents)))  # fmt: skip
     try:
-        text = path.read_text()
-    except OSError as exc:
-        from tui.errors import UsageError
-
-        raise UsageError(f"cannot read {path} ({exc.strerror}); give the path of a JSON export") from None
-    doc = parse_export(text, str(path))
-    db = open_db(args.db, create=True)
-    with db.session() as s:
-        added, skipped = import_export(doc, session=s)
-        s.commit()
+        db = open_db(target, create=True)
+        try:
+            with db.session() as s:
+                added, skipped = import_export(doc, session=s)
+                s.commit()
+        finally:
+            db.close()
+    except BaseException:
+        _remove(new_paths)  # no empty database (or folder) left behind by a failed import
+        raise
     print(f"imported {added} run(s) into {db.path}" + (f", {skipped} already there" if skipped else ""))
     return 0
+
+
+def _absent(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if not p.exists() and not p.is_symlink()]
+
+
+def _remove(paths: list[Path]) -> None:
+    """Files this command created, then the folders it created, deepest first (only if empty)."""
+    for p in sorted(paths, key=lambda p: len(p.parts), reverse=True):
+        try:
+            p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+        except OSError:
+            pass
