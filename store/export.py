@@ -117,14 +117,20 @@ def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "toke
     return "\n".join(out).rstrip() + "\n"
 
 
+def _esc(value: Any) -> str:
+    """Every value the HTML export interpolates is text, never markup (quotes too: some sit in attributes)."""
+    return html.escape(str(value), quote=True)
+
+
 def _html_table(t: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    e = _esc
+    head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
     body = []
     for row, styles in zip(t.rows, t.styles or [[""] * len(t.headers)] * len(t.rows)):
-        tds = "".join(f'<td class="{html.escape(s)}">{html.escape(v)}</td>' for v, s in zip(row, styles))
+        tds = "".join(f'<td class="{e(s)}">{e(v)}</td>' for v, s in zip(row, styles))
         body.append(f"<tr>{tds}</tr>")
-    notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in t.notes)
-    return f"<h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}"
+    notes = "".join(f"<p class=note>{e(n)}</p>" for n in t.notes)
+    return f"<h2>{e(t.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
@@ -135,10 +141,10 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f
 
 def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s",
             floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
+    e = _esc
     items = "".join(
-        f"<li><code>{html.escape(r.short_id)}</code> <b>{html.escape(r.run['label'])}</b> on <code>{html.escape(r.run['model'])}</code>"
-        f" ({html.escape(r.run.get('device') or '?')}), {html.escape(r.status)}, {when(r.run.get('created_at'))}: "
-        f"{html.escape(host_line(r.run))}</li>"
+        f"<li><code>{e(r.short_id)}</code> <b>{e(r.run['label'])}</b> on <code>{e(r.run['model'])}</code>"
+        f" ({e(r.run.get('device') or '?')}), {e(r.status)}, {e(when(r.run.get('created_at')))}: {e(host_line(r.run))}</li>"
         for r in results
     )
     tables = [comparison_table(results, baseline, metric, floors, floor_note)] if len(results) > 1 else []
