@@ -166,3 +166,20 @@ async def test_setup_save_refuses_the_database(store, tmp_path):
             else:
                 assert notes[0][1] != "error", notes
     assert '"runs"' in (tmp_path / "study.json").read_text()
+
+
+def test_written_files_get_the_mode_a_plain_write_would(store, tmp_path):
+    from tui.outputs import write_atomic
+
+    db, _ = store
+    old = os.umask(0o022)
+    try:
+        new = write_atomic(tmp_path / "new.csv", "x", db)
+        assert new.stat().st_mode & 0o777 == 0o644
+        kept = tmp_path / "kept.csv"
+        kept.write_text("old")
+        kept.chmod(0o600)
+        write_atomic(kept, "new", db)
+        assert kept.stat().st_mode & 0o777 == 0o600 and kept.read_text() == "new"
+    finally:
+        os.umask(old)

@@ -82,6 +82,7 @@ def write_atomic(path: str | Path, text: str, db: str | Path | None, flag: str =
     except OSError as exc:
         raise UsageError(f"cannot write {flag} {p} ({exc.strerror}); choose another path") from None
     try:
+        os.fchmod(fd, _mode_for(p))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
@@ -96,3 +97,16 @@ def write_atomic(path: str | Path, text: str, db: str | Path | None, flag: str =
         raise
     return p
 
+
+def _mode_for(p: Path) -> int:
+    """What a plain open() would give: the replaced file's mode, else 0o666 less the umask (mkstemp's is 0o600)."""
+    try:
+        return stat.S_IMODE(os.stat(p).st_mode)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:  # reading the umask without setting it (threads write too)
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        return 0o600
+    return 0o666 & ~umask
