@@ -180,6 +180,7 @@ class Gpu(Open):
 
 
 class Host(Open):
+    hostname: Text(1000) | None = None  # History reads it with json_extract, as text
     gpus: list[Gpu] = Field([], max_length=4096)
     libraries: JsonObject | None = None
     env: JsonObject | None = None

@@ -89,6 +89,7 @@ SHAPES = [
     ("config a list", _set("runs.0.config", ["engine"]), "runs[0].config"),
     ("config engine a dict", _set("runs.0.config.engine", {"x": 1}), "runs[0].config.engine"),
     ("host a string", _set("runs.0.host", "bench-host"), "runs[0].host"),
+    ("hostname a number (History lists it as text)", _set("runs.0.host.hostname", 5), "runs[0].host.hostname"),
     ("host gpus a dict", _set("runs.0.host.gpus", {"name": "H100"}), "runs[0].host.gpus"),
     ("host gpu name a number", _set("runs.0.host.gpus.0.name", 100), "runs[0].host.gpus[0].name"),
     ("runtime versions a list", _set("runs.0.runtime.versions", ["torch"]), "runs[0].runtime.versions"),
