@@ -183,3 +183,11 @@ def test_written_files_get_the_mode_a_plain_write_would(store, tmp_path):
         assert kept.stat().st_mode & 0o777 == 0o600 and kept.read_text() == "new"
     finally:
         os.umask(old)
+
+
+def test_microbench_json_refuses_the_database_before_it_runs(store, tmp_path):
+    db, _ = store
+    for target, why in _targets(tmp_path, db):
+        before = _snapshot(tmp_path)
+        _assert_one_line_error(cli("microbench", "attention", "--json", str(target), db=db, timeout=60), why)
+        assert _snapshot(tmp_path) == before, target
