@@ -6,7 +6,6 @@ the first bad value by its JSON path, e.g. `runs[0].created_at: must be a Unix t
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import stat
@@ -15,13 +14,12 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from store.import_schema import EXPORT_TAG, Document, shown
+from store.import_schema import DOCUMENT, EXPORT_TAG, MAX_TIME, scalar_problem, shown
 from store.models import SCHEMA_VERSION
 
 MAX_BYTES = 256 * 2**20
 DOC_DEPTH = 40  # the document's own levels (runs[0].cells[0].metrics...) plus a column's FIELD_DEPTH
-MAX_STRING = 1_000_000
-MAX_INT_DIGITS = 100  # fields check their own ranges; this stops giant integers (Python refuses 4300+ digits)
+_ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 FIX = "fix the file or export the runs again with --format json"
 
 
@@ -55,19 +53,6 @@ def _constant(name: str) -> Any:
     raise ValueError(f"holds {name}, which is not a number JSON allows")
 
 
-def _float(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(f"holds a number too large for a float ({text[:24]})")
-    return value
-
-
-def _int(text: str) -> int:
-    if len(text.lstrip("-")) > MAX_INT_DIGITS:
-        raise ValueError(f"holds an integer too large ({len(text)} digits)")
-    return int(text)
-
-
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out = dict(pairs)
     if len(out) != len(pairs):
@@ -83,17 +68,19 @@ def parse_export(data: str | bytes, source: str) -> CheckedExport:
         except UnicodeDecodeError as exc:
             raise ImportError_(f"{source} is not UTF-8 text (bad byte at offset {exc.start}); {FIX}") from None
     try:
-        doc = json.loads(data, parse_constant=_constant, parse_float=_float, parse_int=_int, object_pairs_hook=_pairs)
+        doc = json.loads(data, parse_constant=_constant, object_pairs_hook=_pairs)
     except json.JSONDecodeError as exc:
         raise ImportError_(f"{source} is not JSON ({exc.msg} at line {exc.lineno}); export it again with --format json") from None
     except RecursionError:
         raise ImportError_(f"{source} is nested too deeply to be an export; {FIX}") from None
-    except ValueError as exc:  # the hooks above
-        raise ImportError_(f"{source} {exc}; {FIX}") from None
-    return check(doc, source)
+    except ValueError as exc:  # the hooks above, or an integer of 4300+ digits
+        why = str(exc) if str(exc).startswith("holds") else "holds an integer too large"
+        raise ImportError_(f"{source} {why}; {FIX}") from None
+    return check(doc, source, data)
 
 
-def check(doc: Any, source: str) -> CheckedExport:
+def check(doc: Any, source: str, text: str | None = None) -> CheckedExport:
+    """`doc` checked; `text`, the JSON it was parsed from, lets the scan for lone surrogates skip most documents."""
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_TAG:
         raise ImportError_(f"{source} is not a codebench-tui JSON export; export one with --format json")
     version = doc.get("schema_version")
@@ -102,22 +89,40 @@ def check(doc: Any, source: str) -> CheckedExport:
         # v1 exports lack notes and flags only
         raise ImportError_(f"{source} has schema {got}, this codebench-tui reads v1 to v{SCHEMA_VERSION}; "
                            "export it with a matching codebench-tui")  # fmt: skip
-    _walk(doc, source)
+    # Lone surrogates come only from \\u escapes (exports write emoji as escaped pairs): a text without any
+    # needs no walk; the columns' own checks (import_schema.shape) cover the rest.
+    if text is None or _ESCAPED_SURROGATE.search(text):
+        _walk(doc, source)
     try:
-        Document.model_validate(doc)
+        DOCUMENT.validate_python(doc)
     except ValidationError as exc:
-        err = exc.errors(include_url=False, include_input=False)[0]
+        err = exc.errors(include_url=False)[0]
         raise ImportError_(f"{source}: {json_path(err['loc'])}: {_message(err)}; {FIX}") from None
     _cross_checks(doc, source)
     return doc if isinstance(doc, CheckedExport) else CheckedExport(doc)
 
 
 def _message(err: dict) -> str:
-    if err["type"] == "extra_forbidden":
+    """pydantic's message in this tool's words; the value shown by kind, never its text (see `shown`)."""
+    kind, got = err["type"], shown(err.get("input"))
+    ctx = err.get("ctx") or {}
+    if kind == "extra_forbidden":
         return "is not a field of an export (a newer codebench-tui, or a typo?)"
-    if err["type"] == "missing":
+    if kind == "missing":
         return "is missing"
-    return err["msg"][0].lower() + err["msg"][1:] if err["msg"] else err["type"]
+    if kind == "import":  # ours (store.import_schema): already says what it got
+        return err["msg"]
+    if kind == "string_pattern_mismatch":
+        return "must be a run or group id: 32 lowercase hex digits"
+    if kind in ("model_type", "dict_type", "model_attributes_type"):
+        return f"must be a JSON object, got {got}"
+    if kind == "list_type":
+        return f"must be a JSON array, got {got}"
+    name = str(err["loc"][-1]) if err["loc"] else ""
+    if ctx.get("le") == MAX_TIME or (kind == "greater_than_equal" and (name in ("t", "owner_started") or name.endswith("_at"))):
+        return f"must be a Unix time in seconds from 0 to {MAX_TIME:.0f} (1970 to 2100), got {got}"
+    text = re.sub(r"^(Input|String|List|Dictionary|Value) should", "must", err["msg"])
+    return text if kind.startswith(("too_long", "string_too_long")) else f"{text}, got {got}"
 
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -140,30 +145,39 @@ def json_path(loc: tuple | list) -> str:
 
 
 def _walk(doc: Any, source: str) -> None:
-    """Depth, string sizes and lone surrogates (SQLite cannot store them) anywhere, without recursion."""
+    """Anywhere in the document: depth, string sizes, lone surrogates (SQLite cannot store them), numbers
+    no column can hold. A fast pass; a second one, which knows the path, when the first finds something."""
+    stack: list[tuple[Any, int]] = [(doc, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if _bad(item, depth):
+            return _find(doc, source)
+        if type(item) is dict:
+            stack.extend((v, depth + 1) for v in item.values())
+        elif type(item) is list:
+            stack.extend((v, depth + 1) for v in item)
+
+
+def _bad(v: Any, depth: int) -> str:
+    """Why a value cannot be imported (for a container: its keys and depth only); "" if it can."""
+    kind = type(v)
+    if kind is dict or kind is list:
+        if depth >= DOC_DEPTH:
+            return f"is nested more than {DOC_DEPTH} levels deep"
+        return next((f"{why} in a key" for k in v if (why := scalar_problem(k))), "") if kind is dict else ""
+    return scalar_problem(v)
+
+
+def _find(doc: Any, source: str) -> None:
     stack: list[tuple[Any, tuple]] = [(doc, ())]
     while stack:
         item, loc = stack.pop()
-        if len(loc) > DOC_DEPTH:
-            raise ImportError_(f"{source}: {json_path(loc)}: is nested more than {DOC_DEPTH} levels deep; {FIX}")
-        if isinstance(item, str):
-            _string(item, loc, source)
-        elif isinstance(item, dict):
-            for key, value in item.items():
-                _string(key, loc + (key,), source)
-                stack.append((value, loc + (key,)))
+        if why := _bad(item, len(loc)):
+            raise ImportError_(f"{source}: {json_path(loc)}: {why}; {FIX}")
+        if isinstance(item, dict):
+            stack.extend((v, loc + (k,)) for k, v in item.items())
         elif isinstance(item, list):
-            stack.extend((value, loc + (i,)) for i, value in enumerate(item))
-
-
-def _string(text: str, loc: tuple, source: str) -> None:
-    if len(text) > MAX_STRING:
-        raise ImportError_(f"{source}: {json_path(loc)}: holds a string of {len(text)} characters, "
-                           f"more than {MAX_STRING}; {FIX}")  # fmt: skip
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ImportError_(f"{source}: {json_path(loc)}: holds a lone UTF-16 surrogate (not text); {FIX}") from None
+            stack.extend((v, loc + (i,)) for i, v in enumerate(item))
 
 
 def _cross_checks(doc: dict, source: str) -> None:

@@ -172,7 +172,7 @@ RAW = [
     ("deep nesting in a run", b'{"format": "codebench-tui export", "schema_version": 2, "runs": ['
      + b'{"a":' * 100_000 + b"1" + b"}" * 100_000 + b"]}", "nested too deeply"),
     ("NaN", b'{"format": "codebench-tui export", "schema_version": 2, "runs": [], "x": NaN}', "NaN"),
-    ("1e999", b'{"format": "codebench-tui export", "schema_version": 2, "runs": [], "x": 1e999}', "too large"),
+    ("Infinity", b'{"format": "codebench-tui export", "schema_version": 2, "runs": [], "x": -Infinity}', "Infinity"),
     ("a 5000-digit integer", b'{"format": "codebench-tui export", "schema_version": 2, "x": ' + b"9" * 5000 + b"}",
      "too large"),
     ("empty file", b"", "is not JSON"),
@@ -251,3 +251,14 @@ def test_an_import_that_fails_after_opening_leaves_no_new_database(tmp_path, exp
     with pytest.raises(OSError):
         main(["import", str(f), "--db", str(existing)])
     assert existing.exists() and rows(existing) == before
+
+
+@pytest.mark.parametrize("literal, fragment", [("1e999", "runs[0].config.options: holds a number that is not finite"),
+                                               ("-1e400", "runs[0].config.options: holds a number that is not finite"),
+                                               ("9" * 101, "runs[0].config.options: holds an integer too large"),
+                                               ("9" * 5000, "holds an integer too large")])
+def test_numbers_json_allows_but_no_column_can_hold(tmp_path, doc, literal, fragment):
+    doc["runs"][0]["config"]["options"] = {"n": 7.125e77}
+    f = tmp_path / "in.json"
+    f.write_text(json.dumps(doc).replace("7.125e+77", literal))
+    _refused(tmp_path, f, fragment)
