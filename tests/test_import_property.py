@@ -116,6 +116,16 @@ HOSTILE_NUMBERS = [1e20, -1, -1.5, 0, -0.0, 1e308, -1e308, 1e-320, 5e-324, 1e-13
 HOSTILE_STRINGS = ["\x1b[2J\x1b[31mred\x1b[0m", "<script>alert(1)</script>", '"><img src=x onerror=alert(1)>',
                    "[bold red]x[/]", "=HYPERLINK(\"x\")", "\ud800", "\x00\r\n\t\x7f", "é€𝄞", "a" * 70_000, "",
                    "done", "oom", "running", "interrupted", "0" * 32, "f" * 32, "ABCDEF" * 5 + "ab", "1e20"]  # fmt: skip
+# Keys the views read, most of them absent from the base document: "add" puts them anywhere.
+KNOWN_KEYS = ["power_limit_w", "ray", "node_ip", "n_threads", "torch_threads", "executor", "worker_env", "cpu_affinity",
+              "cpu_governor", "cuda_driver", "throttle", "peak_gpu_bytes_per_rank", "peak_bytes_per_rank", "sequential",
+              "identical", "speedup", "label", "run_id", "acceptance_rate", "mean_accepted_len", "tokens_per_step",
+              "node", "index", "mem_used", "util", "power_w", "error", "kind", "content", "timing", "warmup", "round",
+              "ttft_s", "tokens", "latencies_s", "env", "versions", "libraries", "schedule", "dtype", "load_s",
+              "weight_bytes", "mem_total", "cpu_logical", "gpus", "name", "code", "reason", "tp", "efficiency",
+              "reference", "speculative", "breakdown", "j_per_token", "bw_share", "draft_ms_per_token", "shared_len",
+              "suffix_len", "spec", "options", "precision", "attention", "quant", "engine", "hostname", "cpu",
+              "python", "workload", "flags", "notes", "params", "metrics", "repeats", "details", "comparison"]  # fmt: skip
 hostile = st.one_of(
     st.sampled_from(HOSTILE_NUMBERS), st.sampled_from(HOSTILE_STRINGS), st.integers(), st.floats(),
     st.text(max_size=20), st.booleans(), st.none(),
@@ -140,7 +150,7 @@ def mutations(draw, paths: list[tuple]) -> list[tuple]:
         else:
             path = draw(st.sampled_from(paths))
         out.append((kind, path, draw(hostile) if kind in ("set", "add") else None,
-                    draw(st.text(min_size=1, max_size=8)) if kind == "add" else None))  # fmt: skip
+                    draw(st.sampled_from(KNOWN_KEYS) | st.text(min_size=1, max_size=8)) if kind == "add" else None))  # fmt: skip
     if draw(st.integers(0, 9)) == 0:  # now and then, damage the bytes themselves
         out.append(("bytes", draw(st.floats(0, 1)), draw(st.sampled_from([b"", b"\xff", b"\x00", b"}", b"NaN"])), None))
     return out
