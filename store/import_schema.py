@@ -9,6 +9,7 @@ bytes within SQLite's integers, figures finite.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Annotated, Any, Literal
@@ -339,4 +340,7 @@ class Document(TypedDict):
     comparison: Opt[Any]  # derived from the runs; import ignores it
 
 
-DOCUMENT = TypeAdapter(Document)
+@functools.cache
+def document() -> TypeAdapter:
+    """Built on the first import, not when store.export loads (every history command imports it)."""
+    return TypeAdapter(Document)

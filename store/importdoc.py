@@ -14,7 +14,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from store.import_schema import DOCUMENT, EXPORT_TAG, MAX_TIME, scalar_problem, shown
+from store.import_schema import EXPORT_TAG, MAX_TIME, document, scalar_problem, shown
 from store.models import SCHEMA_VERSION
 
 MAX_BYTES = 256 * 2**20
@@ -94,7 +94,7 @@ def check(doc: Any, source: str, text: str | None = None) -> CheckedExport:
     if text is None or _ESCAPED_SURROGATE.search(text):
         _walk(doc, source)
     try:
-        DOCUMENT.validate_python(doc)
+        document().validate_python(doc)
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         raise ImportError_(f"{source}: {json_path(err['loc'])}: {_message(err)}; {FIX}") from None
