@@ -191,3 +191,17 @@ def test_microbench_json_refuses_the_database_before_it_runs(store, tmp_path):
         before = _snapshot(tmp_path)
         _assert_one_line_error(cli("microbench", "attention", "--json", str(target), db=db, timeout=60), why)
         assert _snapshot(tmp_path) == before, target
+
+
+def test_writing_through_a_symlink_keeps_the_link(store, tmp_path):
+    from tui.outputs import write_atomic
+
+    db, _ = store
+    (tmp_path / "studies").mkdir()
+    real = tmp_path / "studies" / "s.json"
+    real.write_text("old")
+    link = tmp_path / "current.json"
+    link.symlink_to(real)
+    write_atomic(link, "new", db, "--save-study")
+    assert link.is_symlink() and real.read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["s.json"]

@@ -75,12 +75,12 @@ def check_output(path: str | Path, db: str | Path | None, flag: str = "-o") -> P
 
 def write_atomic(path: str | Path, text: str, db: str | Path | None, flag: str = "-o") -> Path:
     """Check `path`, write `text` beside it and move it into place: readers see the old file or the new one."""
-    p = check_output(path, db, flag)
-    parent = Path(os.path.abspath(p)).parent
+    shown = check_output(path, db, flag)
+    p = check_output(os.path.realpath(shown), db, flag)  # through a symlink: the file it names, the link kept
     try:
-        fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{p.name}.")
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.")
     except OSError as exc:
-        raise UsageError(f"cannot write {flag} {p} ({exc.strerror}); choose another path") from None
+        raise UsageError(f"cannot write {flag} {shown} ({exc.strerror}); choose another path") from None
     try:
         os.fchmod(fd, _mode_for(p))
         with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -91,11 +91,11 @@ def write_atomic(path: str | Path, text: str, db: str | Path | None, flag: str =
         os.replace(tmp, p)
     except OSError as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise UsageError(f"cannot write {flag} {p} ({exc.strerror}); choose another path") from None
+        raise UsageError(f"cannot write {flag} {shown} ({exc.strerror}); choose another path") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return p
+    return shown
 
 
 def _mode_for(p: Path) -> int:
