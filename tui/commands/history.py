@@ -191,7 +191,6 @@ def compare(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     from store.db import open_db
     from store.export import render
-
     from tui.outputs import check_output, write_atomic
 
     db = open_db(args.db, create=False)
