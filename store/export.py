@@ -12,13 +12,14 @@ from typing import Any
 from sqlmodel import Session
 
 from store.annotate import cell_flags
+from store.import_schema import EXPORT_TAG
+from store.importdoc import CheckedExport, ImportError_, check, parse_export, read_export  # noqa: F401 (the importer's API)
 from store.models import SCHEMA_VERSION, CellRow, Quality, Run, RunGroup, Telemetry
 from store.results import RunResult
 from store.significance import REPEAT_METRICS, Comparison, run_comparisons
 from store.tables import Table, cell_table, comparison_table, quality_table
 
 FORMATS = ("csv", "md", "json", "html")
-EXPORT_TAG = "codebench-tui export"
 
 CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
                "device", "batch", "input_len", "output_len", "params", "status", "tokens_per_s", "latency_s",
@@ -27,10 +28,6 @@ CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "a
                # tokens/s against the baseline run (store.significance), empty on the baseline's rows
                "baseline_run_id", "ratio", "ratio_ci_low", "ratio_ci_high", "significant", "ratio_method",
                "ratio_reason", "flags"]  # fmt: skip
-
-
-class ImportError_(ValueError):
-    pass
 
 
 def when(ts: float | None) -> str:
@@ -48,6 +45,14 @@ def _ratio_columns(base_id: str, v: Comparison | None) -> list[Any]:
             v.method or "", v.reason]  # fmt: skip
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value: Any) -> Any:
+    """A spreadsheet runs a text cell that starts like a formula: text gets a leading ', numbers stay numbers."""
+    return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
+
+
 def to_csv(results: list[RunResult], baseline: int = 0, floors: dict[str, float] | None = None) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
@@ -56,7 +61,7 @@ def to_csv(results: list[RunResult], baseline: int = 0, floors: dict[str, float]
     for n, r in enumerate(results):
         cfg = r.run.get("config") or {}
         for c in r.cells:
-            w.writerow([
+            w.writerow(csv_safe(v) for v in [
                 r.id, r.run.get("name") or "", r.run["label"], r.run["model"], cfg.get("engine"),
                 cfg.get("precision") or "", cfg.get("attention") or "", cfg.get("quant") or "",
                 json.dumps(cfg.get("options") or {}, sort_keys=True), r.run.get("device") or "",
@@ -112,14 +117,20 @@ def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "toke
     return "\n".join(out).rstrip() + "\n"
 
 
+def _esc(value: Any) -> str:
+    """Every value the HTML export interpolates is text, never markup (quotes too: some sit in attributes)."""
+    return html.escape(str(value), quote=True)
+
+
 def _html_table(t: Table) -> str:
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in t.headers)
+    e = _esc
+    head = "".join(f"<th>{e(h)}</th>" for h in t.headers)
     body = []
     for row, styles in zip(t.rows, t.styles or [[""] * len(t.headers)] * len(t.rows)):
-        tds = "".join(f'<td class="{html.escape(s)}">{html.escape(v)}</td>' for v, s in zip(row, styles))
+        tds = "".join(f'<td class="{e(s)}">{e(v)}</td>' for v, s in zip(row, styles))
         body.append(f"<tr>{tds}</tr>")
-    notes = "".join(f"<p class=note>{html.escape(n)}</p>" for n in t.notes)
-    return f"<h2>{html.escape(t.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}"
+    notes = "".join(f"<p class=note>{e(n)}</p>" for n in t.notes)
+    return f"<h2>{e(t.title)}</h2><table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>{notes}"
 
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}table{border-collapse:collapse;margin:1em 0}
@@ -130,10 +141,10 @@ td,th{border:1px solid #ccc;padding:.25em .6em;text-align:right}th{background:#f
 
 def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s",
             floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
+    e = _esc
     items = "".join(
-        f"<li><code>{html.escape(r.short_id)}</code> <b>{html.escape(r.run['label'])}</b> on <code>{html.escape(r.run['model'])}</code>"
-        f" ({html.escape(r.run.get('device') or '?')}), {html.escape(r.status)}, {when(r.run.get('created_at'))}: "
-        f"{html.escape(host_line(r.run))}</li>"
+        f"<li><code>{e(r.short_id)}</code> <b>{e(r.run['label'])}</b> on <code>{e(r.run['model'])}</code>"
+        f" ({e(r.run.get('device') or '?')}), {e(r.status)}, {e(when(r.run.get('created_at')))}: {e(host_line(r.run))}</li>"
         for r in results
     )
     tables = [comparison_table(results, baseline, metric, floors, floor_note)] if len(results) > 1 else []
@@ -190,20 +201,11 @@ def render(fmt_name: str, results: list[RunResult], groups: list[dict[str, Any]]
     raise ValueError(f"unknown format '{fmt_name}' (known: {', '.join(FORMATS)})")
 
 
-def parse_export(text: str, source: str) -> dict[str, Any]:
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ImportError_(f"{source} is not JSON ({exc.msg} at line {exc.lineno}); export it again with --format json")
-    if not isinstance(doc, dict) or doc.get("format") != EXPORT_TAG:
-        raise ImportError_(f"{source} is not a codebench-tui JSON export; export one with --format json")
-    if doc.get("schema_version") not in range(1, SCHEMA_VERSION + 1):  # v1 exports lack notes and flags only
-        raise ImportError_(f"{source} has schema v{doc.get('schema_version')}, this codebench-tui reads v{SCHEMA_VERSION}")
-    return doc
-
-
 def import_export(doc: dict[str, Any], *, session: Session) -> tuple[int, int]:
-    """Insert the runs of an export; runs already present (same id) are skipped. Returns (added, skipped)."""
+    """Insert the runs of an export; runs already present (same id) are skipped. Returns (added, skipped).
+    A document that did not come from parse_export/read_export is checked first."""
+    if not isinstance(doc, CheckedExport):
+        doc = check(doc, "the document")
     added = skipped = 0
     for g in doc.get("groups", []):
         if session.get(RunGroup, g["id"]) is None:

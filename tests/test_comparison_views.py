@@ -27,7 +27,7 @@ def _cell(batch: int, lats: list[float], flags: list | None = None) -> dict:
 
 def _run(rid: str, label: str, cells: list[dict], *, name: str | None = None, runtime: dict | None = None,
          notes: list | None = None, options: dict | None = None) -> RunResult:  # fmt: skip
-    run = {"id": rid * 8, "group_id": "g" * 32, "name": name, "model": "tiny", "engine": "hf-generate",
+    run = {"id": rid * 32, "group_id": "9" * 32, "name": name, "model": "tiny", "engine": "hf-generate",
            "label": label, "config": {"engine": "hf-generate", "precision": "fp32", "options": options or {}},
            "spec": {}, "host": {"hostname": "box", "cpu": "x", "cpu_logical": 2}, "device": "cpu",
            "runtime": {"schedule": "interleaved", **(runtime or {})}, "status": "done", "error": "",
@@ -138,21 +138,21 @@ def test_csv_and_json_carry_the_verdicts_and_json_still_imports(trio, tmp_path):
     rows = list(csv.DictReader(io.StringIO(text)))
     base_rows, fast = rows[:2], rows[2]
     assert all(r["ratio"] == "" and r["significant"] == "" for r in base_rows)
-    assert fast["baseline_run_id"] == "a" * 8 and float(fast["ratio"]) == pytest.approx(2.0)
+    assert fast["baseline_run_id"] == "a" * 32 and float(fast["ratio"]) == pytest.approx(2.0)
     assert float(fast["ratio_ci_low"]) < 2.0 < float(fast["ratio_ci_high"])
     assert (fast["significant"], fast["ratio_method"]) == ("true", "paired")
     assert fast["flags"] == f"load: {LOAD['reason']}" and rows[3]["significant"] == "false"
 
     doc = json.loads(render("json", trio, [], 0))
     cmp = doc["comparison"]
-    assert cmp["baseline_run_id"] == "a" * 8
-    fast_tps = [c for c in cmp["cells"] if c["run_id"] == "b" * 8 and c["metric"] == "tokens_per_s"]
+    assert cmp["baseline_run_id"] == "a" * 32
+    fast_tps = [c for c in cmp["cells"] if c["run_id"] == "b" * 32 and c["metric"] == "tokens_per_s"]
     assert [(c["batch"], c["significant"], c["method"]) for c in fast_tps] == [(1, True, "paired"), (2, False, "paired")]
     assert {c["metric"] for c in cmp["cells"]} == {"tokens_per_s", "latency_s", "ttft_s", "decode_tps"}
     assert doc["runs"][1]["cells"][0]["flags"] == [LOAD]
 
     db = open_db(tmp_path / "in.db")
-    groups = [{"id": "g" * 32, "name": None, "created_at": 1.7e9, "spec": {}}]
+    groups = [{"id": "9" * 32, "name": None, "created_at": 1.7e9, "spec": {}}]
     exported = to_json(trio, groups)
     with db.session() as s:
         assert import_export(parse_export(exported, "x.json"), session=s) == (3, 0)

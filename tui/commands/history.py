@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 from typing import TYPE_CHECKING
@@ -199,23 +197,14 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export(args: argparse.Namespace) -> int:
     from store.db import open_db
     from store.export import render
+    from tui.outputs import check_output, write_atomic
 
     db = open_db(args.db, create=False)
+    if args.output:
+        check_output(args.output, db.path)  # before the work, and again when writing
     results = _results(db, args.runs, telemetry=args.format == "json")
     base = _baseline(results, db, args.baseline)
     groups = []
@@ -228,17 +217,7 @@ def export(args: argparse.Namespace) -> int:
     floors, note = _floors(db, results)
     text = render(args.format, results, groups, base, floors, note)
     if args.output:
-        out = Path(args.output)
-        if out.is_dir():
-            from tui.errors import UsageError
-
-            raise UsageError(f"-o {out} is a directory; give a file name such as {out / ('results.' + args.format)}")
-        try:
-            _write_atomic(out, text)
-        except OSError as exc:
-            from tui.errors import UsageError
-
-            raise UsageError(f"cannot write {out} ({exc.strerror}); choose another -o path") from None
+        out = write_atomic(args.output, text, db.path)
         print(f"wrote {len(results)} run(s) to {out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -246,20 +225,37 @@ def export(args: argparse.Namespace) -> int:
 
 
 def import_file(args: argparse.Namespace) -> int:
-    from store.db import open_db
-    from store.export import import_export, parse_export
+    """Check the whole file first, then open (or create) the database: a bad file writes nothing."""
+    from store.db import default_db_path, open_db
+    from store.export import import_export, read_export
 
-    path = Path(args.file)
+    doc = read_export(Path(args.file))
+    target = Path(args.db).expanduser() if getattr(args, "db", None) else default_db_path()
+    new_paths = _absent([target.with_name(target.name + s) for s in ("", "-wal", "-shm", "-journal")]
+                        + list(reversed(target.parents)))  # fmt: skip
     try:
-        text = path.read_text()
-    except OSError as exc:
-        from tui.errors import UsageError
-
-        raise UsageError(f"cannot read {path} ({exc.strerror}); give the path of a JSON export") from None
-    doc = parse_export(text, str(path))
-    db = open_db(args.db, create=True)
-    with db.session() as s:
-        added, skipped = import_export(doc, session=s)
-        s.commit()
+        db = open_db(target, create=True)
+        try:
+            with db.session() as s:
+                added, skipped = import_export(doc, session=s)
+                s.commit()
+        finally:
+            db.close()
+    except BaseException:
+        _remove(new_paths)  # no empty database (or folder) left behind by a failed import
+        raise
     print(f"imported {added} run(s) into {db.path}" + (f", {skipped} already there" if skipped else ""))
     return 0
+
+
+def _absent(paths: list[Path]) -> list[Path]:
+    return [p for p in paths if not p.exists() and not p.is_symlink()]
+
+
+def _remove(paths: list[Path]) -> None:
+    """Files this command created, then the folders it created, deepest first (only if empty)."""
+    for p in sorted(paths, key=lambda p: len(p.parts), reverse=True):
+        try:
+            p.rmdir() if p.is_dir() else p.unlink(missing_ok=True)
+        except OSError:
+            pass

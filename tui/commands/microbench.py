@@ -88,8 +88,12 @@ def microbench(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from store.safe import LINE, shown
+    from tui.commands.run import study_db
+    from tui.outputs import check_output, write_atomic
     from tui.render import rich_table
 
+    if args.json:
+        check_output(args.json, study_db(args), "--json")  # before the benchmark, and again when writing
     a = _args(args)
     env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
     console, err = Console(), Console(stderr=True)
@@ -124,7 +128,8 @@ def microbench(args: argparse.Namespace) -> int:
     if points:
         console.print(rich_table(table(head, points, a)))
     if args.json:
-        Path(args.json).write_text("".join(json.dumps(o) + "\n" for o in [{"header": head, "args": a}, *points]))
+        lines = "".join(json.dumps(o) + "\n" for o in [{"header": head, "args": a}, *points])
+        write_atomic(args.json, lines, study_db(args), "--json")
     if proc.returncode != 0:
         tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
         why = f"stopped after --timeout {args.timeout:g} s" if proc.returncode == -9 else tail

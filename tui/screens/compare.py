@@ -230,22 +230,26 @@ class CompareScreen(Screen):
         def work() -> None:
             from store.export import render
             from store.models import RunGroup
-            from tui.commands.history import _floors, _results, _write_atomic
+            from tui.commands.history import _floors, _results
+            from tui.errors import UsageError
+            from tui.outputs import check_output, write_atomic
 
             try:
                 db = app.database()
+                check_output(path, db.path, "export to")  # before the work, and again when writing
                 results = _results(db, ids, telemetry=fmt == "json")
                 groups = []
                 if fmt == "json":
                     with db.session() as s:
                         gids = sorted({r.run["group_id"] for r in results})
                         groups = [g.model_dump() for g in (s.get(RunGroup, x) for x in gids) if g is not None]
-                if path.is_dir():
-                    raise OSError(21, "is a directory")
                 floors, note = _floors(db, results)
-                _write_atomic(path, render(fmt, results, groups, baseline, floors, note))
-            except OSError as exc:
-                self.post_message(self.Exported(f"cannot write {path} ({exc.strerror}); choose another path", False))
+                write_atomic(path, render(fmt, results, groups, baseline, floors, note), db.path, "export to")
+            except UsageError as exc:
+                self.post_message(self.Exported(str(exc), False))
+                return
+            except OSError as exc:  # reading the store
+                self.post_message(self.Exported(f"cannot export ({exc.strerror or exc}); choose another path", False))
                 return
             self.last_export = path
             self.post_message(self.Exported(f"wrote {len(ids)} runs to {path}", True))

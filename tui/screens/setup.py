@@ -538,10 +538,14 @@ class SetupScreen(Screen):
         def write(path: str | None) -> None:
             if not path:
                 return
+            from store.db import default_db_path
+            from tui.errors import UsageError
+            from tui.outputs import write_atomic
+
             try:
-                Path(path).expanduser().write_text(spec.to_json() + "\n")
-            except OSError as exc:
-                self.notify(f"cannot write {path} ({exc.strerror}); choose another path", severity="error")
+                write_atomic(path, spec.to_json() + "\n", self.app.resolved_db_path() or default_db_path(), "save to")
+            except UsageError as exc:
+                self.notify(str(exc), title="cannot save", severity="error")
                 return
             self.notify(f"saved {path}: run it headless with  codebench-tui run --study {path}", title="study saved")
 
