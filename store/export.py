@@ -16,6 +16,7 @@ from store.import_schema import EXPORT_TAG
 from store.importdoc import CheckedExport, ImportError_, check, parse_export, read_export  # noqa: F401 (the importer's API)
 from store.models import SCHEMA_VERSION, CellRow, Quality, Run, RunGroup, Telemetry
 from store.results import RunResult
+from store.safe import LINE, NAME, shown
 from store.significance import REPEAT_METRICS, Comparison, run_comparisons
 from store.tables import Table, cell_table, comparison_table, quality_table
 
@@ -100,13 +101,26 @@ def host_line(run: dict[str, Any]) -> str:
     return f"{h.get('cpu', '?')} ({h.get('cpu_logical', '?')} threads), {gpus}, Python {h.get('python', '?')}"
 
 
+def run_settings(r: RunResult) -> list[str]:
+    """What the study chose that moves figures, and the runner's notes: each export says them with the run."""
+    rt, spec = r.run.get("runtime") or {}, r.run.get("spec") or {}
+    out = [f"{shown(rt['schedule'], NAME)} schedule"] if isinstance(rt, dict) and rt.get("schedule") else []
+    env = spec.get("worker_env") if isinstance(spec, dict) else None
+    if isinstance(env, dict) and env:
+        out.append("worker env set by the study: " + shown(" ".join(f"{k}={v}" for k, v in env.items()), LINE))
+    out += [f"note: {shown(n, LINE)}" for n in r.run.get("notes") or [] if isinstance(n, str)]
+    return out
+
+
 def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "tokens_per_s",
                 floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
     out = ["# codebench-tui results", ""]
     for r in results:
-        out.append(f"- `{r.short_id}` **{md_escape(r.run['label'])}** on {md_escape(r.run['model'])} "
-                   f"({md_escape(r.run.get('device') or '?')}), {r.status}, {when(r.run.get('created_at'))}: "
-                   f"{md_escape(host_line(r.run))}")  # fmt: skip
+        out.append(f"- `{md_escape(shown(r.short_id, NAME))}` **{md_escape(shown(r.run['label'], NAME))}** on "
+                   f"{md_escape(shown(r.run['model'], NAME))} ({md_escape(shown(r.run.get('device') or '?', NAME))}), "
+                   f"{md_escape(shown(r.status, NAME))}, {when(r.run.get('created_at'))}: "
+                   f"{md_escape(shown(host_line(r.run), LINE))}"
+                   + "".join(f"; {md_escape(x)}" for x in run_settings(r)))  # fmt: skip
     out.append("")
     if len(results) > 1:
         out += [markdown_table(comparison_table(results, baseline, metric, floors, floor_note)), ""]
@@ -143,8 +157,10 @@ def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_p
             floors: dict[str, float] | None = None, floor_note: str = "") -> str:  # fmt: skip
     e = _esc
     items = "".join(
-        f"<li><code>{e(r.short_id)}</code> <b>{e(r.run['label'])}</b> on <code>{e(r.run['model'])}</code>"
-        f" ({e(r.run.get('device') or '?')}), {e(r.status)}, {e(when(r.run.get('created_at')))}: {e(host_line(r.run))}</li>"
+        f"<li><code>{e(shown(r.short_id, NAME))}</code> <b>{e(shown(r.run['label'], NAME))}</b> on "
+        f"<code>{e(shown(r.run['model'], NAME))}</code> ({e(shown(r.run.get('device') or '?', NAME))}), "
+        f"{e(shown(r.status, NAME))}, {e(when(r.run.get('created_at')))}: {e(shown(host_line(r.run), LINE))}"
+        + "".join(f"; {e(x)}" for x in run_settings(r)) + "</li>"
         for r in results
     )
     tables = [comparison_table(results, baseline, metric, floors, floor_note)] if len(results) > 1 else []

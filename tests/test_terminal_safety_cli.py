@@ -85,8 +85,6 @@ def test_export_markdown_tables(hostile_db, terminal, capsys):
     assert len(tables) < 60_000
 
 
-@pytest.mark.xfail(strict=True, reason="store/export.py's to_markdown writes the run list from raw labels, models "
-                   "and host fields (md_escape keeps controls); store/export.py is hardened separately")
 def test_export_markdown_whole(hostile_db, terminal, capsys):
     path, _ = hostile_db
     code, out = run_cli(capsys, "export", "last", "last~1", "last~2", "--format", "md", "--db", str(path))
