@@ -139,7 +139,7 @@ def test_cuda_without_a_gpu_is_refused_up_front(tmp_path):
 
 def test_flash_with_a_shorter_sliding_window_is_refused_before_loading(monkeypatch):
     from engines.spec import SpecError, build_spec
-    from tui.commands.run import check_window
+    from engines.preflight import check_window
 
     spec = build_spec({"model": "starcoder2-7b:random", "runs": [{"engine": "hf-generate", "attention": "sdpa-flash"}],
                        "grid": {"batch": [1], "input_len": [8192], "output_len": [16]}})  # fmt: skip
