@@ -39,7 +39,7 @@ def _one_line_error(proc, *fragments: str) -> None:
     (["--cell-timeout", "nan"], "cell_timeout_s"),
     (["--cell-timeout", "-1"], "cell_timeout_s"),
     (["--cell-mem-limit", "1B"], "cell_mem_limit_bytes"),
-    (["--cell-mem-limit", "99999999TiB"], "cell_mem_limit_bytes"),
+    (["--cell-mem-limit", "99999999TiB"], "--cell-mem-limit"),
     (["--seed", "-1"], "seed"),
     (["--load-timeout", "inf"], "load_timeout_s"),
     (["--engine", ""], "names nothing"),
