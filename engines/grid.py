@@ -60,7 +60,7 @@ def _range(part: str, whole: str, name: str) -> list[int]:
         inc = _int(step, whole, name)
         if inc <= 0:
             raise GridError(f"{name}: step in {_shown(part)} must be positive")
-        values = list(range(start, stop, inc))[: MAX_AXIS_VALUES + 1]
+        values = list(range(start, stop, inc)[: MAX_AXIS_VALUES + 1])  # a range slice: 1:10**7 never listed whole
     if not values:
         raise GridError(f"{name}: range {_shown(part)} is empty (the stop is excluded: use e.g. 32:129:x2)")
     if len(values) > MAX_AXIS_VALUES:

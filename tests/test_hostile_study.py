@@ -34,6 +34,7 @@ def _one_line_error(proc, *fragments: str) -> None:
     (["--batch", "1:4097", "--input-len", "1:4097"], "more than 10,000"),
     (["--batch", "1:4097", "--input-len", "1:4097", "--output-len", "1:4097"], "more than 10,000"),
     (["--input-len", "99999999999999999999"], "above 10,000,000"),
+    (["--input-len", "1:99999999999"], "more than 4096 values"),  # never listed whole
     (["--batch", "2000000"], "above 1,000,000"),
     (["--repeats", "10000000000000000000000000"], "repeats"),
     (["--cell-timeout", "nan"], "cell_timeout_s"),

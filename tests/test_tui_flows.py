@@ -164,6 +164,33 @@ async def test_live_validation_blocks_bad_input(store):
 
 
 @aio
+async def test_setup_refuses_a_huge_grid_or_count_as_you_type(store):
+    """A 4097 x 4097 grid typed key by key stays responsive and is refused; so is a 400-digit repeat count."""
+    from tui.app import make_app
+
+    path, _ = store
+    app = make_app(str(path), preload=False)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_for(pilot, lambda: bool(app.screen.choices), 60, "engine checks")
+        started = time.monotonic()
+        await type_into(pilot, "grid-batch", "1:4097")
+        await type_into(pilot, "grid-input_len", "1:4097")
+        await pilot.pause(0.2)
+        assert "more than 10,000" in str(app.screen.query_one("#grid-msg").render())
+        assert time.monotonic() - started < 20, "each key must re-plan quickly"
+        await type_into(pilot, "grid-batch", "1")
+        await type_into(pilot, "grid-input_len", "8")
+        await type_into(pilot, "timing-repeats", "9" * 400)
+        await pilot.pause(0.2)
+        assert "repeats" in str(app.screen.query_one("#grid-msg").render())
+        assert app.screen.query_one("#timing-repeats").has_class("-invalid")
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.2)
+        assert app.screen.__class__.__name__ == "SetupScreen"  # nothing started
+        assert rows(path, "select count(*) from run")[0][0] == 3
+
+
+@aio
 async def test_study_file_is_the_clis(store, tmp_path):
     """Save from the dashboard, check the CLI reads it, load it back into a fresh form."""
     from engines.spec import load_study

@@ -182,14 +182,35 @@ def parse_grid_axis(text: str, name: str) -> tuple[list[int] | None, str]:
         return None, str(exc)
 
 
-def parse_count(text: str, name: str, minimum: int) -> tuple[int | None, str]:
+def parse_count(text: str, name: str, minimum: int, maximum: int) -> tuple[int | None, str]:
+    text = text.strip()
+    if len(text) > 12:  # also keeps int() off a 100,000-digit paste
+        return None, f"{name}: must be between {minimum} and {maximum:,}"
     try:
-        value = int(text.strip())
+        value = int(text)
     except ValueError:
         return None, f"{name}: '{text}' is not a whole number"
-    if value < minimum:
-        return None, f"{name}: must be >= {minimum}"
+    if not minimum <= value <= maximum:
+        return None, f"{name}: must be between {minimum} and {maximum:,}"
     return value, ""
+
+
+def timing_maximum(key: str) -> int:
+    """The largest value the study's Timing accepts for KEY (warmup, iters, repeats)."""
+    from engines.spec import Timing
+
+    return min(m.le for m in Timing.model_fields[key].metadata if getattr(m, "le", None) is not None)
+
+
+def check_grid_size(grid: dict[str, list[int]]) -> str:
+    """'' or the one-line reason the grid is too large to plan (before any list of cells is built)."""
+    from engines.grid import GridError, check_cells
+
+    try:
+        check_cells(len(grid["batch"]) * len(grid["input_len"]) * len(grid["output_len"]))
+    except GridError as exc:
+        return str(exc)
+    return ""
 
 
 def estimate_seconds(runs: list[Any], cells: list[tuple[int, int, int]], timing: dict[str, int],

@@ -397,7 +397,7 @@ class SetupScreen(Screen):
 
     def _form(self) -> tuple[dict[str, Any] | None, list[str]]:
         """The grid and timing parsed, or the first problem per field."""
-        from tui.planning import parse_count, parse_grid_axis
+        from tui.planning import check_grid_size, parse_count, parse_grid_axis, timing_maximum
 
         errors, grid, timing = [], {}, {}
         for key, _ in GRID_FIELDS:
@@ -408,9 +408,12 @@ class SetupScreen(Screen):
                 errors.append(err)
             else:
                 grid[key] = values
+        if len(grid) == len(GRID_FIELDS):
+            err = check_grid_size(grid)
+            errors += [err] if err else []
         for key, label, minimum in TIMING_FIELDS:
             inp = self.query_one(f"#timing-{key}", Input)
-            value, err = parse_count(inp.value, label, minimum)
+            value, err = parse_count(inp.value, label, minimum, timing_maximum(key))
             inp.set_class(value is None, "-invalid")
             if value is None:
                 errors.append(err)
