@@ -317,7 +317,9 @@ class VLLM(Engine):
             if "_TP" in name:
                 by_rank[int(name.rsplit("_TP", 1)[1].split("_")[0])] = pid
         rss = [peak_rss([by_rank[r]]) if r in by_rank else None for r in range(tp)]
-        out: dict[str, Any] = {"size": tp, "peak_rss_bytes_per_rank": rss, "peak_bytes_per_rank": rss}
+        # the keys of engines/tp.py's HF ranks, which store/tables.py reads
+        out: dict[str, Any] = {"size": tp, "peak_rss_bytes_per_rank": rss, "peak_bytes_per_rank": rss,
+                               "peak_gpu_bytes_per_rank": None}  # fmt: skip
         if self.platform == "cuda":
             from engines.telemetry import Nvml
 
@@ -325,7 +327,7 @@ class VLLM(Engine):
             ids = [int(i) for i in visible.split(",") if i.strip().isdigit()] or list(range(tp))
             gpus = {g["index"]: g.get("mem_used") for g in Nvml().sample()}
             out["nvml_used_bytes_per_gpu"] = [gpus.get(i) for i in ids[:tp]]
-            out["peak_bytes_per_rank"] = out["nvml_used_bytes_per_gpu"]
+            out["peak_bytes_per_rank"] = out["peak_gpu_bytes_per_rank"] = out["nvml_used_bytes_per_gpu"]
         return out
 
     def _spec_counters(self) -> dict[str, float]:

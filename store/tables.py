@@ -95,7 +95,8 @@ def cell_table(result: RunResult) -> Table:
         status = c["status"]
         row.append(status_mark(status))
         gpu = c.get("peak_gpu_bytes") or c.get("peak_nvml_bytes")
-        per_gpu = (((c.get("metrics") or {}).get("tp") or {}).get("peak_gpu_bytes_per_rank")) or []
+        tp = (c.get("metrics") or {}).get("tp") or {}
+        per_gpu = tp.get("peak_gpu_bytes_per_rank") or tp.get("nvml_used_bytes_per_gpu") or []  # the latter: vLLM before 12-05
         codes = annotate.flag_codes(c)
         row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")), tps_ci_text(c),
                 f"{annotate.FLAG_MARK} {', '.join(codes)}" if codes else "-", fmt(c.get("ttft_s")),

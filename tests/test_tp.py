@@ -232,5 +232,37 @@ def test_vllm_tp2_on_the_cpu(tmp_path):
         assert c["status"] == "done"
         tp = c["metrics"]["tp"]
         assert tp["size"] == 2 and all(b and b > 50 << 20 for b in tp["peak_rss_bytes_per_rank"]), tp
+        assert tp["peak_gpu_bytes_per_rank"] is None  # the HF ranks' keys; no GPU here
     (runtime,) = rows(db, "select runtime from run")[0]
     assert json.loads(runtime)["engine_args"]["tensor_parallel_size"] == 2
+
+
+def test_vllm_per_gpu_peaks_reach_the_gpu_column(monkeypatch):
+    """vLLM on GPUs stores each rank's GPU memory under the key the cell table reads (it once wrote another
+    key and tp runs lost their per-GPU breakdown); a cell stored that way before the fix still shows it."""
+    from engines import telemetry
+    from engines.vllm_engine import VLLM
+    from store.results import RunResult
+    from store.tables import cell_table
+
+    class TwoGpus:
+        def sample(self):
+            return [{"index": 0, "mem_used": 3 << 30}, {"index": 1, "mem_used": 5 << 30}]
+
+    monkeypatch.setattr(telemetry, "Nvml", TwoGpus)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0,1")
+    engine = VLLM.__new__(VLLM)
+    engine.opts, engine._pids, engine.platform = {"tensor_parallel_size": 2}, [], "cuda"
+    tp = engine.rank_peaks()
+    assert tp["peak_gpu_bytes_per_rank"] == [3 << 30, 5 << 30]
+
+    def gpu_cell(tp_metrics: dict) -> str:
+        cell = {"batch": 1, "input_len": 8, "output_len": 4, "status": "done", "peak_gpu_bytes": 8 << 30,
+                "metrics": {"tp": tp_metrics}}  # fmt: skip
+        table = cell_table(RunResult(run={"id": "r" * 32, "label": "vllm fp16 tp=2", "model": "m"}, cells=[cell]))
+        return table.rows[0][table.headers.index("GPU MB")]
+
+    assert gpu_cell(tp) == "8,192.0 (3,072.0 + 5,120.0)"
+    before_the_fix = {"size": 2, "peak_rss_bytes_per_rank": [None, None], "peak_bytes_per_rank": [3 << 30, 5 << 30],
+                      "nvml_used_bytes_per_gpu": [3 << 30, 5 << 30]}  # fmt: skip
+    assert gpu_cell(before_the_fix) == "8,192.0 (3,072.0 + 5,120.0)"
