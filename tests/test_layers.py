@@ -37,3 +37,16 @@ def test_the_scan_sees_function_local_imports():
     """engines/ imports store lazily in places; a scan that missed those would pass vacuously."""
     assert any(top == "store" for _, _, top in imports_of("engines"))
     assert any(top == "engines" for _, _, top in imports_of("tui"))
+
+
+def test_status_colours_have_one_definition():
+    """Every screen and CLI table colours a status from tui/status.py: five copies once disagreed on
+    "cancelled" (dim in one, yellow in the others)."""
+    copies = []
+    for path in sorted((ROOT / "tui").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict):
+                keys = {k.value for k in node.keys if isinstance(k, ast.Constant)}
+                if {"failed", "cancelled"} <= keys:
+                    copies.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert copies == ["tui/status.py:7"], copies

@@ -12,11 +12,11 @@ from typing import Any
 
 from engines import events as ev
 from store.safe import LOG, NAME, shown
+from store.tables import STATUS_MARK
 
 SERIES = 240  # points kept per time series
 LOG_LINES = 2000
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # colours, titles, links
-STATUS_WORD = {"oom": "OOM", "skipped": "skipped", "crashed": "crashed", "failed": "failed", "cancelled": "cancelled"}
 
 
 @dataclass
@@ -195,7 +195,7 @@ class LiveState:
             self.current = None
         if e.status != "done":
             why = f": {e.error.splitlines()[0]}" if e.error else ""
-            self._say(e.t, "warn", f"{self._cell_label(e.index)} {STATUS_WORD.get(e.status, e.status)}{why}")
+            self._say(e.t, "warn", f"{self._cell_label(e.index)} {STATUS_MARK.get(e.status, e.status)}{why}")
 
     def _telemetry(self, e: ev.TelemetrySample) -> None:
         self.samples_seen += 1

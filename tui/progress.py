@@ -9,9 +9,10 @@ from rich.text import Text
 
 from engines import events as ev
 from store.safe import LINE, NAME, first_line, shown
+from store.tables import STATUS_MARK
+from tui.status import STATUS_STYLE
 
-MARK = {"done": ("done", "green"), "oom": ("OOM", "bold red"), "skipped": ("skipped", "dim"),
-        "crashed": ("crashed", "bold magenta"), "failed": ("failed", "red"), "cancelled": ("cancelled", "yellow")}  # fmt: skip
+MARK = {s: (word, STATUS_STYLE[s]) for s, word in {"done": "done", **STATUS_MARK}.items()}
 
 
 def mark(status: str) -> Text:

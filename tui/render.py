@@ -11,10 +11,8 @@ from store.export import host_line, when
 from store.results import RunResult
 from store.safe import LINE, NAME, first_line, shown
 from store.tables import Table
+from tui.status import STATUS_STYLE, TABLE_STYLE
 
-STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim", "cancelled": "dim",
-         "missing": "dim", "better": "green", "worse": "yellow", "done": ""}  # fmt: skip
-STATUS_STYLE = {"done": "green", "running": "cyan", "failed": "red", "cancelled": "yellow", "interrupted": "magenta"}
 
 
 def rich_table(t: Table) -> RichTable:
@@ -25,7 +23,7 @@ def rich_table(t: Table) -> RichTable:
         table.add_column(Text(h), justify="right")
     for row_i, row in enumerate(t.rows):
         styles = t.styles[row_i] if t.styles else [""] * len(row)
-        table.add_row(*(Text(v, style=STYLE.get(s, "")) for v, s in zip(row, styles)))
+        table.add_row(*(Text(v, style=TABLE_STYLE.get(s, "")) for v, s in zip(row, styles)))
     if t.notes:
         table.caption = Text("\n".join(t.notes))
         table.caption_justify = "left"

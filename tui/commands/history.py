@@ -97,7 +97,7 @@ def runs(args: argparse.Namespace) -> int:
     from store.queries import count_runs, list_runs
     from store.results import load_result
     from store.safe import LINE, NAME, shown
-    from tui.render import STATUS_STYLE
+    from tui.status import STATUS_STYLE
 
     db = open_db(args.db, create=False)
     console = Console()

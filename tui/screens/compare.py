@@ -20,12 +20,11 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from store.safe import LINE, NAME, shown
 from tui.widgets.footer import Footer
+from tui.status import TABLE_STYLE
 from tui.widgets.plot import Plot
 
 METRIC_ORDER = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")
 TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem")
-STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim", "cancelled": "yellow",
-         "missing": "dim", "better": "green", "worse": "yellow", "same": "dim", "done": ""}  # fmt: skip
 
 
 def note_style(line: str) -> str:
@@ -156,7 +155,7 @@ class CompareScreen(Screen):
         for i, h in enumerate(t.headers):  # "label [id] tok/s" on two lines: columns half as wide
             dt.add_column(Text(h.replace(" [", "\n["), justify="right"), key=f"c{i}")
         for row, styles in zip(t.rows, t.styles or [[""] * len(t.headers)] * len(t.rows)):
-            dt.add_row(*(Text(v, style=STYLE.get(s, ""), justify="right") for v, s in zip(row, styles)))
+            dt.add_row(*(Text(v, style=TABLE_STYLE.get(s, ""), justify="right") for v, s in zip(row, styles)))
         notes = Text()
         for i, line in enumerate(t.notes):
             notes.append(("\n" if i else "") + line, style=note_style(line))

@@ -14,6 +14,7 @@ from textual.screen import Screen
 from textual.widgets import Input, Static
 
 from store.safe import shown
+from tui.status import STATUS_STYLE
 from tui.widgets.field import Field
 from tui.widgets.footer import Footer
 from tui.widgets.runtable import Column, RunTable
@@ -27,7 +28,6 @@ COLUMNS = [Column("sel", " ", min_width=1), Column("id", "id"), Column("started"
            Column("model", "model", drop=2, shrink=True, min_width=6, soft_width=16),
            Column("name", "name", drop=1, shrink=True, min_width=6, soft_width=16),
            Column("host", "host", drop=3, shrink=True, min_width=6)]  # fmt: skip
-STATUS_STYLE = {"done": "green", "running": "cyan", "failed": "red", "cancelled": "yellow", "interrupted": "magenta"}
 
 
 def _when(ts: float | None) -> str:

@@ -19,21 +19,20 @@ from textual.widgets import Static
 from textual.worker import Worker, WorkerState
 
 from store.safe import NAME, first_line, shown
+from store.tables import STATUS_MARK
 from tui.widgets.footer import Footer
 from tui.feed import Feed, FeedInfo
-from tui.live_state import STATUS_WORD, LiveState
+from tui.live_state import LiveState
 from tui.planning import clock
+from tui.status import STATUS_STYLE
 from tui.widgets.bars import Gauge, bar, gib
 from tui.widgets.spark import Spark
 from tui.widgets.tail import TailLog
 
 DRAIN_HZ = 8.0
-CELL_STYLE = {"oom": "bold red", "crashed": "bold magenta", "failed": "red", "skipped": "dim",
-              "cancelled": "yellow", "done": "green"}  # fmt: skip
 COLUMNS = [("#", 2, True), ("batch", 5, True), ("in", 5, True), ("out", 4, True), ("status", 9, False),
            ("tok/s", 9, True), ("lat s", 7, True), ("MB", 7, True), ("flags", 10, False)]  # (header, width, right-aligned)
 LOG_STYLE = {"stderr": "grey62", "warn": "yellow", "error": "bold red", "info": ""}
-RUN_STYLE = {"done": "green", "failed": "red", "cancelled": "yellow", "running": "cyan", "starting": "cyan"}
 
 
 def _fmt(v: float | None, digits: int = 1) -> str:
@@ -275,10 +274,10 @@ class LiveScreen(Screen):
             return Text.assemble(("Live", "bold"), "  no study yet: set one up (F2) or replay a run from History (F4)")
         s = self.state
         status = s.status
-        style = {"running": "bold cyan", "finished": "bold green", "cancelled": "bold yellow", "failed": "bold red"}
+        style = "bold " + STATUS_STYLE.get("done" if status == "finished" else status, "")
         out = Text.assemble((shown(feed.info.title, 2 * NAME), "bold"), "  ", (shown(feed.info.model, NAME), "italic"),
                             "  ",
-                            (status, style.get(status, "")), f"  elapsed {clock(s.elapsed(now))}")  # fmt: skip
+                            (status, style), f"  elapsed {clock(s.elapsed(now))}")  # fmt: skip
         if not feed.live:
             pos = feed.now() - getattr(feed, "start", 0.0)
             dur = getattr(feed, "duration", 0.0)
@@ -309,9 +308,9 @@ class LiveScreen(Screen):
         label_w = min(max((len(r.label) for r in rows), default=10), 28) + (2 if numbered else 0)
         for r in rows:
             eta = s.run_eta(r, now)
-            counts = " ".join(f"{n} {STATUS_WORD.get(k, k)}" for k, n in sorted(r.counts.items()) if k != "done")
+            counts = " ".join(f"{n} {STATUS_MARK.get(k, k)}" for k, n in sorted(r.counts.items()) if k != "done")
             tail = Text(f" {r.finished:>3}/{r.total:<3} ")
-            tail.append(r.status, style=RUN_STYLE.get(r.status, ""))
+            tail.append(r.status, style=STATUS_STYLE.get(r.status, ""))
             if eta is not None:
                 tail.append(f" ETA {clock(eta)}")
             if counts:
@@ -368,13 +367,13 @@ class LiveScreen(Screen):
         log = self._get("#live-results")
         for r in results[self._shown_results :]:
             cells = [str(r.run_number)] if self._show_run else []
-            cells += [str(r.batch), str(r.input_len), str(r.output_len), STATUS_WORD.get(r.status, r.status),
+            cells += [str(r.batch), str(r.input_len), str(r.output_len), STATUS_MARK.get(r.status, r.status),
                       _fmt(r.tokens_per_s), _fmt(r.latency_s, 3), "-" if r.peak_bytes is None else f"{r.peak_bytes / 2**20:,.0f}",
                       ("⚑ " + ",".join(r.flags)) if r.flags else ""]  # fmt: skip
             cols = (COLUMNS[:1] if self._show_run else []) + COLUMNS[1:]
             line = Text()
             for i, (value, (name, width, right)) in enumerate(zip(cells, cols)):
-                style = CELL_STYLE.get(r.status, "") if name == "status" else ("yellow" if name == "flags" else "")
+                style = STATUS_STYLE.get(r.status, "") if name == "status" else ("yellow" if name == "flags" else "")
                 line.append((value.rjust(width) if right else value.ljust(width)) + " ", style=style)
             log.write(line)
         self._shown_results = len(results)
