@@ -14,7 +14,6 @@ from store.tables import Table
 from tui.status import STATUS_STYLE, TABLE_STYLE
 
 
-
 def rich_table(t: Table) -> RichTable:
     # collapse_padding: a run's cell table (flags, ±95% CI) must fit 80 columns without cropping numbers
     table = RichTable(title=Text(t.title), title_justify="left", header_style="bold", pad_edge=False,
