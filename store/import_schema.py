@@ -225,9 +225,13 @@ class Efficiency(TypedDict, total=False):
     throttle: Annotated[list[Name], Field(max_length=64)] | None
 
 
+PerRank = Annotated[list[Number | None], Field(max_length=1024)] | None
+
+
 class TensorParallel(TypedDict, total=False):
     __pydantic_config__ = ALLOW  # type: ignore[misc]
-    peak_gpu_bytes_per_rank: Annotated[list[Number | None], Field(max_length=1024)] | None
+    peak_gpu_bytes_per_rank: PerRank
+    nvml_used_bytes_per_gpu: PerRank  # the cell table's fallback for vLLM cells stored before 12-05
 
 
 class Metrics(TypedDict, total=False):

@@ -118,7 +118,8 @@ HOSTILE_STRINGS = ["\x1b[2J\x1b[31mred\x1b[0m", "<script>alert(1)</script>", '">
                    "done", "oom", "running", "interrupted", "0" * 32, "f" * 32, "ABCDEF" * 5 + "ab", "1e20"]  # fmt: skip
 # Keys the views read, most of them absent from the base document: "add" puts them anywhere.
 KNOWN_KEYS = ["power_limit_w", "ray", "node_ip", "n_threads", "torch_threads", "executor", "worker_env", "cpu_affinity",
-              "cpu_governor", "cuda_driver", "throttle", "peak_gpu_bytes_per_rank", "peak_bytes_per_rank", "sequential",
+              "cpu_governor", "cuda_driver", "throttle", "peak_gpu_bytes_per_rank", "nvml_used_bytes_per_gpu",
+              "peak_bytes_per_rank", "sequential",
               "identical", "speedup", "label", "run_id", "acceptance_rate", "mean_accepted_len", "tokens_per_step",
               "node", "index", "mem_used", "util", "power_w", "error", "kind", "content", "timing", "warmup", "round",
               "ttft_s", "tokens", "latencies_s", "env", "versions", "libraries", "schedule", "dtype", "load_s",

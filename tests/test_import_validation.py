@@ -109,6 +109,8 @@ SHAPES = [
     ("bw_share a string", _set("runs.0.cells.0.metrics", {"efficiency": {"bw_share": "x"}}),
      "runs[0].cells[0].metrics.efficiency.bw_share"),
     ("flags a dict", _set("runs.0.cells.0.flags", {"code": "cv"}), "runs[0].cells[0].flags"),
+    ("per-GPU peaks a string", _set("runs.0.cells.0.metrics", {"tp": {"nvml_used_bytes_per_gpu": "ab"}}),
+     "runs[0].cells[0].metrics.tp.nvml_used_bytes_per_gpu"),  # the cell table reads it (vLLM before 12-05)
     ("unknown run status", _set("runs.0.status", "<b>done</b>"), "runs[0].status"),
     ("unknown cell status", _set("runs.0.cells.1.status", "fine"), "runs[0].cells[1].status"),
     ("id not hex", _set("runs.0.id", "<script>alert(1)</script>"), "runs[0].id"),
