@@ -12,11 +12,20 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from tui.errors import UsageError
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 DB_SIDE_FILES = ("", "-wal", "-shm", "-journal")
+
+
+def db_in_use(args: Any) -> Path:
+    """The database a command uses (--db, else the default), which no file it writes may replace."""
+    from store.db import default_db_path
+
+    db = getattr(args, "db", None)
+    return Path(db).expanduser() if db else default_db_path()
 
 
 def _same(a: Path, b: Path) -> bool:

@@ -226,12 +226,13 @@ def export(args: argparse.Namespace) -> int:
 
 def import_file(args: argparse.Namespace) -> int:
     """Check the whole file first, then open (or create) the database: a bad file writes nothing."""
-    from store.db import default_db_path, open_db
+    from store.db import open_db
     from store.export import import_export, read_export
+    from tui.outputs import DB_SIDE_FILES, db_in_use
 
     doc = read_export(Path(args.file))
-    target = Path(args.db).expanduser() if getattr(args, "db", None) else default_db_path()
-    new_paths = _absent([target.with_name(target.name + s) for s in ("", "-wal", "-shm", "-journal")]
+    target = db_in_use(args)
+    new_paths = _absent([target.with_name(target.name + s) for s in DB_SIDE_FILES]
                         + list(reversed(target.parents)))  # fmt: skip
     try:
         db = open_db(target, create=True)

@@ -88,12 +88,11 @@ def microbench(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from store.safe import LINE, shown
-    from tui.commands.run import study_db
-    from tui.outputs import check_output, write_atomic
+    from tui.outputs import check_output, db_in_use, write_atomic
     from tui.render import rich_table
 
     if args.json:
-        check_output(args.json, study_db(args), "--json")  # before the benchmark, and again when writing
+        check_output(args.json, db_in_use(args), "--json")  # before the benchmark, and again when writing
     a = _args(args)
     env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
     console, err = Console(), Console(stderr=True)
@@ -129,7 +128,7 @@ def microbench(args: argparse.Namespace) -> int:
         console.print(rich_table(table(head, points, a)))
     if args.json:
         lines = "".join(json.dumps(o) + "\n" for o in [{"header": head, "args": a}, *points])
-        write_atomic(args.json, lines, study_db(args), "--json")
+        write_atomic(args.json, lines, db_in_use(args), "--json")
     if proc.returncode != 0:
         tail = stderr.strip().splitlines()[-1] if stderr.strip() else f"exit code {proc.returncode}"
         why = f"stopped after --timeout {args.timeout:g} s" if proc.returncode == -9 else tail

@@ -8,7 +8,6 @@ import re
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any
 
 SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.I)
@@ -304,18 +303,10 @@ def validate_quality(q) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "save_study", None):
-        from tui.outputs import check_output
+        from tui.outputs import check_output, db_in_use
 
-        check_output(args.save_study, study_db(args), "--save-study")  # before any work
+        check_output(args.save_study, db_in_use(args), "--save-study")  # before any work
     return execute(spec_from_args(args), args)
-
-
-def study_db(args: argparse.Namespace):
-    """The database this command uses, which no file it writes may replace."""
-    from store.db import default_db_path
-
-    db = getattr(args, "db", None)
-    return Path(db) if db else default_db_path()
 
 
 def execute(spec, args: argparse.Namespace) -> int:
@@ -335,9 +326,9 @@ def execute(spec, args: argparse.Namespace) -> int:
     plan = Text(f"{len(spec.runs)} run(s) x {len(cells)} cells on {shown(spec.model, LINE)} ({device}){quality}: "
                 + "; ".join(shown(r.label(), NAME) for r in spec.runs))  # fmt: skip
     if getattr(args, "save_study", None):
-        from tui.outputs import write_atomic
+        from tui.outputs import db_in_use, write_atomic
 
-        write_atomic(args.save_study, spec.to_json() + "\n", study_db(args), "--save-study")
+        write_atomic(args.save_study, spec.to_json() + "\n", db_in_use(args), "--save-study")
     if getattr(args, "dry_run", False):
         console.print(plan)
         return 0
