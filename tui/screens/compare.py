@@ -19,8 +19,8 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from store.safe import LINE, NAME, shown
-from tui.widgets.footer import Footer
 from tui.status import TABLE_STYLE
+from tui.widgets.footer import Footer
 from tui.widgets.plot import Plot
 
 METRIC_ORDER = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")
