@@ -27,7 +27,8 @@ fi
 env_info() {
   date -u +"%Y-%m-%dT%H:%M:%SZ"
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm,clocks.max.mem,power.limit --format=csv
-  python3 -c "import sys, torch, transformers, bitsandbytes; print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| bitsandbytes', bitsandbytes.__version__)"
+  # bitsandbytes travels only for the calls that need it: a missing one is printed, not fatal
+  python3 -c "import sys, torch, transformers, importlib.util as u; b = u.find_spec('bitsandbytes'); print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', torch.version.cuda, '| transformers', transformers.__version__, '| bitsandbytes', __import__('bitsandbytes').__version__ if b else 'not installed')"
 }
 case "${1:-}" in
   1)
