@@ -38,7 +38,7 @@ case "${1:-}" in
     ;;
   2)
     env_info 2>&1 | tee "$OUT/part2.log"
-    python3 -m engines.probe --device cuda 2>&1 | tail -1 | tee -a "$OUT/part2.log"
+    python3 -m engines.measure.probe --device cuda 2>&1 | tail -1 | tee -a "$OUT/part2.log"
     python3 benchmarks/gpu_study.py run --db "$OUT/study.db" --timeouts "${TIMEOUTS:-230,130,190}" 2>&1 | tee -a "$OUT/part2.log"
     ;;
   hydragen)

@@ -3,7 +3,7 @@
     python benchmarks/gpu_roofline.py --db roofline.db        # on the GPU machine
 
 codellama-7b:random in bf16, batch 1, input 512, output 128 (the issue's setting). First the device's
-bandwidth is measured (`python -m engines.probe`, cached where the engines read it); the roofline is
+bandwidth is measured (`python -m engines.measure.probe`, cached where the engines read it); the roofline is
 that bandwidth over the bytes one decode step must read (all weights once, plus the KV cache at the
 mean context). Each configuration is one run of one codebench study; warm-up uses the measured shape
 (two minibatches: compilation and CUDA-graph recording happen there), so the timed minibatches are
@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines.roofline import cell_efficiency  # noqa: E402
+from engines.measure.roofline import cell_efficiency  # noqa: E402
 
 CONFIGS = [  # (label, engine, attention, options)
     ("generate sdpa (dynamic cache)", "hf-generate", "sdpa", {}),
@@ -38,7 +38,7 @@ CONFIGS = [  # (label, engine, attention, options)
 
 
 def probe(device: str) -> dict:
-    proc = subprocess.run([sys.executable, "-m", "engines.probe", "--device", device], cwd=ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "engines.measure.probe", "--device", device], cwd=ROOT, capture_output=True,
                           text=True, timeout=300)  # fmt: skip
     if proc.returncode != 0:
         raise SystemExit(f"probe failed: {proc.stderr.strip().splitlines()[-1:]}")

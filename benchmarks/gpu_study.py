@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from engines.roofline import cell_efficiency  # noqa: E402
+from engines.measure.roofline import cell_efficiency  # noqa: E402
 
 
 def run_spec(engine: str, precision: str, attention: str = "sdpa", quant: str | None = None, **options) -> dict:

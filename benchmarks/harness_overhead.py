@@ -23,9 +23,9 @@ BARE = r"""
 import json, statistics, sys, time
 import torch
 from transformers import AutoModelForCausalLM
-from engines.tiny import ensure_tiny
-from engines.models import tokenizer_file
-from engines.workloads import synthetic_prompts
+from engines.models.tiny import ensure_tiny
+from engines.models.refs import tokenizer_file
+from engines.models.workloads import synthetic_prompts
 args = json.loads(sys.argv[1])
 path = ensure_tiny()
 model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa").eval()
@@ -56,9 +56,9 @@ def bare(cfg: dict) -> float:
 
 
 def codebench(cfg: dict, db: Path) -> float:
+    from engines.harness.runner import Runner
     from engines.registry import expand
-    from engines.runner import Runner
-    from engines.spec import build_spec
+    from engines.study.schema import build_spec
     from store.db import open_db
 
     spec = build_spec({
@@ -90,9 +90,8 @@ def main() -> None:
     p.add_argument("--iters", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
     a = p.parse_args()
-    from engines.runner import Runner  # noqa: F401 - fail early if the project is not importable
-
-    from engines.spec import Workload
+    from engines.harness.runner import Runner  # noqa: F401 - fail early if the project is not importable
+    from engines.study.schema import Workload
 
     seed = Workload().cell_seed(a.batch, a.input_len)  # the runner's per-cell seed, so prompts match
     cfg = {"batch": a.batch, "input_len": a.input_len, "output_len": a.output_len, "warmup": 1, "iters": a.iters,

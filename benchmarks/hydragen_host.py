@@ -32,7 +32,7 @@ def main() -> int:
 
     import torch
 
-    from engines import hydragen
+    from engines.adapters.hf import hydragen
 
     if not torch.cuda.is_available():
         print("hydragen_host: needs a CUDA GPU", file=sys.stderr)

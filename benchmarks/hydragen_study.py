@@ -233,11 +233,11 @@ def check(args: argparse.Namespace) -> int:
     """Hydragen against standard attention on args.device; prints one line per check, exit 1 if any fails."""
     import torch
 
-    from engines import hydragen
-    from engines.hf import HFGenerate
-    from engines.prompt_sources import shared_prefix_prompts
-    from engines.shared_prefix import Hydragen, common_prefix_len
-    from engines.tiny import ensure_tiny
+    from engines.adapters.hf import hydragen
+    from engines.adapters.hf.engine import HFGenerate
+    from engines.adapters.hf.shared_prefix import Hydragen, common_prefix_len
+    from engines.models.prompt_sources import shared_prefix_prompts
+    from engines.models.tiny import ensure_tiny
 
     dev = torch.device(args.device)
     if dev.type == "cuda":
@@ -355,8 +355,8 @@ def bench(args: argparse.Namespace) -> int:
 
     import torch
 
-    from engines.models import materialize
-    from engines.shared_prefix import Hydragen, NoAttention
+    from engines.adapters.hf.shared_prefix import Hydragen, NoAttention
+    from engines.models.refs import materialize
 
     run = {"engine": "hydragen", "precision": args.precision, "attention": None, "quant": None,
            "options": dict(o.split("=", 1) for o in args.opt or [])}  # fmt: skip

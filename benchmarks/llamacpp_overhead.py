@@ -3,7 +3,7 @@
     python benchmarks/llamacpp_overhead.py [--quant f32] [--batch 1,4] [--input-len 64] [--tokens 64]
                                            [--threads N] [--rounds 7] [--table f32,f16,q8_0,q4_0]
 
-Part 1 alternates (ABBA), round by round, the adapter (engines.llamacpp.LlamaCpp, in-process) and a
+Part 1 alternates (ABBA), round by round, the adapter (engines.adapters.llamacpp.engine.LlamaCpp, in-process) and a
 plain loop over llama-cpp-python's low-level API written the obvious way (same GGUF, threads,
 context, prompts and batch; one llama_batch per step), and for batch 1 also the high-level
 `Llama.generate` at temperature 0. Ratio = adapter tokens/s / direct tokens/s (target >= 0.97),
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _prompts(model_dir: Path, batch: int, length: int) -> list[list[int]]:
-    from engines.workloads import synthetic_prompts
+    from engines.models.workloads import synthetic_prompts
 
     return synthetic_prompts(model_dir / "tokenizer.json", batch, length, seed=0)
 
@@ -39,7 +39,7 @@ class Direct:
         import numpy as np
 
         self.ll, self.np, self.n_threads = ll, np, n_threads
-        from engines.llamacpp import model_params  # the adapter's repack choice (off on AMX CPUs)
+        from engines.adapters.llamacpp.engine import model_params  # the adapter's repack choice (off on AMX CPUs)
 
         self.model = ll.llama_model_load_from_file(path.encode(), model_params())
         self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
@@ -100,7 +100,7 @@ def _timed(fn, prompts, n):
 def overhead(model_dir: Path, quant: str, batches: list[int], in_len: int, n: int, threads: int, rounds: int) -> None:
     import llama_cpp as ll
 
-    from engines.llamacpp import LlamaCpp
+    from engines.adapters.llamacpp.engine import LlamaCpp
 
     eng = LlamaCpp({"quant": quant, "options": {"n_threads": threads}})
     eng.load(str(model_dir), "cpu")
@@ -153,7 +153,7 @@ def overhead(model_dir: Path, quant: str, batches: list[int], in_len: int, n: in
 
 
 def _quant_row(model_dir: str, quant: str, batches: list[int], in_len: int, n: int, threads: int, rounds: int, q):
-    from engines.llamacpp import LlamaCpp
+    from engines.adapters.llamacpp.engine import LlamaCpp
 
     eng = LlamaCpp({"quant": quant, "options": {"n_threads": threads}})
     info = eng.load(model_dir, "cpu")
@@ -203,7 +203,7 @@ def main() -> int:
     ap.add_argument("--table", default="f32,f16,q8_0,q4_0", help="quants for part 2 ('' to skip)")
     ap.add_argument("--skip-overhead", action="store_true")
     a = ap.parse_args()
-    from engines.tiny import ensure_tiny
+    from engines.models.tiny import ensure_tiny
 
     model_dir = ensure_tiny()
     batches = [int(b) for b in a.batch.split(",")]

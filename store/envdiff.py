@@ -1,6 +1,6 @@
 """What differs between the environments of runs being compared: anything that can move a number.
 
-Each run stores its host fingerprint (engines/hardware.py), what its worker reported at load (versions,
+Each run stores its host fingerprint (engines/measure/hardware.py), what its worker reported at load (versions,
 threads, the environment it really ran with) and its study (executor, schedule, worker environment).
 `environment(run)` flattens that into named values; `env_diff(results)` keeps the names whose values
 differ. A value a run did not record reads "not recorded" (runs stored before it was).

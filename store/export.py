@@ -15,12 +15,12 @@ from store.annotate import cell_flags
 from store.import_schema import EXPORT_TAG
 from store.importdoc import CheckedExport, ImportError_, check, parse_export, read_export  # noqa: F401 (the importer's API)
 from store.models import SCHEMA_VERSION, CellRow, Quality, Run, RunGroup, Telemetry
+from store.payload import TPShares
 from store.results import RunResult
 from store.safe import LINE, NAME, shown
 from store.significance import REPEAT_METRICS, Comparison, run_comparisons
 from store.tables import Table, cell_table, comparison_table, quality_table
-
-FORMATS = ("csv", "md", "json", "html")
+from store.vocabulary import FORMATS
 
 CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
                "device", "batch", "input_len", "output_len", "params", "status", "tokens_per_s", "latency_s",
@@ -49,6 +49,11 @@ def _ratio_columns(base_id: str, v: Comparison | None) -> list[Any]:
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
+def _per_rank(cell: dict[str, Any]) -> list[int | None]:
+    shares = TPShares.read(cell.get("metrics"))
+    return shares.peak_bytes_per_rank if shares else []
+
+
 def csv_safe(value: Any) -> Any:
     """A spreadsheet runs a text cell that starts like a formula: text gets a leading ', numbers stay numbers."""
     return "'" + value if isinstance(value, str) and value.startswith(FORMULA_START) else value
@@ -70,7 +75,7 @@ def to_csv(results: list[RunResult], baseline: int = 0, floors: dict[str, float]
                 c["status"], *("" if c.get(k) is None else c[k] for k in
                                ("tokens_per_s", "latency_s", "latency_spread", "latency_ci95", "ttft_s", "decode_tps",
                                 "peak_rss_bytes", "peak_gpu_bytes", "peak_nvml_bytes")),
-                json.dumps(((c.get("metrics") or {}).get("tp") or {}).get("peak_bytes_per_rank") or []),
+                json.dumps(_per_rank(c)),
                 len(c.get("repeats") or []), (c.get("error") or "").splitlines()[0] if c.get("error") else "",
                 *_ratio_columns(results[baseline].id, verdicts[n].get(r.cell_key(c))),
                 "; ".join(f"{f.get('code', '?')}: {f.get('reason', '')}" for f in cell_flags(c)),
@@ -215,6 +220,20 @@ def render(fmt_name: str, results: list[RunResult], groups: list[dict[str, Any]]
     if fmt_name == "json":
         return to_json(results, groups, baseline, floors, floor_note)
     raise ValueError(f"unknown format '{fmt_name}' (known: {', '.join(FORMATS)})")
+
+
+def export_text(db: Any, results: list[RunResult], fmt_name: str, baseline: int = 0) -> str:
+    """One export of stored runs, as `codebench-tui export` and the Compare screen write it: JSON with its
+    groups, every format with the hosts' noise floors."""
+    from store.noise import floors_of
+
+    groups: list[dict[str, Any]] = []
+    if fmt_name == "json":
+        with db.session() as s:
+            found = (s.get(RunGroup, g) for g in sorted({r.run["group_id"] for r in results}))
+            groups = [g.model_dump() for g in found if g is not None]
+    floors, note = floors_of(db, results)
+    return render(fmt_name, results, groups, baseline, floors, note)
 
 
 def import_export(doc: dict[str, Any], *, session: Session) -> tuple[int, int]:

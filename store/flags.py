@@ -1,6 +1,6 @@
 """Why a cell's figure may not be trusted, from its stored repeats: each flag is a code and a reason in words.
 
-The worker records per timed repeat what else the machine was doing (engines/contention.py); this
+The worker records per timed repeat what else the machine was doing (engines/measure/contention.py); this
 module turns that, and the spread of the repeats, into flags. Pure functions: a stored cell's flags
 can be recomputed from its repeats.
 """

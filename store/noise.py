@@ -81,6 +81,14 @@ def latest(key: str, *, session: Session) -> dict[str, NoiseFloor]:
     return {r.metric: r for r in rows}  # later rows win
 
 
+def floors_of(db: Any, results: list[RunResult]) -> tuple[dict[str, float], str]:
+    """floors_for in a session of its own; nothing to compare (fewer than two runs), no floors."""
+    if len(results) < 2:
+        return {}, ""
+    with db.session() as s:
+        return floors_for(results, session=s)
+
+
 def floors_for(results: list[RunResult], *, session: Session) -> tuple[dict[str, float], str]:
     """Floors per metric for the hosts of `results` (the largest where they differ), and a note for the reader."""
     keys = {host_key(r.run.get("host"), r.run.get("device")): r for r in results}

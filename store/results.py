@@ -73,6 +73,18 @@ def load_result(run: Run, *, session: Session, telemetry: bool = True) -> RunRes
     return RunResult(data, cells, samples, quality)
 
 
+def load_results(db: Any, refs: list[str], telemetry: bool = False) -> list[RunResult]:
+    """The stored runs that `refs` name (ids, prefixes, last, last~N, names), each once, in the order given."""
+    with db.session() as s:
+        seen, out = set(), []
+        for ref in refs:
+            run = queries.resolve_run(ref, session=s)
+            if run.id not in seen:
+                seen.add(run.id)
+                out.append(load_result(run, session=s, telemetry=telemetry))
+        return out
+
+
 def varying(values: list[Any]) -> bool:
     return len({repr(v) for v in values}) > 1
 

@@ -8,17 +8,12 @@ from typing import Any
 
 from store import annotate
 from store.metrics import peak_mem, ratio
+from store.payload import TPShares
 from store.results import CELL_AXES, RunResult, run_title, varying, varying_config_keys
 from store.safe import NAME, first_line, shown
 from store.significance import PEAK_MEM_THRESHOLD, log_halfwidth, ratio_text, repeat_values, run_comparisons
+from store.vocabulary import METRICS
 
-METRICS = {
-    "tokens_per_s": ("tok/s", True),  # (label, higher is better)
-    "latency_s": ("latency s", False),
-    "ttft_s": ("TTFT s", False),
-    "decode_tps": ("decode tok/s", True),
-    "peak_mem": ("peak MB", False),
-}
 STATUS_MARK = {"oom": "OOM", "skipped": "skipped", "crashed": "crashed", "failed": "failed", "cancelled": "cancelled"}
 AXIS_LABEL = {"batch": "batch", "input_len": "input", "output_len": "output"}
 AXIS_SHORT = {"batch": "b", "input_len": "in", "output_len": "out"}
@@ -95,8 +90,8 @@ def cell_table(result: RunResult) -> Table:
         status = c["status"]
         row.append(status_mark(status))
         gpu = c.get("peak_gpu_bytes") or c.get("peak_nvml_bytes")
-        tp = (c.get("metrics") or {}).get("tp") or {}
-        per_gpu = tp.get("peak_gpu_bytes_per_rank") or tp.get("nvml_used_bytes_per_gpu") or []  # the latter: vLLM before 12-05
+        shares = TPShares.read(c.get("metrics"))
+        per_gpu = shares.per_gpu() if shares else []
         codes = annotate.flag_codes(c)
         row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")), tps_ci_text(c),
                 f"{annotate.FLAG_MARK} {', '.join(codes)}" if codes else "-", fmt(c.get("ttft_s")),

@@ -24,7 +24,7 @@ def codebench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(codebench_cache: Path) -> Path:
     """The tiny model's directory in the session cache (built once)."""
-    from engines.tiny import ensure_tiny
+    from engines.models.tiny import ensure_tiny
 
     return ensure_tiny()
 

@@ -1,8 +1,8 @@
-"""engines.agreement: pure logic of the greedy agreement check."""
+"""engines.quality.agreement: pure logic of the greedy agreement check."""
 
 import pytest
 
-from engines.agreement import compare_prompt, format_line, summary
+from engines.quality.agreement import compare_prompt, format_line, summary
 
 
 def test_identical_sequences_agree_fully():

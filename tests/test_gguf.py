@@ -12,20 +12,19 @@ import llama_cpp as ll
 import numpy as np
 import pytest
 
-from engines import gguf_convert as gc
-from engines.llamacpp import model_params
-from engines.spec import SpecError
-
+from engines.adapters.llamacpp import gguf as gc
+from engines.adapters.llamacpp.engine import model_params
+from engines.base import SpecError
 
 
 @pytest.fixture(scope="module")
 def tiny(tiny_model) -> Path:
-    return tiny_model  # engines.tiny.ensure_tiny() in the session cache (conftest)
+    return tiny_model  # engines.models.tiny.ensure_tiny() in the session cache (conftest)
 
 
 @pytest.fixture(scope="module")
 def prompt(tiny) -> list[int]:
-    from engines.workloads import synthetic_prompts
+    from engines.models.workloads import synthetic_prompts
 
     return synthetic_prompts(tiny / "tokenizer.json", 1, 48, seed=3)[0]
 
@@ -225,7 +224,7 @@ def test_llama_cpp_tokenizes_like_hf(tiny):
 
 def test_converter_imports_neither_torch_nor_llama_cpp():
     code = (
-        "import sys, engines.gguf_convert as g; "
+        "import sys, engines.adapters.llamacpp.gguf as g; "
         "assert 'torch' not in sys.modules and 'llama_cpp' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)

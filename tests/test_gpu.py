@@ -19,7 +19,7 @@ CUDA = "cuda"
 
 def make(cls_name: str, model: str = "codellama-7b:random", precision: str = "bf16", attention: str = "sdpa",
          quant: str | None = None, **options):  # fmt: skip
-    from engines import hf
+    from engines.adapters.hf import engine as hf
 
     e = getattr(hf, cls_name)({"precision": precision, "attention": attention, "quant": quant,
                                "options": {"layers": 2, **options}})  # fmt: skip
@@ -28,8 +28,8 @@ def make(cls_name: str, model: str = "codellama-7b:random", precision: str = "bf
 
 
 def prompts(batch: int = 2, length: int = 64) -> list[list[int]]:
-    from engines.models import tokenizer_file
-    from engines.workloads import synthetic_prompts
+    from engines.models.refs import tokenizer_file
+    from engines.models.workloads import synthetic_prompts
 
     return synthetic_prompts(tokenizer_file("codellama-7b:random"), batch, length, 0)
 
@@ -56,7 +56,7 @@ def test_preset_is_built_on_the_gpu_without_a_host_copy():
 
 def test_pytorch_flash_kernel_takes_no_mask_on_cuda():
     """Why sdpa-flash + a static cache (and a sliding window beyond its length) is rejected on GPUs."""
-    from engines.hf import _flash_takes_mask
+    from engines.adapters.hf.engine import _flash_takes_mask
 
     assert _flash_takes_mask(torch.device(CUDA)) is False
 

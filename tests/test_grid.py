@@ -1,7 +1,8 @@
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
-from engines.grid import Cell, GridError, cells, parse_axis
+from engines.study.grid import Cell, GridError, cells, parse_axis
 
 
 @pytest.mark.parametrize(

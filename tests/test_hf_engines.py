@@ -10,16 +10,15 @@ import pytest
 from tests.helpers import FAST, cli, rows
 
 
-
 @pytest.fixture(scope="module")
 def prompts(tiny_model):
-    from engines.workloads import synthetic_prompts
+    from engines.models.workloads import synthetic_prompts
 
     return synthetic_prompts(tiny_model / "tokenizer.json", 3, 24, 0)  # round-trip through text (the pipeline)
 
 
 def engine(cls_name: str, tiny_model, attention="sdpa", precision="fp32", **options):
-    from engines import hf
+    from engines.adapters.hf import engine as hf
 
     e = getattr(hf, cls_name)({"precision": precision, "attention": attention, "quant": None, "options": options})
     info = e.load(str(tiny_model), "cpu")

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from engines import hf_options, registry
-from engines.spec import EngineRun
+from engines import registry
+from engines.adapters.hf import options as hf_options
+from engines.study.schema import EngineRun
 from tests.helpers import cli
 
 

@@ -86,8 +86,9 @@ def test_study_files_of_any_content_give_one_line(tmp_path, content, fragment):
                               ("", "cell_mem_limit_bytes"), ("", "load_timeout_s"), ("workload", "seed")]))  # fmt: skip
 def test_any_number_in_a_study_is_checked_before_anything_runs(value, field):
     """In-process: build_spec either accepts a value a worker can run, or raises SpecError (one line)."""
-    from engines.grid import MAX_CELLS
-    from engines.spec import SpecError, build_spec
+    from engines.base import SpecError
+    from engines.study.grid import MAX_CELLS
+    from engines.study.schema import build_spec
 
     data: dict = {"runs": [{"engine": "hf-generate"}]}
     section, key = field
@@ -130,7 +131,7 @@ def test_a_corrupt_or_foreign_model_is_refused_before_any_worker(tmp_path):
 
 
 def test_cuda_without_a_gpu_is_refused_up_front(tmp_path):
-    from engines.hardware import gpus
+    from engines.measure.hardware import gpus
 
     if gpus():
         pytest.skip("this machine has a GPU")
@@ -139,8 +140,9 @@ def test_cuda_without_a_gpu_is_refused_up_front(tmp_path):
 
 
 def test_flash_with_a_shorter_sliding_window_is_refused_before_loading(monkeypatch):
-    from engines.spec import SpecError, build_spec
-    from engines.preflight import check_window
+    from engines.base import SpecError
+    from engines.harness.preflight import check_window
+    from engines.study.schema import build_spec
 
     spec = build_spec({"model": "starcoder2-7b:random", "runs": [{"engine": "hf-generate", "attention": "sdpa-flash"}],
                        "grid": {"batch": [1], "input_len": [8192], "output_len": [16]}})  # fmt: skip
@@ -324,8 +326,8 @@ NUMERIC_FLAGS = ["--batch", "--input-len", "--output-len", "--warmup", "--iters"
 def test_any_value_of_a_numeric_flag_is_refused_in_one_line_or_runs(flag, value):
     """argparse, the spec and the grid together: a value either becomes a study a worker can run, or an error
     of one line (argparse's exit 2 or the CLI's known errors) before anything is written."""
-    from engines.grid import MAX_CELLS, GridError
-    from engines.spec import SpecError
+    from engines.base import SpecError
+    from engines.study.grid import MAX_CELLS, GridError
     from tui.cli import build_parser
     from tui.commands.run import spec_from_args
     from tui.errors import UsageError

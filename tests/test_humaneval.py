@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engines.base import SpecError
 from engines.quality import humaneval as he
-from engines.spec import SpecError
 
 SUBSET = [f"HumanEval/{i}" for i in range(0, 164, 8)] + ["HumanEval/163"]  # 22 spread-out tasks
 

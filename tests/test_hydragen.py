@@ -10,7 +10,7 @@ import pytest
 
 torch = pytest.importorskip("torch")  # the hf extra; CI installs it
 
-from engines import hydragen  # noqa: E402
+from engines.adapters.hf import hydragen  # noqa: E402
 from tests.helpers import ROOT  # noqa: E402
 
 TOL = 1e-3  # the issue's bound for fp32; the kernels agree to ~1e-6
@@ -113,8 +113,8 @@ def test_decode_graphs_replay_the_same_attention_on_cuda(dtype, tol, monkeypatch
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_hydragen_engine_with_decode_graphs_keeps_the_tokens_on_cuda(tiny_prompts):
-    from engines.hf import HFGenerate
-    from engines.shared_prefix import Hydragen
+    from engines.adapters.hf.engine import HFGenerate
+    from engines.adapters.hf.shared_prefix import Hydragen
 
     path, prompts = tiny_prompts
     mk = lambda cls, **o: cls({"engine": cls.name, "precision": "fp32", "attention": None, "quant": None,  # noqa: E731
@@ -146,8 +146,8 @@ def test_self_check_reports_a_small_difference():
 
 @pytest.fixture(scope="module")
 def tiny_prompts(codebench_cache):
-    from engines.prompt_sources import shared_prefix_prompts
-    from engines.tiny import ensure_tiny
+    from engines.models.prompt_sources import shared_prefix_prompts
+    from engines.models.tiny import ensure_tiny
 
     path = ensure_tiny()
     return str(path), shared_prefix_prompts(path / "tokenizer.json", 3, 40, 6, seed=1)
@@ -163,7 +163,7 @@ def test_static_suffix_cache_equals_the_dynamic_cache_path(tiny_prompts):
     """The preallocated suffix cache (default) against HF's DynamicCache (the old path): same logits, same tokens."""
     from transformers import DynamicCache
 
-    from engines.shared_prefix import Hydragen, common_prefix_len
+    from engines.adapters.hf.shared_prefix import Hydragen, common_prefix_len
 
     path, prompts = tiny_prompts
     static, dynamic = _engine(Hydragen, path), _engine(Hydragen, path, cache="dynamic")
@@ -199,8 +199,8 @@ def test_static_suffix_cache_equals_the_dynamic_cache_path(tiny_prompts):
 
 
 def test_shared_prefix_engines_check_the_cache_option(tiny_prompts):
-    from engines.shared_prefix import Hydragen, NoAttention
-    from engines.spec import SpecError
+    from engines.adapters.hf.shared_prefix import Hydragen, NoAttention
+    from engines.base import SpecError
 
     path, _ = tiny_prompts
     with pytest.raises(SpecError, match="hydragen has no option|cache must be dynamic or static"):
@@ -214,8 +214,8 @@ def test_shared_prefix_engines_check_the_cache_option(tiny_prompts):
 def test_hydragen_model_logits_and_greedy_tokens_match_standard_attention(tiny_prompts):
     from transformers import DynamicCache
 
-    from engines.hf import HFGenerate
-    from engines.shared_prefix import Hydragen, NoAttention, common_prefix_len
+    from engines.adapters.hf.engine import HFGenerate
+    from engines.adapters.hf.shared_prefix import Hydragen, NoAttention, common_prefix_len
 
     path, prompts = tiny_prompts
     p = common_prefix_len(prompts)
@@ -277,10 +277,10 @@ def test_microbench_bad_input(tmp_path):
 
 def test_hydragen_keeps_its_buffers_for_calls_of_one_shape(tiny_prompts, monkeypatch):
     """The second call of a shape reuses the prefix/suffix buffers (new prefix content copied in); tokens stay right."""
-    from engines.hf import HFGenerate
-    from engines.prompt_sources import shared_prefix_prompts
-    from engines.shared_prefix import Hydragen
-    from engines.tiny import ensure_tiny
+    from engines.adapters.hf.engine import HFGenerate
+    from engines.adapters.hf.shared_prefix import Hydragen
+    from engines.models.prompt_sources import shared_prefix_prompts
+    from engines.models.tiny import ensure_tiny
 
     path, prompts = tiny_prompts
     other = shared_prefix_prompts(ensure_tiny() / "tokenizer.json", 3, 40, 6, seed=3)  # same shape, other tokens
@@ -310,8 +310,8 @@ def test_hydragen_keeps_its_buffers_for_calls_of_one_shape(tiny_prompts, monkeyp
 
 def test_roofline_bytes_count_the_kv_each_engine_reads(tiny_prompts):
     """hf-noshare reads N copies of the prefix KV per step, hydragen one, noattention none."""
-    from engines import roofline
-    from engines.shared_prefix import HFNoShare, Hydragen, NoAttention, common_prefix_len
+    from engines.adapters.hf.shared_prefix import HFNoShare, Hydragen, NoAttention, common_prefix_len
+    from engines.measure import roofline
 
     path, prompts = tiny_prompts
     n, length, new = len(prompts), len(prompts[0]), 4

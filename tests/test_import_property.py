@@ -248,7 +248,8 @@ def _dashboard_reads(db_path: Path, ids: list[str]) -> None:
 
     from store.db import open_db
     from store.history import SORTS, run_page
-    from tui.commands.history import _floors, _results
+    from store.noise import floors_of
+    from store.results import load_results
     from tui.feed import ReplayFeed
     from tui.live_state import LiveState
     from tui.screens.history import HistoryScreen
@@ -262,8 +263,8 @@ def _dashboard_reads(db_path: Path, ids: list[str]) -> None:
             for sort in SORTS:
                 for row in run_page(sort=sort, session=s):
                     assert all(_width(c) >= 0 for c in HistoryScreen._cells(fake, row))  # type: ignore[arg-type]
-        results = _results(db, ids, telemetry=True)
-        floors, _ = _floors(db, results)
+        results = load_results(db, ids, telemetry=True)
+        floors, _ = floors_of(db, results)
         console = Console(file=io.StringIO(), width=100)
         for metric in ("tokens_per_s", "latency_s"):
             console.print(speedup_grids(results, 0, metric, floors))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from engines.interleave import Lane, oom_like, rotation
+from engines.harness.interleave import Lane, oom_like, rotation
 from tests.helpers import cli, popen_cli, rows
 
 QUICK = ["--warmup", "0", "--iters", "1", "--repeats", "3"]
@@ -95,9 +95,9 @@ def test_an_oom_at_load_falls_back_to_sequential_and_says_why(tmp_path):
 
 
 def test_runs_that_do_not_fit_side_by_side_run_one_after_another(tmp_path, monkeypatch):
-    from engines import footprint
-    from engines.runner import Runner
-    from engines.spec import build_spec
+    from engines.harness.runner import Runner
+    from engines.models import footprint
+    from engines.study.schema import build_spec
     from store.db import open_db
 
     monkeypatch.setattr(footprint, "free_bytes", lambda device: 2**20)  # 1 MiB free: nothing fits
@@ -188,17 +188,19 @@ def test_environment_diff_names_the_thread_setting(tmp_path, values):
 
 
 def test_footprint_counts_a_shared_prefix_once_where_the_engine_shares_it():
-    from engines.footprint import cached_tokens, estimate
-    from engines.grid import Cell
-    from engines.interleave import fits
-    from engines.spec import EngineRun
+    from engines import registry
+    from engines.harness.interleave import fits
+    from engines.models.footprint import cached_tokens, estimate
+    from engines.study.grid import Cell
+    from engines.study.schema import EngineRun
 
     cell = Cell(256, 4096 + 32, 128, (("shared_len", 4096), ("suffix_len", 32)))
-    assert cached_tokens("noattention", cell) == 0
-    assert cached_tokens("hydragen", cell) == 4096 + 256 * (32 + 128)
-    assert cached_tokens("hf-noshare", cell) == 256 * (4096 + 32 + 128)
+    kv = {name: registry.get(name).kv_cache for name in ("noattention", "hydragen", "hf-noshare")}
+    assert cached_tokens(kv["noattention"], cell) == 0
+    assert cached_tokens(kv["hydragen"], cell) == 4096 + 256 * (32 + 128)
+    assert cached_tokens(kv["hf-noshare"], cell) == 256 * (4096 + 32 + 128)
     runs = [EngineRun(engine=e, precision="fp16") for e in ("hydragen", "noattention")]
-    gib = [estimate("codellama-7b:random", r, [cell]) / 2**30 for r in runs]
+    gib = [estimate("codellama-7b:random", r, [cell], kv[r.engine]) / 2**30 for r in runs]
     assert 30 < gib[0] < 40 and 12 < gib[1] < 15  # 12.6 GiB of fp16 weights, 22 GiB of KV for hydragen
     assert "need about 48" in fits("codellama-7b:random", runs, [cell], "cpu") or _free_gib() > 60
     tiny = estimate("tiny", EngineRun(engine="hf-generate", precision="fp32"), [Cell(4, 128, 32)])

@@ -1,5 +1,7 @@
 """The layers' import contract, over every import in the tree (function-local ones included): `store` imports
-neither `engines` nor `tui`, and `engines` never imports `tui`."""
+neither `engines` nor `tui`, `engines` never imports `tui`, and inside `engines` each layer imports only the
+layers below it (ENGINE_LAYERS): the two import circles of the flat engines/ (the study spec <-> speculation
+and executors; tui's screens <-> its command modules) cannot come back."""
 
 from __future__ import annotations
 
@@ -12,25 +14,89 @@ from tests.helpers import ROOT
 FORBIDDEN = {"store": ("engines", "tui"), "engines": ("tui",)}
 
 
-def imports_of(package: str) -> list[tuple[str, int, str]]:
-    """(file, line, imported top-level package) for every import statement under ROOT/package."""
+# engines/ from the bottom up: what each part may import of engines (itself always). The tools (models,
+# measure, quality) stand on the study; the adapters on the tools; the registry collects the adapters'
+# declarations; the harness drives all of it.
+_TOOLS = ("base", "study", "models", "measure", "quality")
+ENGINE_LAYERS = {
+    "base": (),
+    "study": ("base",),
+    "models": _TOOLS,
+    "measure": _TOOLS,
+    "quality": _TOOLS,
+    "adapters": _TOOLS,
+    "registry": (*_TOOLS, "adapters"),
+    "harness": (*_TOOLS, "adapters", "registry"),
+}
+
+
+def imports_of(package: str, depth: int = 1) -> list[tuple[str, int, str]]:
+    """(file, line, imported module cut to `depth` parts) for every import statement under ROOT/package;
+    `from engines import registry` counts as engines.registry."""
     found = []
     for path in sorted((ROOT / package).rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
-                names = [node.module]
+                names = [f"{node.module}.{a.name}" for a in node.names] if depth > 1 else [node.module]
             else:
                 continue
-            found += [(str(path.relative_to(ROOT)), node.lineno, n.split(".")[0]) for n in names]
+            found += [(str(path.relative_to(ROOT)), node.lineno, ".".join(n.split(".")[:depth])) for n in names]
     return found
+
+
+def _part(path: str) -> str:
+    """engines/adapters/hf/engine.py -> adapters; engines/registry.py -> registry."""
+    return path.split("/")[1].removesuffix(".py")
 
 
 @pytest.mark.parametrize("package", sorted(FORBIDDEN))
 def test_no_layer_imports_the_one_above(package):
     broken = [f"{f}:{line} imports {top}" for f, line, top in imports_of(package) if top in FORBIDDEN[package]]
     assert not broken, "\n".join(broken)
+
+
+def test_each_engines_layer_imports_only_the_ones_below():
+    broken = []
+    for f, line, name in imports_of("engines", depth=3):
+        if not name.startswith("engines."):
+            continue
+        mine, theirs = _part(f), name.split(".")[1]
+        if theirs != mine and theirs not in ENGINE_LAYERS[mine]:
+            broken.append(f"{f}:{line} ({mine}) imports {name} ({theirs})")
+    assert not broken, "\n".join(broken)
+
+
+def test_every_engines_part_has_a_layer():
+    """A new folder or module under engines/ must say where it stands, or the contract would not cover it."""
+    parts = {p.name.removesuffix(".py") for p in (ROOT / "engines").iterdir() if p.name != "__init__.py"
+             and (p.suffix == ".py" or (p / "__init__.py").exists())}  # fmt: skip
+    assert parts == set(ENGINE_LAYERS), parts ^ set(ENGINE_LAYERS)
+
+
+def test_adapter_families_do_not_import_each_other():
+    """One folder per engine family: hf, llamacpp, vllm, openai stand side by side."""
+    broken = []
+    for f, line, name in imports_of("engines/adapters", depth=4):
+        family = f.split("/")[2].removesuffix(".py")
+        if name.startswith("engines.adapters.") and name.split(".")[2] != family:
+            broken.append(f"{f}:{line} ({family}) imports {name}")
+    assert not broken, "\n".join(broken)
+
+
+def test_screens_use_no_private_name_of_a_command_module():
+    """Screens and commands both call the headless functions (store, engines); a screen never borrows a
+    command module's private helper (Compare once imported history's _results and _floors)."""
+    broken = []
+    for path in sorted((ROOT / "tui").rglob("*.py")):
+        if "commands" in path.parts:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("tui.commands"):
+                broken += [f"{path.relative_to(ROOT)}:{node.lineno} {node.module}.{a.name}" for a in node.names
+                           if a.name.startswith("_")]  # fmt: skip
+    assert not broken, broken
 
 
 def test_the_scan_sees_function_local_imports():

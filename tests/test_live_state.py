@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from engines import events as ev
+from engines.study import events as ev
 from tui.live_state import LiveState
 
 

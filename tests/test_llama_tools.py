@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from engines import llama_tools
+from engines.adapters.llamacpp import tools as llama_tools
 
 # Read at import, before the session fixture points CODEBENCH_CACHE at a temp dir: the slow test reuses the
 # user's build (minutes to make) instead of starting a fresh one.
@@ -40,7 +40,7 @@ def test_hybrid_count_is_llama_cpps_walk():
 
 
 def test_default_threads_is_the_engines_default():
-    from engines.llamacpp import parse_options
+    from engines.adapters.llamacpp.engine import parse_options
 
     n = llama_tools.default_threads()
     assert n >= 1 and parse_options({}, "cpu")["n_threads"] == n

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from engines.agreement import format_line, summary
-from engines.llamacpp import LlamaCpp, parse_options
-from engines.spec import SpecError
-from engines.workloads import synthetic_prompts
+from engines.adapters.llamacpp.engine import LlamaCpp, parse_options
+from engines.base import SpecError
+from engines.models.workloads import synthetic_prompts
+from engines.quality.agreement import format_line, summary
 
 QUANTS = ("f32", "q8_0", "q4_0")
 _engines: dict[str, LlamaCpp] = {}
@@ -39,7 +39,7 @@ def prompts8(tiny_model) -> list[list[int]]:
 
 @pytest.fixture(scope="module")
 def hf_tokens(tiny_model, prompts8) -> list[list[int]]:
-    from engines.hf import HFGenerate
+    from engines.adapters.hf.engine import HFGenerate
 
     hf = HFGenerate({"precision": "fp32", "attention": "sdpa", "options": {}})
     hf.load(str(tiny_model), "cpu")
@@ -147,7 +147,7 @@ def test_logprobs_match_hf_at_f32(engine, tiny_model, prompts8):
     """Perplexity of a GGUF level: llama.cpp log-probs at F32 equal HF fp32's (the quality path)."""
     import math
 
-    from engines.hf import HFGenerate
+    from engines.adapters.hf.engine import HFGenerate
 
     window = prompts8[0] + prompts8[1]
     hf = HFGenerate({"precision": "fp32", "attention": "sdpa", "options": {}})

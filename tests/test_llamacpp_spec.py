@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from engines.llamacpp_spec import LlamaCppSpeculative, propose_ngram
-from engines.workloads import synthetic_prompts
+from engines.adapters.llamacpp.speculative import LlamaCppSpeculative, propose_ngram
+from engines.models.workloads import synthetic_prompts
 from tests.helpers import FAST, cli, rows
 
 

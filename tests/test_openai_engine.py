@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from engines.agreement import format_line, summary
-from engines.openai_engine import AllRequestsFailed, OpenAIEngine, base_url, parse_options, percentiles
-from engines.spec import SpecError
-from engines.workloads import synthetic_prompts
+from engines.adapters.openai.engine import AllRequestsFailed, OpenAIEngine, base_url, parse_options, percentiles
+from engines.base import SpecError
+from engines.models.workloads import synthetic_prompts
+from engines.quality.agreement import format_line, summary
 from tests.helpers import FAST, cell_statuses, cli
 
 
@@ -62,7 +62,7 @@ def stop(proc: subprocess.Popen) -> None:
 
 @pytest.fixture(scope="module")
 def gguf(tiny_model) -> Path:
-    from engines.gguf_convert import convert
+    from engines.adapters.llamacpp.gguf import convert
 
     return convert(tiny_model, "f32")
 
@@ -115,7 +115,7 @@ def test_sweep_over_concurrency_1_2_4(llama_server, prompts):
 
 def test_server_tokens_agree_with_hf_fp32(llama_server, prompts, tiny_model, capsys):
     """The text the server streams, encoded chunk by chunk, is HF's greedy token sequence."""
-    from engines.hf import HFGenerate
+    from engines.adapters.hf.engine import HFGenerate
 
     hf = HFGenerate({"precision": "fp32", "attention": "sdpa", "options": {}})
     hf.load(str(tiny_model), "cpu")

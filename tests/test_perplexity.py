@@ -9,8 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from engines.base import SpecError
 from engines.quality import perplexity as P
-from engines.spec import SpecError
 
 
 @given(st.integers(0, 400), st.integers(2, 64), st.data())
@@ -124,9 +124,9 @@ def _direct_hf_perplexity(model, docs, window, stride):
 
 
 def test_tiny_matches_direct_transformers_computation():
-    from engines.tiny import ensure_tiny
-
     import torch
+
+    from engines.models.tiny import ensure_tiny
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # a shared 2-core box: spinning intra-op threads only slow this down

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from engines import presets
-from engines.spec import SpecError
+from engines.base import SpecError
+from engines.models import presets
 from tests.helpers import ROOT
 
 EXPECTED = {"starcoder2-3b", "starcoder2-7b", "starcoder2-15b", "codellama-7b", "codellama-13b", "codellama-34b",
@@ -31,7 +31,7 @@ def test_every_preset_is_there_with_its_published_size():
 
 
 def test_cached_counts_match_the_meta_device():
-    from engines.hf_build import count_params
+    from engines.adapters.hf.build import count_params
 
     for name in sorted(EXPECTED):
         p = presets.load(name)
@@ -39,7 +39,7 @@ def test_cached_counts_match_the_meta_device():
 
 
 def test_model_refs():
-    from engines.models import kind_of, tokenizer_file
+    from engines.models.refs import kind_of, tokenizer_file
 
     assert kind_of("starcoder2-7b:random") == "preset"
     assert presets.parse_ref("codellama-34b:random") == "codellama-34b"
@@ -64,7 +64,7 @@ def test_weight_bytes_per_precision():
 def test_random_weights_are_deterministic_tied_and_finite(name):
     import torch
 
-    from engines.hf_build import random_model, weight_bytes
+    from engines.adapters.hf.build import random_model, weight_bytes
 
     p = presets.load(name)
     small = dict(SMALL.get(p.model_type, SMALL["llama"]))
@@ -96,7 +96,7 @@ def test_quantized_random_model_is_built_layer_by_layer(quant):
     import bitsandbytes as bnb  # the quant extra; CPU builds quantize and run too
     import torch
 
-    from engines.hf_build import random_model, weight_bytes
+    from engines.adapters.hf.build import random_model, weight_bytes
 
     p = presets.load("codellama-7b")
     m = random_model(p, torch.device("cpu"), torch.bfloat16, "sdpa", quant=quant, double_quant=quant != "int8",

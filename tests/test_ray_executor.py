@@ -148,7 +148,7 @@ def test_ctrl_c_cancels_every_remote_run_and_keeps_finished_cells(cluster, tmp_p
     assert set(finished) <= set(kept)
     time.sleep(2)  # the actors' workers watch their parents
     workers = [p for p in psutil.process_iter(["cmdline", "create_time"])
-               if "engines.worker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= t0
+               if "engines.harness.worker" in " ".join(p.info["cmdline"] or []) and p.info["create_time"] >= t0
                and _ours(p)]  # fmt: skip
     assert not workers, "no worker outlives a cancelled study"
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from engines import gpu_meter, presets, roofline
+from engines.measure import gpu_meter, roofline
+from engines.models import presets
 
 
 def test_datasheet_bandwidth_by_gpu_name():
@@ -69,7 +70,7 @@ def test_cell_efficiency_aggregates_the_timed_minibatches():
 def test_kv_bytes_per_token_match_a_real_cache(name, small):
     import torch
 
-    from engines.hf_build import random_model
+    from engines.adapters.hf.build import random_model
 
     p = presets.load(name)
     model = random_model(p, torch.device("cpu"), torch.bfloat16, "sdpa", overrides=small)
@@ -154,7 +155,7 @@ def test_nvml_absent_paths():
     assert not meter.available and meter.read() is None and meter.name() is None
     assert gpu_meter.delta(None, None) == {} and gpu_meter.delta({"energy_mj": 1}, None) == {}
     assert gpu_meter.delta({"energy_mj": None}, {"energy_mj": None}) == {}
-    from engines.probe import peak_bandwidth
+    from engines.measure.probe import peak_bandwidth
 
     assert peak_bandwidth(None) == (None, "")
     assert peak_bandwidth("NVIDIA H200") == (4.8e12, "datasheet")

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from engines.spec import SpecError, StudySpec, build_spec
+from engines.base import SpecError
+from engines.study.schema import StudySpec, build_spec
 from tests.helpers import FAST, cli, rows
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
@@ -42,7 +43,7 @@ def test_shared_prefix_spec_errors():
 
 
 def test_common_prefix_len():
-    from engines.shared_prefix import common_prefix_len
+    from engines.adapters.hf.shared_prefix import common_prefix_len
 
     assert common_prefix_len([[1, 2, 3, 4], [1, 2, 5, 6], [1, 2, 3, 7]]) == 2
     assert common_prefix_len([[1, 2, 3]]) == 2  # one sequence keeps one token of its own
@@ -51,8 +52,8 @@ def test_common_prefix_len():
 
 
 def test_prompts_for_every_workload(tiny_model, tmp_path):
-    from engines.prompt_sources import prompts_for
-    from engines.workloads import load_tokenizer
+    from engines.models.prompt_sources import prompts_for
+    from engines.models.workloads import load_tokenizer
 
     tok_file = tiny_model / "tokenizer.json"
     tok = load_tokenizer(tok_file)
@@ -74,7 +75,7 @@ def test_prompts_for_every_workload(tiny_model, tmp_path):
 @pytest.mark.parametrize("line, fragment", [("not json", ":1: not valid JSON"), ('{"txt": "x"}', "needs a string field 'text'"),
                                             ("", "is empty")])  # fmt: skip
 def test_bad_jsonl_files(tmp_path, line, fragment):
-    from engines.prompt_sources import read_jsonl_texts
+    from engines.models.prompt_sources import read_jsonl_texts
 
     f = tmp_path / "bad.jsonl"
     f.write_text(line)

@@ -7,9 +7,16 @@ import json
 
 import pytest
 
-from engines.spec import EngineRun, SpecError
-from engines.speculation import (acceptance_rate, cell_metrics, mean_accepted_len, parse_spec, reference_match,
-                                 spec_allowed)  # fmt: skip
+from engines.base import SpecError
+from engines.study.schema import EngineRun
+from engines.study.speculation import (
+    acceptance_rate,
+    cell_metrics,
+    mean_accepted_len,
+    parse_spec,
+    reference_match,
+    spec_allowed,  # fmt: skip
+)
 from tests.helpers import FAST, cli, rows
 
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # two threads on a shared 2-core box make timings erratic
@@ -65,8 +72,8 @@ def test_acceptance_arithmetic():
 
 @pytest.fixture(scope="module")
 def engines(codebench_cache):
-    from engines.speculative import HFSpeculative
-    from engines.tiny import ensure_tiny
+    from engines.adapters.hf.speculative import HFSpeculative
+    from engines.models.tiny import ensure_tiny
 
     path = str(ensure_tiny())
     made = {}
@@ -79,8 +86,8 @@ def engines(codebench_cache):
 
 
 def test_speculative_greedy_output_is_token_identical_and_counts_add_up(engines):
-    from engines.tiny import ensure_tiny
-    from engines.workloads import synthetic_prompts
+    from engines.models.tiny import ensure_tiny
+    from engines.models.workloads import synthetic_prompts
 
     prompts = synthetic_prompts(ensure_tiny() / "tokenizer.json", 2, 48, 3)
     n = 24
@@ -100,7 +107,7 @@ def test_speculative_greedy_output_is_token_identical_and_counts_add_up(engines)
 
 
 def test_tiny_draft_is_deterministic_and_pinned(tmp_path):
-    from engines.tiny import TINY_DRAFT_WEIGHTS_SHA256, draft_problems, ensure_tiny_draft
+    from engines.models.tiny import TINY_DRAFT_WEIGHTS_SHA256, draft_problems, ensure_tiny_draft
 
     a, b = ensure_tiny_draft(tmp_path / "a"), ensure_tiny_draft(tmp_path / "b")
     for d in (a, b):
@@ -166,8 +173,8 @@ def test_vllm_gets_ngram_speculation_through_its_own_options():
 
     runs = expand(["vllm"], spec=["ngram=4"])
     assert [r.spec for r in runs] == ["none", "ngram=4"]
-    assert get("vllm").spec_options(parse_spec("ngram=4")) == {"ngram_tokens": 4}
-    assert get("vllm").spec_options(parse_spec("none")) == {}
+    assert get("vllm").speculation_options(parse_spec("ngram=4")) == {"ngram_tokens": 4}
+    assert get("vllm").speculation_options(parse_spec("none")) == {}
     with pytest.raises(SpecError, match="unknown spec 'draft=tiny-draft' for vllm"):
         expand(["vllm"], spec=["draft=tiny-draft"])
     assert [r.spec for r in expand(["llama.cpp"], spec=["ngram=4", "draft=tiny-draft"])] == [  # tests/test_llamacpp_spec.py

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from engines.grid import Cell
+from engines.study.grid import Cell
 from store import queries
 from store.db import StoreError, memory_db, open_db
 from store.export import import_export, parse_export, render, to_json

@@ -17,9 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import Tokenizer
 
-import engines.tiny as tiny
-from engines.spec import SpecError
-from engines.workloads import corpus, stdlib_files
+import engines.models.tiny as tiny
+from engines.base import SpecError
+from engines.models.workloads import corpus, stdlib_files
 
 REPO = Path(__file__).resolve().parent.parent
 FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
@@ -125,7 +125,7 @@ def test_unwritable_cache_is_a_one_line_error(tmp_path):
 _RACER = """
 import os, sys, time
 from pathlib import Path
-import engines.tiny as tiny
+import engines.models.tiny as tiny
 root, go, log = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[4])
 build = tiny._build_into
 
@@ -240,7 +240,7 @@ def test_transformers_loads_and_generates_greedily(tiny_model):
 
 def test_modules_import_and_run_without_torch(tmp_path):
     code = (
-        "import sys, engines.tiny as t, engines.workloads as w\n"
+        "import sys, engines.models.tiny as t, engines.models.workloads as w\n"
         f"d = t.ensure_tiny({str(tmp_path)!r})\n"
         "p = w.synthetic_prompts(t.tokenizer_path(d), 2, 64, 0)\n"
         "assert [len(x) for x in p] == [64, 64]\n"

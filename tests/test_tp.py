@@ -14,9 +14,10 @@ import time
 import psutil
 import pytest
 
+from engines.harness.tp import worker_command
+from engines.measure.hardware import cpu_bind
 from engines.registry import check
-from engines.spec import EngineRun
-from engines.tp import cpu_bind, worker_command
+from engines.study.schema import EngineRun
 from tests.helpers import FAST, ROOT, cli, popen_cli, rows
 
 GRID = ["--model", "tiny", "--batch", "1,3", "--input-len", "16", "--output-len", "8", *FAST, "--device", "cpu"]
@@ -35,13 +36,13 @@ def _runs(db) -> list[dict]:
 
 
 def test_worker_command_launches_ranks_for_the_hf_engines_only():
-    plain = [sys.executable, "-m", "engines.worker"]
+    plain = [sys.executable, "-m", "engines.harness.worker"]
     assert worker_command(EngineRun(engine="hf-generate"), "cpu") == plain
     assert worker_command(EngineRun(engine="vllm", tp=2), "cpu") == plain  # vLLM starts its own ranks
     assert worker_command(EngineRun(engine="llama.cpp", tp=2), "cuda") == plain
     argv = worker_command(EngineRun(engine="hf-pipeline", tp=4), "cuda:2")
     assert argv[:3] == [sys.executable, "-m", "torch.distributed.run"]
-    assert argv[argv.index("--nproc-per-node") + 1] == "4" and argv[-4:] == ["-m", "engines.worker", "--tp-device", "cuda:2"]
+    assert argv[argv.index("--nproc-per-node") + 1] == "4" and argv[-4:] == ["-m", "engines.harness.worker", "--tp-device", "cuda:2"]
 
 
 def test_availability_of_tp_per_engine_and_device(monkeypatch):
@@ -181,8 +182,8 @@ def test_killing_the_study_leaves_no_rank_behind(tmp_path):
 RANDOM_TP = textwrap.dedent("""
     import json, sys, torch, torch.distributed as dist
     from torch.distributed.tensor import DTensor
-    from engines import presets
-    from engines.hf_build import random_model, tp_random_model
+    from engines.models import presets
+    from engines.adapters.hf.build import random_model, tp_random_model
     dist.init_process_group("gloo")
     small = {"hidden_size": 128, "intermediate_size": 256, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "vocab_size": 4096}
@@ -240,8 +241,8 @@ def test_vllm_tp2_on_the_cpu(tmp_path):
 def test_vllm_per_gpu_peaks_reach_the_gpu_column(monkeypatch):
     """vLLM on GPUs stores each rank's GPU memory under the key the cell table reads (it once wrote another
     key and tp runs lost their per-GPU breakdown); a cell stored that way before the fix still shows it."""
-    from engines import telemetry
-    from engines.vllm_engine import VLLM
+    from engines.adapters.vllm.engine import VLLM
+    from engines.measure import telemetry
     from store.results import RunResult
     from store.tables import cell_table
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from engines import events as ev
-from tests.test_tui_snapshots import settle
+from engines.study import events as ev
 from tests.helpers import rows  # noqa: E402
+from tests.test_tui_snapshots import settle
 from tests.tui_support import fill_store, utc  # noqa: F401  (fixture)
 from tui.screens.live import LiveScreen
 
@@ -193,7 +193,7 @@ async def test_setup_refuses_a_huge_grid_or_count_as_you_type(store):
 @aio
 async def test_study_file_is_the_clis(store, tmp_path):
     """Save from the dashboard, check the CLI reads it, load it back into a fresh form."""
-    from engines.spec import load_study
+    from engines.study.schema import load_study
     from tests.helpers import cli
     from tui.app import make_app
 
@@ -387,7 +387,7 @@ async def test_every_binding_is_in_the_command_palette(store):
 
 @aio
 async def test_tp_and_executor_fields_reach_the_spec_and_the_study_file(store, tmp_path):
-    from engines.spec import load_study
+    from engines.study.schema import load_study
     from tui.app import make_app
 
     path, _ = store

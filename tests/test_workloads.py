@@ -9,9 +9,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from engines.spec import SpecError
-from engines.tiny import ensure_tiny, tokenizer_path
-from engines.workloads import corpus_fingerprint, load_tokenizer, round_trips, synthetic_prompts
+from engines.base import SpecError
+from engines.models.tiny import ensure_tiny, tokenizer_path
+from engines.models.workloads import corpus_fingerprint, load_tokenizer, round_trips, synthetic_prompts
 
 
 @pytest.fixture(scope="module")

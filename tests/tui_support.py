@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from engines import events as ev
 from engines.base import Availability
-from engines.grid import Cell
-from engines.spec import EngineRun
+from engines.study import events as ev
+from engines.study.grid import Cell
+from engines.study.schema import EngineRun
 
 T0 = 1_700_000_000.0  # 2023-11-14 22:13:20 UTC
 HOST = {"hostname": "bench-host", "os": "Linux 6.1", "machine": "x86_64", "cpu": "Test CPU", "cpu_logical": 16,
@@ -47,13 +47,13 @@ def fixed_engines() -> dict:
 
     hf_axes = {"precision": ("fp32", "bf16", "fp16"), "attention": ("sdpa", "eager", "flash_attention_2")}
     infos = [
-        EngineInfo("hf-generate", "engines.hf:HFGenerate", "transformers generate on token ids", ("torch",), "hf",
+        EngineInfo("hf-generate", "engines.adapters.hf.engine:HFGenerate", "transformers generate on token ids", ("torch",), "hf",
                    hf_axes),
-        EngineInfo("hf-pipeline", "engines.hf:HFPipeline", "transformers text-generation pipeline", ("torch",), "hf",
+        EngineInfo("hf-pipeline", "engines.adapters.hf.engine:HFPipeline", "transformers text-generation pipeline", ("torch",), "hf",
                    hf_axes),
-        EngineInfo("llama.cpp", "engines.llamacpp:LlamaCpp", "llama.cpp, GGUF F32/F16 and quantized", ("llama_cpp",),
+        EngineInfo("llama.cpp", "engines.adapters.llamacpp.engine:LlamaCpp", "llama.cpp, GGUF F32/F16 and quantized", ("llama_cpp",),
                    "llamacpp", {"quant": ("f32", "q8_0", "q4_0")}),
-        EngineInfo("vllm", "engines.vllm_engine:VLLM", "vLLM offline engine, paged attention", ("vllm",), "vllm",
+        EngineInfo("vllm", "engines.adapters.vllm.engine:VLLM", "vLLM offline engine, paged attention", ("vllm",), "vllm",
                    {"precision": ("fp32", "bf16")}),
     ]  # fmt: skip
     return {i.name: i for i in infos}

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from tui.screens.live import LiveScreen
 
 PRELOAD = ("tui.screens.live", "tui.screens.history", "tui.screens.compare", "store.db", "store.queries", "store.history", "store.results", "store.tables", "engines.registry",
-           "engines.models", "engines.runner", "engines.hardware", "tui.planning")  # fmt: skip
+           "engines.models.refs", "engines.harness.runner", "engines.measure.hardware", "tui.planning")  # fmt: skip
 
 
 class CodebenchApp(App[int]):
@@ -45,7 +45,7 @@ class CodebenchApp(App[int]):
         self.db_path = db_path
         self.replay = replay
         self.engine_check = check  # engine availability; None: engines.registry.check
-        self.device_override = device  # None: engines.hardware.resolve_device("auto")
+        self.device_override = device  # None: engines.measure.hardware.resolve_device("auto")
         self.preload = preload
         self.replay_speed = replay_speed
         self._db: Any = None
@@ -104,15 +104,15 @@ class CodebenchApp(App[int]):
     def study_running(self) -> bool:
         return self._live is not None and self._live.study_running
 
-    async def start_study(self, spec: Any, estimate_s: float | None = None) -> bool:
-        """Hand a validated spec to the live screen, which runs it with engines.runner.Runner."""
+    async def start_study(self, spec: Any, estimate_s: float | None = None, executor: Any = None) -> bool:
+        """Hand a validated spec to the live screen, which runs it with engines.harness.runner.Runner."""
         if self.study_running:
             self.notify("a study is already running: cancel it on the Live screen (x) first", severity="warning")
             return False
         from tui.feed import StudyFeed
 
         self.database()  # create the file here so a bad --db fails before any worker starts
-        feed = StudyFeed(spec, self.resolved_db_path(), estimate_s)
+        feed = StudyFeed(spec, self.resolved_db_path(), estimate_s, executor)
         await self.switch_mode("live")
         self.live.start(feed)
         return True

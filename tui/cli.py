@@ -40,8 +40,8 @@ def build_parser() -> Parser:
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    from engines.grid import GridError
-    from engines.spec import SpecError
+    from engines.base import SpecError
+    from engines.study.grid import GridError
     from store.db import StoreError
     from store.export import ImportError_
     from store.queries import RunNotFound

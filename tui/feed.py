@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines import events as ev
+from engines.study import events as ev
 
 MAX_BATCH = 5000  # events per poll; the rest waits for the next tick so one tick stays short
 
@@ -67,11 +67,11 @@ def _host_size() -> tuple[int, int]:
 
 
 class StudyFeed(Feed):
-    """Runs engines.runner.Runner (the CLI's runner) in a worker thread; `run` is that thread's body."""
+    """Runs engines.harness.runner.Runner (the CLI's runner) in a worker thread; `run` is that thread's body."""
 
     kind = "study"
 
-    def __init__(self, spec: Any, db_path: str | None, estimate_s: float | None = None):
+    def __init__(self, spec: Any, db_path: str | None, estimate_s: float | None = None, executor: Any = None):
         mem, cpus = _host_size()
         cells = {i: (c.batch, c.input_len, c.output_len) for i, c in enumerate(spec.cells())}
         labels = [r.label() for r in spec.runs]
@@ -79,16 +79,17 @@ class StudyFeed(Feed):
         super().__init__(FeedInfo(title, spec.model, labels, cells, mem, cpus, estimate_s))
         self.spec = spec
         self.db_path = db_path
+        self.executor = executor  # connected by the preflight
         self.cancel = threading.Event()
 
     def run(self) -> Any:
         """Thread body: returns the runner's StudyResult. Touches no widget."""
-        from engines.runner import Runner
+        from engines.harness.runner import Runner
         from store.db import open_db
 
         db = open_db(self.db_path, create=True)
         try:
-            return Runner(self.spec, db, subscribers=[self.put], cancel=self.cancel).run()
+            return Runner(self.spec, db, subscribers=[self.put], cancel=self.cancel, executor=self.executor).run()
         finally:
             db.close()
             self.finished = True

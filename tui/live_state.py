@@ -10,7 +10,7 @@ from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from engines import events as ev
+from engines.study import events as ev
 from store.safe import LOG, NAME, shown
 from store.tables import STATUS_MARK
 

@@ -16,10 +16,10 @@ AXES = ("precision", "attention", "quant")
 
 
 def presets() -> list[tuple[str, str]]:
-    """(model reference, title) of the architecture presets, where engines.presets exists."""
-    if importlib.util.find_spec("engines.presets") is None:
+    """(model reference, title) of the architecture presets, where engines.models.presets exists."""
+    if importlib.util.find_spec("engines.models.presets") is None:
         return []
-    module = importlib.import_module("engines.presets")
+    module = importlib.import_module("engines.models.presets")
     try:
         if callable(getattr(module, "names", None)):  # names() + load(name) -> Preset(ref, title)
             return [(p.ref, p.title) for p in map(module.load, module.names())]
@@ -45,8 +45,8 @@ def model_choices(recent: list[str]) -> list[tuple[str, str]]:
 
 
 def check_model_text(model: str) -> tuple[bool, str]:
-    from engines.models import check_model
-    from engines.spec import SpecError
+    from engines.base import SpecError
+    from engines.models.refs import check_model
 
     model = model.strip()
     if not model:
@@ -85,7 +85,7 @@ class EngineChoice:
 def engine_choices(device: str, check: Callable | None = None) -> list[EngineChoice]:
     """Every engine, available or not (with reason and hint), and its option combinations."""
     from engines import registry
-    from engines.spec import EngineRun
+    from engines.study.schema import EngineRun
 
     check = check or registry.check
     out = []
@@ -174,7 +174,7 @@ def picks_from_runs(choice: EngineChoice, runs: list[Any]) -> tuple[dict[str, li
 
 
 def parse_grid_axis(text: str, name: str) -> tuple[list[int] | None, str]:
-    from engines.grid import GridError, parse_axis
+    from engines.study.grid import GridError, parse_axis
 
     try:
         return parse_axis(text, name, minimum=1), ""
@@ -197,14 +197,14 @@ def parse_count(text: str, name: str, minimum: int, maximum: int) -> tuple[int |
 
 def timing_maximum(key: str) -> int:
     """The largest value the study's Timing accepts for KEY (warmup, iters, repeats)."""
-    from engines.spec import Timing
+    from engines.study.schema import Timing
 
     return min(m.le for m in Timing.model_fields[key].metadata if getattr(m, "le", None) is not None)
 
 
 def check_grid_size(grid: dict[str, list[int]]) -> str:
     """'' or the one-line reason the grid is too large to plan (before any list of cells is built)."""
-    from engines.grid import GridError, check_cells
+    from engines.study.grid import GridError, check_cells
 
     try:
         check_cells(len(grid["batch"]) * len(grid["input_len"]) * len(grid["output_len"]))
@@ -258,7 +258,7 @@ def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict
                 timing: dict[str, int], name: str, device: str, executor: str = "local",
                 schedule: str = "interleaved", worker_env: dict[str, str] | None = None) -> Any:  # fmt: skip
     """The StudySpec the CLI would build: the same pydantic model, the same validation."""
-    from engines.spec import build_spec
+    from engines.study.schema import build_spec
 
     data = dict(base)
     data.update(model=model.strip(), runs=[r.model_dump() for r in runs], grid=grid, timing=timing,

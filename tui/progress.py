@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)  # fmt: skip
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,  # fmt: skip
+)
 from rich.text import Text
 
-from engines import events as ev
+from engines.study import events as ev
 from store.safe import LINE, NAME, first_line, shown
 from store.tables import STATUS_MARK
 from tui.status import STATUS_STYLE

@@ -67,30 +67,10 @@ def run_header(r: RunResult) -> Panel:
 
 
 def tokens_chart(results: list[RunResult], width: int = 80, height: int = 18) -> Text | None:
-    """tokens/s against batch size, a line per (run, input length). The chart owns its own figure."""
-    from plotext._figure import _figure_class
+    """The Compare screen's tokens/s chart, at the console's size."""
+    from tui.widgets import charts
 
-    series = []
-    for r in results:
-        for in_len in sorted({c["input_len"] for c in r.cells}):
-            pts = sorted((c["batch"], c["tokens_per_s"]) for c in r.cells
-                         if c["input_len"] == in_len and c["status"] == "done" and c.get("tokens_per_s"))  # fmt: skip
-            if pts:
-                name = f"in={in_len}" if len(results) == 1 else f"{shown(r.short_id)} in={in_len}"
-                series.append((name, pts))
-    if not series:
-        return None
-    fig = _figure_class()
-    fig.plot_size(width, height)
-    fig.theme("pro")
-    for name, pts in series:
-        fig.plot([p[0] for p in pts], [p[1] for p in pts], label=name, marker="braille")
-    batches = sorted({p[0] for _, pts in series for p in pts})
-    fig.xticks(batches, [str(b) for b in batches])
-    fig.xlabel("batch size")
-    fig.ylabel("tokens/s")
-    fig.title("generated tokens/s by batch size")
-    return Text.from_ansi(fig.build())
+    return charts.tokens_chart(results, width, height)
 
 
 def _cell_short(c: dict) -> str:

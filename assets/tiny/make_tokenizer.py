@@ -8,7 +8,7 @@ synthetic workload, up to 2 MB. Deterministic: the same Python gives the same fi
     python assets/tiny/make_tokenizer.py [--out PATH]
 
 The shipped file was made with CPython 3.11.7 and tokenizers 0.23.3; it is data, so rerun this
-only to change the tokenizer (and then bump TINY_VERSION in engines/tiny.py).
+only to change the tokenizer (and then bump TINY_VERSION in engines/models/tiny.py).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))  # run from a checkout without installing
 
-from engines.workloads import stdlib_files  # noqa: E402
+from engines.models.workloads import stdlib_files  # noqa: E402
 
 VOCAB_SIZE = 4096
 SPECIAL = ["<|endoftext|>", "<|pad|>"]

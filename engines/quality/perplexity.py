@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from engines.spec import SpecError
+from engines.base import SpecError
 
 LogprobFn = Callable[[Sequence[int], int], Sequence[float]]
 STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__", "__phello__"}

@@ -11,7 +11,6 @@ import argparse
 import json
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="greedy agreement of engines with a reference engine")
     p.add_argument("--model", default="tiny", help="tiny, an HF model directory or a .gguf file")
@@ -39,10 +38,10 @@ def _split(value: str | None) -> list[str] | None:
 
 def run(args: argparse.Namespace) -> int:
     """A study with no speed cells and a check: every engine's agreement is stored with its run."""
-    from engines.agreement import format_line
-    from engines.spec import SpecError
+    from engines.base import SpecError
+    from engines.quality.agreement import format_line
     from engines.registry import expand, get
-    from engines.spec import build_spec
+    from engines.study.schema import build_spec
     from store.db import open_db
     from store.queries import quality_of
     from store.safe import NAME, first_line, shown

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("engines", help="list engines, their options and availability")
     p.add_argument("--device", default="auto", help="check availability for this device (default auto)")
@@ -18,8 +17,8 @@ def run(args: argparse.Namespace) -> int:
     from rich.text import Text
 
     from engines import registry
-    from engines.hardware import resolve_device
-    from engines.spec import EngineRun
+    from engines.measure.hardware import resolve_device
+    from engines.study.schema import EngineRun
     from store.safe import LINE, shown
 
     device = resolve_device(args.device)

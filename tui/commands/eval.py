@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engines.registry import expand
-    from engines.spec import build_spec
+    from engines.study.schema import build_spec
 
     if args.completions:
         return score_file(args)
@@ -45,9 +45,9 @@ def score_file(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.text import Text
 
+    from engines.base import SpecError
     from engines.quality.humaneval import score_completions
     from engines.quality.sandbox import SandboxUnavailable
-    from engines.spec import SpecError
     from store.safe import LINE, shown
 
     k = [int(x) for x in args.k] if args.k else [1]

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-
 from typing import TYPE_CHECKING
+
+from store.vocabulary import FORMATS, METRICS
 
 if TYPE_CHECKING:  # the store and rich load when a command runs, not when the dashboard starts
     from rich.console import Console
@@ -14,8 +15,6 @@ if TYPE_CHECKING:  # the store and rich load when a command runs, not when the d
     from store.db import Database
     from store.results import RunResult
 
-FORMATS = ("csv", "md", "json", "html")  # store.export.FORMATS; kept here so parsing imports nothing
-METRICS = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")  # store.tables.METRICS
 
 
 def _count(text: str) -> int:
@@ -46,30 +45,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="read a JSON export into the database")
     p.add_argument("file", metavar="FILE")
     p.set_defaults(func=import_file)
-
-
-def _results(db: Database, refs: list[str], telemetry: bool = False) -> list[RunResult]:
-    from store.queries import resolve_run
-    from store.results import load_result
-
-    with db.session() as s:
-        seen, out = set(), []
-        for ref in refs:
-            run = resolve_run(ref, session=s)
-            if run.id not in seen:
-                seen.add(run.id)
-                out.append(load_result(run, session=s, telemetry=telemetry))
-        return out
-
-
-def _floors(db: Database, results: list[RunResult]) -> tuple[dict[str, float], str]:
-    """The noise floors of the runs' hosts, and the note that says where they come from (store.noise)."""
-    from store.noise import floors_for
-
-    if len(results) < 2:
-        return {}, ""
-    with db.session() as s:
-        return floors_for(results, session=s)
 
 
 def _baseline(results: list[RunResult], db: Database, ref: str | None) -> int:
@@ -134,11 +109,12 @@ def replay(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from store.db import open_db
+    from store.results import load_results
     from store.tables import cell_table
     from tui.render import print_replay
 
     db = open_db(args.db, create=False)
-    (result,) = _results(db, [args.replay], telemetry=True)
+    (result,) = load_results(db, [args.replay], telemetry=True)
     if not args.headless and sys.stdout.isatty():
         try:
             from tui.app import run_app
@@ -152,19 +128,21 @@ def replay(args: argparse.Namespace) -> int:
 
 def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
     """What a finished `run` prints: the comparison (or the one run's cells) and its chart."""
+    from store.noise import floors_of
+    from store.results import load_results
     from store.tables import cell_table, comparison_table
     from tui.render import print_replay, rich_table, tokens_chart
 
     if not run_ids:
         return
-    results = _results(db, run_ids)
+    results = load_results(db, run_ids)
     if len(results) == 1:
         print_replay(console, results[0], cell_table(results[0]))
         return
     from store.tables import quality_table
 
     if any(r.cells for r in results):
-        floors, note = _floors(db, results)
+        floors, note = floors_of(db, results)
         console.print(rich_table(comparison_table(results, floors=floors, floor_note=note)))
     if any(r.quality for r in results):
         console.print(rich_table(quality_table(results)))
@@ -177,16 +155,18 @@ def compare(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from store.db import open_db
+    from store.noise import floors_of
+    from store.results import load_results
     from store.tables import comparison_table
     from tui.render import rich_table, tokens_chart
 
     db = open_db(args.db, create=False)
-    results = _results(db, args.runs)
+    results = load_results(db, args.runs)
     base = _baseline(results, db, args.baseline)
     console = Console()
     from store.tables import quality_table
 
-    floors, note = _floors(db, results)
+    floors, note = floors_of(db, results)
     console.print(rich_table(comparison_table(results, base, args.metric, floors, note)))
     if any(r.quality for r in results):
         console.print(rich_table(quality_table(results, base)))
@@ -199,23 +179,15 @@ def compare(args: argparse.Namespace) -> int:
 
 def export(args: argparse.Namespace) -> int:
     from store.db import open_db
-    from store.export import render
+    from store.export import export_text
+    from store.results import load_results
     from tui.outputs import check_output, write_atomic
 
     db = open_db(args.db, create=False)
     if args.output:
         check_output(args.output, db.path)  # before the work, and again when writing
-    results = _results(db, args.runs, telemetry=args.format == "json")
-    base = _baseline(results, db, args.baseline)
-    groups = []
-    if args.format == "json":
-        from store.models import RunGroup
-
-        with db.session() as s:
-            ids = sorted({r.run["group_id"] for r in results})
-            groups = [s.get(RunGroup, g).model_dump() for g in ids if s.get(RunGroup, g) is not None]
-    floors, note = _floors(db, results)
-    text = render(args.format, results, groups, base, floors, note)
+    results = load_results(db, args.runs, telemetry=args.format == "json")
+    text = export_text(db, results, args.format, _baseline(results, db, args.baseline))
     if args.output:
         out = write_atomic(args.output, text, db.path)
         print(f"wrote {len(results)} run(s) to {out}", file=sys.stderr)

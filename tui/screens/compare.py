@@ -19,11 +19,11 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Static, TabbedContent, TabPane
 
 from store.safe import LINE, NAME, shown
+from store.vocabulary import FORMATS, METRICS
 from tui.status import TABLE_STYLE
 from tui.widgets.footer import Footer
 from tui.widgets.plot import Plot
 
-METRIC_ORDER = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", "peak_mem")
 TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem")
 
 
@@ -122,7 +122,6 @@ class CompareScreen(Screen):
     # --- rendering ---------------------------------------------------------------------------
 
     def _render_all(self) -> None:
-        from store.tables import METRICS
         from tui.widgets.charts import memory_chart, tokens_chart
 
         self._render_head(METRICS)
@@ -135,7 +134,7 @@ class CompareScreen(Screen):
     def _render_head(self, metrics: dict) -> None:
         head = Text()
         head.append("metric ", style="bold")
-        for key in METRIC_ORDER:
+        for key in METRICS:
             label = metrics[key][0]
             head.append(f" {label} ", style="reverse bold" if key == self.metric else "dim")
         head.append("   base ", style="bold")
@@ -177,7 +176,7 @@ class CompareScreen(Screen):
         return True
 
     def action_metric(self, step: int) -> None:
-        self.set_metric(METRIC_ORDER[(METRIC_ORDER.index(self.metric) + int(step)) % len(METRIC_ORDER)])
+        self.set_metric(list(METRICS)[(list(METRICS).index(self.metric) + int(step)) % len(METRICS)])
 
     def set_metric(self, metric: str) -> None:
         self.metric = metric
@@ -227,23 +226,16 @@ class CompareScreen(Screen):
         app, ids, baseline = self.app, [r.id for r in self.results], self.baseline
 
         def work() -> None:
-            from store.export import render
-            from store.models import RunGroup
-            from tui.commands.history import _floors, _results
+            from store.export import export_text
+            from store.results import load_results
             from tui.errors import UsageError
             from tui.outputs import check_output, write_atomic
 
             try:
                 db = app.database()
                 check_output(path, db.path, "export to")  # before the work, and again when writing
-                results = _results(db, ids, telemetry=fmt == "json")
-                groups = []
-                if fmt == "json":
-                    with db.session() as s:
-                        gids = sorted({r.run["group_id"] for r in results})
-                        groups = [g.model_dump() for g in (s.get(RunGroup, x) for x in gids) if g is not None]
-                floors, note = _floors(db, results)
-                write_atomic(path, render(fmt, results, groups, baseline, floors, note), db.path, "export to")
+                results = load_results(db, ids, telemetry=fmt == "json")
+                write_atomic(path, export_text(db, results, fmt, baseline), db.path, "export to")
             except UsageError as exc:
                 self.post_message(self.Exported(str(exc), False))
                 return
@@ -263,15 +255,14 @@ class CompareScreen(Screen):
         self.dismiss()
 
     def palette_commands(self):
-        from store.tables import METRICS
 
-        for key in METRIC_ORDER:
+        for key in METRICS:
             yield (f"Compare: metric {METRICS[key][0]}", f"Show {METRICS[key][0]} in the table",
                    lambda k=key: self.set_metric(k))  # fmt: skip
         for i, r in enumerate(self.results):
             yield (f"Compare: baseline {shown(r.short_id)} {shown(r.run['label'], NAME)}", "Ratios against this run",
                    lambda i=i: self.set_baseline(i))  # fmt: skip
-        for fmt in ("csv", "md", "json", "html"):
+        for fmt in FORMATS:
             stem = self.stem()
             yield (f"Compare: export {fmt.upper()}", f"Write {stem}.{fmt} in the current directory",
                    lambda f=fmt, s=stem: self.export(f, Path(f"{s}.{f}")))  # fmt: skip

@@ -1,11 +1,12 @@
 """Setup: model, engines and their valid options, the grid, timing and a name; start, save or load a study.
 
-The form builds the same StudySpec as `codebench-tui run` and checks it with the CLI's `validate`.
+The form builds the same StudySpec as `codebench-tui run` and checks it with the same preflight.
 Engine availability and past timings load in a thread after the first frame.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,18 +14,18 @@ from typing import Any
 from rich.text import Text
 from textual import on
 from textual.binding import Binding
-from textual.lazy import Lazy
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.lazy import Lazy
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Button, Input, Label, Select, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
 from store.safe import LINE, shown
+from tui.planning import axis_text, human_duration, parse_worker_env, worker_env_text
 from tui.widgets.field import Field
 from tui.widgets.footer import Footer
 from tui.widgets.picker import AxisPicker
-from tui.planning import axis_text, human_duration, parse_worker_env, worker_env_text
 
 DEVICES = [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")]
 SCHEDULES = [("interleaved", "interleaved"), ("sequential", "sequential")]  # runs take turns per repeat, or one after another
@@ -161,11 +162,10 @@ class SetupScreen(Screen):
             collect = gc.isenabled()
             gc.disable()
             try:
+                import engines.models.refs  # noqa: F401  (the model check, typed live, imports it)
+                from engines.measure.hardware import resolve_device
                 from store.history import engine_rates, recent_models
                 from tui.planning import engine_choices, model_choices
-
-                import engines.models  # noqa: F401  (the model check, typed live, imports it)
-                from engines.hardware import resolve_device
             finally:
                 gc.freeze()
                 if collect:
@@ -259,9 +259,8 @@ class SetupScreen(Screen):
 
     def _block(self, choice: Any) -> EngineBlock:
         """Header (engine and its run count), a picker per option axis, the spec field, notes."""
-        from tui.planning import axis_offers
-
         from engines import registry
+        from tui.planning import axis_offers
 
         name = choice.name
         offers = axis_offers(choice, self.picks[name])
@@ -279,7 +278,7 @@ class SetupScreen(Screen):
 
     def engine_runs(self, name: str) -> tuple[list[Any], list[str]]:
         """This engine's runs from its pickers (cached until they change), and why some combinations are left out."""
-        from engines.spec import SpecError
+        from engines.base import SpecError
         from tui.planning import engine_runs
 
         spec = [v.strip() for v in self.spec_text.get(name, "").split(",") if v.strip() and v.strip() != "none"]
@@ -476,7 +475,7 @@ class SetupScreen(Screen):
 
     def build(self) -> Any:
         """The StudySpec, or raises SpecError with the one-line reason."""
-        from engines.spec import SpecError
+        from engines.base import SpecError
         from tui.planning import build_study
 
         form, errors = self._form()
@@ -494,15 +493,16 @@ class SetupScreen(Screen):
                            executor=form["executor"], schedule=str(self.query_one("#schedule", Select).value),
                            worker_env=form["worker_env"])  # fmt: skip
 
-    def _validated(self) -> Any | None:
-        from engines.grid import GridError
-        from engines.spec import SpecError
-        from tui.commands.run import validate
+    async def _validated(self) -> tuple[Any, Any] | None:
+        """(spec, connected executor), or None after saying why; the preflight runs in a thread (a Ray
+        cluster can take seconds to answer) so the screen keeps drawing."""
+        from engines.base import SpecError
+        from engines.harness.preflight import preflight
+        from engines.study.grid import GridError
 
         try:
             spec = self.build()
-            validate(spec)
-            return spec
+            return spec, await asyncio.to_thread(preflight, spec)
         except (SpecError, GridError) as exc:
             self.notify(str(exc).splitlines()[0], title="cannot start", severity="error")
             return None
@@ -511,9 +511,10 @@ class SetupScreen(Screen):
         if not self.choices:
             self.notify("still checking engines; try again in a moment", severity="warning")
             return
-        spec = self._validated()
-        if spec is not None:
-            await self.app.start_study(spec, self.estimate_s)
+        checked = await self._validated()
+        if checked is not None:
+            spec, executor = checked
+            await self.app.start_study(spec, self.estimate_s, executor)
 
     @on(Button.Pressed, "#start")
     async def _start_pressed(self) -> None:
@@ -528,7 +529,7 @@ class SetupScreen(Screen):
         self.action_load()
 
     def action_save(self) -> None:
-        from engines.spec import SpecError
+        from engines.base import SpecError
         from tui.screens.modals import PromptScreen
 
         try:
@@ -564,7 +565,8 @@ class SetupScreen(Screen):
         self.app.push_screen(PromptScreen("Load a study file", "study.json"), read)
 
     def load_file(self, path: str) -> bool:
-        from engines.spec import SpecError, load_study
+        from engines.base import SpecError
+        from engines.study.schema import load_study
 
         try:
             spec = load_study(Path(path).expanduser())
@@ -660,21 +662,25 @@ class SetupScreen(Screen):
 
 def _tp_sizes(field: Input) -> tuple[list[int], str]:
     """The tp field: tensor-parallel sizes applied to every run, as the CLI's --tp."""
+    from engines.base import SpecError
+    from engines.study.schema import parse_tp_sizes
+
     values = [v.strip() for v in field.value.split(",") if v.strip()] or ["1"]
-    bad = next((v for v in values if not v.isdigit() or not 1 <= int(v) <= 64), None)
-    field.set_class(bad is not None, "-invalid")
-    if bad is not None:
-        return [], f"tp takes tensor-parallel sizes from 1 to 64, e.g. 1,2; got '{bad}'"
-    return list(dict.fromkeys(int(v) for v in values)), ""
+    try:
+        sizes, problem = parse_tp_sizes(values, "tp", "1,2"), ""
+    except SpecError as exc:
+        sizes, problem = [], str(exc)
+    field.set_class(bool(problem), "-invalid")
+    return sizes, problem
 
 
 def _executor(field: Input) -> tuple[str, str]:
-    from engines.executors import parse_executor
+    from engines.study.executor import parse_executor
 
     value = field.value.strip() or "local"
     try:
         parse_executor(value)
-    except ValueError as exc:  # SpecError; engines.spec (pydantic) stays unimported before the first frame
+    except ValueError as exc:  # SpecError; engines.study.schema (pydantic) stays unimported before the first frame
         field.set_class(True, "-invalid")
         return "", str(exc)
     field.set_class(False, "-invalid")

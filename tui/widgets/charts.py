@@ -1,4 +1,5 @@
-"""Compare-screen charts from stored results: memory against batch, and the speed-up heat map."""
+"""Charts from stored results, for the Compare screen and the CLI alike: tokens/s and memory against batch, and
+the speed-up heat map. No textual here: `codebench-tui compare` draws the same tokens/s chart."""
 
 from __future__ import annotations
 
@@ -10,7 +11,32 @@ from rich.table import Table as RichTable
 from rich.text import Text
 
 from store.safe import NAME, shown
-from tui.widgets.plot import series_chart
+
+
+def figure(width: int, height: int) -> Any:
+    from plotext._figure import _figure_class
+
+    fig = _figure_class()
+    fig.plot_size(width, height)
+    fig.theme("pro")
+    return fig
+
+
+def series_chart(series: list[tuple[str, list[tuple[float, float]]]], width: int, height: int, *, title: str,
+                 xlabel: str, ylabel: str) -> Text | None:  # fmt: skip
+    """Lines from (name, [(x, y), ...]) with the x values as ticks."""
+    series = [(n, pts) for n, pts in series if pts]
+    if not series:
+        return None
+    fig = figure(width, height)
+    for name, pts in series:
+        fig.plot([p[0] for p in pts], [p[1] for p in pts], label=name, marker="hd")  # block quadrants: every font has them
+    xs = sorted({p[0] for _, pts in series for p in pts})
+    fig.xticks(xs, [f"{x:g}" for x in xs])
+    fig.xlabel(xlabel)
+    fig.ylabel(ylabel)
+    fig.title(title)
+    return Text.from_ansi(fig.build())
 
 
 def _label(r: Any, n_runs: int, in_len: int, many_inputs: bool) -> str:

@@ -34,29 +34,3 @@ class Plot(Widget):
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.builder(w, h) or Text(self.empty, style="dim"))
         return self._cache[1]
-
-
-def figure(width: int, height: int) -> Any:
-    from plotext._figure import _figure_class
-
-    fig = _figure_class()
-    fig.plot_size(width, height)
-    fig.theme("pro")
-    return fig
-
-
-def series_chart(series: list[tuple[str, list[tuple[float, float]]]], width: int, height: int, *, title: str,
-                 xlabel: str, ylabel: str) -> Text | None:  # fmt: skip
-    """Lines from (name, [(x, y), ...]) with the x values as ticks."""
-    series = [(n, pts) for n, pts in series if pts]
-    if not series:
-        return None
-    fig = figure(width, height)
-    for name, pts in series:
-        fig.plot([p[0] for p in pts], [p[1] for p in pts], label=name, marker="hd")  # block quadrants: every font has them
-    xs = sorted({p[0] for _, pts in series for p in pts})
-    fig.xticks(xs, [f"{x:g}" for x in xs])
-    fig.xlabel(xlabel)
-    fig.ylabel(ylabel)
-    fig.title(title)
-    return Text.from_ansi(fig.build())

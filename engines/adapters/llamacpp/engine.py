@@ -1,0 +1,436 @@
+"""llama.cpp through llama-cpp-python's low-level API, with real batching.
+
+A batch of B prompts is B sequences in one llama_batch per step (one seq_id each, logits only
+for each sequence's last token, greedy argmax), not B calls. One clock for every figure: TTFT and
+decode time are wall-clock (perf_counter) from the start of generate(), the clock of the runner's
+latency, so decode tokens/s = B x (N - 1) / (latency - TTFT) mixes nothing. llama.cpp's own perf
+counters, read at the phase boundary, are kept in `extra` (perf_*) as information.
+
+n_threads defaults to llama.cpp's own default, common_cpu_get_num_math() (llama-bench's -t; see
+engines/llama_tools.default_threads): physical cores of the whole machine, performance cores only on
+hybrid CPUs. On the 2-core dev VM (2 cores, no SMT) that is 2, as was the previous default (physical
+cores within the affinity mask); the two differ where an affinity mask is narrower than the machine
+(llama.cpp does not look at it) and on hybrid CPUs.
+
+Options (run.options): n_threads (default: llama.cpp's, above), n_threads_batch, n_batch, n_ubatch,
+n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
+type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, n_ctx (total positions;
+default: grown to fit each cell, n_seq x per-sequence length, during warm-up), repack (on/off/auto:
+llama.cpp's weight repacking into extra buffer types such as AMX; auto = off on CPUs with AMX,
+whose quantized kernels crash llama.cpp 0.3.36's build on tiny, else on).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import llama_cpp as ll
+import numpy as np
+from gguf import GGMLQuantizationType
+
+from engines.adapters.llamacpp import gguf as gguf_convert
+from engines.adapters.llamacpp.tools import default_threads
+from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory, SpecError
+
+# KV-cache types by ggml type number (gguf's enum mirrors ggml's; llama_cpp lacks some names, e.g. BF16).
+_KV_TYPES = {
+    n: int(GGMLQuantizationType[n.upper()])
+    for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
+}
+_FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
+OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "flash_attn", "type_k", "type_v",
+           "n_ctx", "kv_unified", "split_mode", "repack")  # fmt: skip
+_SPLIT = {"layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}  # --tp N: how N GPUs share the model
+_CTX_MIN = 256  # per-sequence context the first cell gets before it grows
+
+_backend_ready = False
+# A second handle on llama_get_logits that returns the address as an int (llama-cpp-python's returns a new
+# POINTER object per call): the per-step check that the logits buffer has not moved costs one cheap call.
+_logits_addr = ll.llama_cpp._lib["llama_get_logits"]
+_logits_addr.argtypes, _logits_addr.restype = [ctypes.c_void_p], ctypes.c_void_p
+# llama-cpp-python routes llama.cpp's log through this logger; below ERROR it floods the worker's stderr tail
+# (this build logs the whole model-loader dump at WARN).
+logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def _round_up(n: int, to: int = 256) -> int:
+    return max(to, -(-n // to) * to)
+
+
+def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
+    """Validate the run's options; SpecError names the bad one and the fix."""
+    unknown = sorted(set(options) - set(OPTIONS))
+    if unknown:
+        raise SpecError(f"llama.cpp has no option {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+    o = dict(options)
+    on_gpu = device.startswith("cuda")
+    for key in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "n_gpu_layers"):
+        low = 0 if key == "n_gpu_layers" else 1
+        if key in o and (not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < low):
+            raise SpecError(f"llama.cpp option {key} must be a positive integer, got {o[key]!r}")
+    if o.get("n_gpu_layers", 0) > 0 and not on_gpu:
+        raise SpecError("llama.cpp n_gpu_layers > 0 needs --device cuda; leave it out on the CPU")
+    if on_gpu and not ll.llama_supports_gpu_offload():
+        raise SpecError(
+            "this llama-cpp-python build has no GPU backend; rebuild it with "
+            'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
+        )
+    o.setdefault("n_gpu_layers", 999 if on_gpu else 0)
+    flash = o.get("flash_attn", "auto")
+    if flash not in _FLASH:
+        raise SpecError(f"llama.cpp flash_attn must be on, off or auto, got {flash!r}")
+    o["flash_attn"] = _FLASH[flash]
+    for key in ("type_k", "type_v"):
+        kv = o.get(key, "f16")
+        if kv not in _KV_TYPES:
+            raise SpecError(f"llama.cpp {key} must be one of {', '.join(_KV_TYPES)}, got {kv!r}")
+        o[key] = kv
+    if o["type_v"] not in ("f16", "f32", "bf16") and o["flash_attn"] == 0:
+        raise SpecError("llama.cpp needs flash_attn on (or auto) for a quantized V cache; drop flash_attn=off")
+    split = o.setdefault("split_mode", "row")  # row: each weight matrix split across GPUs (tensor parallel)
+    if split not in _SPLIT:
+        raise SpecError(f"llama.cpp split_mode must be row or layer, got {split!r}")
+    o.setdefault("n_threads", default_threads())
+    o.setdefault("n_threads_batch", o["n_threads"])
+    o.setdefault("kv_unified", False)  # independent prompts: per-sequence KV streams decode faster
+    repack = o.get("repack", "auto")
+    if repack not in ("auto", "on", "off", True, False):
+        raise SpecError(f"llama.cpp repack must be on, off or auto, got {repack!r}")
+    o["repack"] = {True: "on", False: "off"}.get(repack, repack)
+    return o
+
+
+def _cpu_has_amx() -> bool:
+    return "AMX_INT8 = 1" in ll.llama_print_system_info().decode(errors="replace")
+
+
+def resolve_repack(repack: str = "auto") -> str:
+    """on/off for llama.cpp's extra buffer types. auto is off on AMX CPUs: llama.cpp's AMX buffers
+    segfault on the first decode of a quantized tiny (llama-cpp-python 0.3.36)."""
+    return ("off" if _cpu_has_amx() else "on") if repack == "auto" else repack
+
+
+def model_params(repack: str = "auto") -> Any:
+    """llama.cpp's default model parameters with the repack choice applied (tests and benchmarks use it too)."""
+    mparams = ll.llama_model_default_params()
+    mparams.use_extra_bufts = resolve_repack(repack) == "on"
+    return mparams
+
+
+def _check_call(prompts: list[list[int]], max_new_tokens: int) -> None:
+    if max_new_tokens < 1 or not prompts or not all(prompts):
+        raise ValueError("llama.cpp generate needs at least one non-empty prompt and max_new_tokens >= 1")
+
+
+class LlamaCpp(Engine):
+    name = "llama.cpp"
+
+    def __init__(self, config: dict[str, Any]):
+        super().__init__(config)
+        self.model = None
+        self.ctx = None
+        self.batch = None
+        self.batch_cap = 0
+        self.n_seq = 0  # sequences the context holds
+        self.n_ctx = 0  # positions, shared by the sequences
+        self.opts: dict[str, Any] = {}
+        self.gguf_path = ""
+
+    # --- load ---------------------------------------------------------------------------
+
+    def load(self, model_dir: str, device: str) -> LoadInfo:
+        global _backend_ready
+        t0 = time.perf_counter()
+        self.opts = parse_options(self.config.get("options") or {}, device)
+        src = Path(model_dir)
+        if src.is_file():  # a user's .gguf, used as is
+            meta = gguf_convert.inspect_gguf(src)
+            path, quant = src, _file_type_name(meta.get("file_type"))
+        else:
+            quant = gguf_convert.check_quant(self.config.get("quant"))
+            path = gguf_convert.convert(src, quant, n_threads=self.opts["n_threads"])
+            meta = gguf_convert.inspect_gguf(path)
+        convert_s = time.perf_counter() - t0
+        if meta["architecture"] is None:
+            raise SpecError(f"{path} has no general.architecture; it is not a model GGUF")
+        if not _backend_ready:
+            ll.llama_backend_init()
+            _backend_ready = True
+        self.opts["repack"] = resolve_repack(self.opts["repack"])
+        mparams = model_params(self.opts["repack"])
+        mparams.n_gpu_layers = self.opts["n_gpu_layers"]
+        first = int(device.split(":")[1]) if device.startswith("cuda:") else 0
+        tp = int(self.config.get("tp") or 1)
+        if device.startswith("cuda:"):
+            mparams.main_gpu = first
+        if tp > 1:  # --tp N: GPUs first..first+N-1 take equal shares, the others none
+            if not device.startswith("cuda"):
+                raise SpecError("llama.cpp --tp splits a model across GPUs; use --device cuda, or --tp 1")
+            self._split = (ctypes.c_float * ll.LLAMA_MAX_DEVICES)(*[1.0 if first <= i < first + tp else 0.0
+                                                                    for i in range(ll.LLAMA_MAX_DEVICES)])  # fmt: skip
+            mparams.split_mode = _SPLIT[self.opts["split_mode"]]
+            mparams.tensor_split = self._split  # kept on self: llama.cpp reads it while loading
+        self.model = ll.llama_model_load_from_file(str(path).encode(), mparams)
+        if not self.model:
+            arch = meta["architecture"]
+            raise RuntimeError(f"llama.cpp could not load {path} (architecture {arch}); see the worker log")
+        self.gguf_path = str(path)
+        self.n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(self.model))
+        self._make_context(1, self.opts.get("n_ctx") or _CTX_MIN)
+        on_gpu = self.opts["n_gpu_layers"] > 0
+        return LoadInfo(
+            load_s=time.perf_counter() - t0,
+            device=(",".join(f"cuda:{first + i}" for i in range(tp)) if tp > 1
+                    else (device if ":" in device else "cuda:0")) if on_gpu else "cpu",
+            dtype=quant,
+            weight_bytes=int(ll.llama_model_size(self.model)),
+            versions={"llama_cpp_python": ll.__version__},
+            extra={
+                "gguf": self.gguf_path,
+                "gguf_bytes": meta["bytes"],
+                "convert_s": round(convert_s, 3),
+                "n_threads": self.opts["n_threads"],
+                "n_gpu_layers": self.opts["n_gpu_layers"],
+                **({"tp": {"size": tp, "split_mode": self.opts["split_mode"]}} if tp > 1 else {}),
+                "flash_attn": {-1: "auto", 0: "off", 1: "on"}[self.opts["flash_attn"]],
+                "kv_cache": f"{self.opts['type_k']}/{self.opts['type_v']}",
+                "repack": self.opts["repack"],
+                "system_info": ll.llama_print_system_info().decode(errors="replace").strip(),
+            },
+        )
+
+    def _make_context(self, n_seq: int, n_ctx: int) -> None:
+        """(Re)create the context: n_seq sequences sharing n_ctx positions (n_ctx / n_seq each unless kv_unified)."""
+        self._free_context()
+        o = self.opts
+        p = ll.llama_context_default_params()
+        p.n_seq_max = n_seq
+        p.n_ctx = n_ctx
+        p.n_batch = o.get("n_batch", 2048)  # llama.cpp's default; it clamps this to n_ctx
+        p.n_ubatch = min(o.get("n_ubatch", 512), p.n_batch)
+        p.n_threads = o["n_threads"]
+        p.n_threads_batch = o["n_threads_batch"]
+        p.flash_attn_type = o["flash_attn"]
+        p.type_k = _KV_TYPES[o["type_k"]]
+        p.type_v = _KV_TYPES[o["type_v"]]
+        p.kv_unified = o["kv_unified"]
+        p.no_perf = False  # the perf counters are the timing source
+        self.ctx = ll.llama_init_from_model(self.model, p)
+        if not self.ctx:
+            raise OutOfMemory(f"llama.cpp could not create a context of {n_ctx} positions for {n_seq} sequences")
+        # llama.cpp may clamp n_ctx and n_batch (n_batch <= n_ctx): read back what it uses
+        self.n_seq, self.n_ctx, self.n_batch = n_seq, ll.llama_n_ctx(self.ctx), ll.llama_n_batch(self.ctx)
+        self.batch_cap = max(self.n_batch, n_seq)
+        self.batch = ll.llama_batch_init(self.batch_cap, 0, 1)
+        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(self.batch_cap,))
+        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(self.batch_cap,))
+        self._lgt = np.ctypeslib.as_array(self.batch.logits, shape=(self.batch_cap,))
+        np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.batch_cap,))[:] = 1
+        self._seq_of = [-1] * self.batch_cap  # what batch.seq_id[i][0] holds, to skip rewrites
+        self._lv, self._lv_key = None, None  # numpy view of the logits buffer and its (address, rows)
+
+    def _room(self, n_seq: int, n_ctx: int, lens: list[int]) -> bool:
+        if self.opts["kv_unified"]:
+            return sum(lens) <= n_ctx
+        return max(lens) <= n_ctx // n_seq
+
+    def _ensure_capacity(self, lens: list[int]) -> None:
+        """Fit the context to a cell: grow it (warm-up pays), or fail clearly with a fixed n_ctx."""
+        n_seq = max(len(lens), self.n_seq)
+        fixed = self.opts.get("n_ctx")
+        if fixed:
+            if not self._room(n_seq, fixed, lens):
+                raise SpecError(
+                    f"a cell needs {max(lens)} positions for each of {len(lens)} sequences but n_ctx={fixed}; "
+                    f"raise n_ctx to at least {len(lens) * max(lens)}"
+                )
+            if n_seq > self.n_seq:
+                self._make_context(n_seq, fixed)
+        elif n_seq > self.n_seq or not self._room(self.n_seq, self.n_ctx, lens):
+            self._make_context(n_seq, n_seq * _round_up(max(max(lens), self.n_ctx // self.n_seq)))
+
+    # --- generate -------------------------------------------------------------------------
+
+    def _fill(self, start: int, tokens: np.ndarray, pos: np.ndarray, seqs: list[int], logits: np.ndarray) -> None:
+        n = len(tokens)
+        self._tok[start : start + n] = tokens
+        self._pos[start : start + n] = pos
+        self._lgt[start : start + n] = logits
+        seq_id, seq_of = self.batch.seq_id, self._seq_of
+        for i, s in enumerate(seqs, start):
+            if seq_of[i] != s:
+                seq_id[i][0] = s
+                seq_of[i] = s
+
+    def _decode(self, n: int) -> None:
+        self.batch.n_tokens = n
+        rc = ll.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            _decode_failed(rc)
+
+    def _logits(self, rows: int) -> np.ndarray:
+        """The n_out requested rows of llama.cpp's logits, in batch order, as a numpy view kept while the
+        buffer's address and the row count stay the same (llama.cpp reallocates it only to grow)."""
+        key = (_logits_addr(self.ctx), rows)  # llama_get_logits also waits for the backend, as it must
+        if key != self._lv_key:
+            buf = (ctypes.c_float * (rows * self.n_vocab)).from_address(key[0])
+            self._lv, self._lv_key = np.frombuffer(buf, dtype=np.float32).reshape(rows, self.n_vocab), key
+        return self._lv
+
+    def _argmax(self, n_out: int) -> np.ndarray:
+        return self._logits(n_out).argmax(axis=1)
+
+    def _prefill(self, prompts: list[list[int]]) -> np.ndarray:
+        """All prompts (sequence i in seq id i) packed into n_batch-sized llama_batches; each one's next token."""
+        lens = [len(p) for p in prompts]
+        flat = np.fromiter((t for p in prompts for t in p), dtype=np.int32, count=sum(lens))
+        pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
+        seqs = [s for s, n in enumerate(lens) for _ in range(n)]
+        want = np.zeros(len(flat), dtype=np.int8)
+        want[np.cumsum(lens) - 1] = 1
+        nxt = np.empty(len(prompts), dtype=np.int64)
+        done = 0
+        for start in range(0, len(flat), self.n_batch):
+            stop = min(start + self.n_batch, len(flat))
+            self._fill(0, flat[start:stop], pos[start:stop], seqs[start:stop], want[start:stop])
+            self._decode(stop - start)
+            n_out = int(want[start:stop].sum())
+            if n_out:
+                nxt[done : done + n_out] = self._argmax(n_out)
+                done += n_out
+        return nxt
+
+    def _decode_steps(self, out: np.ndarray, lens: list[int], t_first: float) -> list[float]:
+        """Greedy decoding, one token per sequence per llama_decode: out[0] holds each sequence's first token
+        (from the prefill, which ended at t_first), the loop fills out[1:]. Returns t_first and the clock at the
+        end of each step.
+
+        The loop only writes into buffers that exist before it: the batch's token and position arrays,
+        and out's row (argmax's `out=`). Greedy selection is numpy's argmax over the kept logits view:
+        1.1 us a step at batch 1 on tiny's 4096-token vocabulary (2.0 at batch 4), against 7.2 (28) for
+        llama.cpp's greedy sampler, whose llama_sampler_sample copies each row into a candidate array
+        first; the old fresh view + argmax took 3.6 (4.4). Both pick the first maximum.
+        benchmarks/llamacpp_vs_llama_bench.py --steps measures them."""
+        n, b = out.shape
+        first = np.asarray(lens, dtype=np.int32)
+        self._fill(0, out[0], first, range(b), np.ones(b, dtype=np.int8))
+        # Positions after step s are row s - 1: a copy per step, cheaper than an in-place `pos += 1` (a ufunc
+        # call, 1.5% of a batch-1 Q4_0 step on tiny with its cache side effects).
+        next_pos = first + np.arange(1, n, dtype=np.int32)[:, None]
+        tok, pos = self._tok[:b], self._pos[:b]
+        self.batch.n_tokens = b
+        decode, ctx, batch, logits, clock = ll.llama_decode, self.ctx, self.batch, self._logits, time.perf_counter
+        ends = [t_first] * n
+        for step in range(1, n):
+            rc = decode(ctx, batch)
+            if rc != 0:
+                _decode_failed(rc)
+            row = out[step]
+            logits(b).argmax(axis=1, out=row)
+            tok[:] = row
+            pos[:] = next_pos[step - 1]
+            ends[step] = clock()
+        return ends
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        t0 = time.perf_counter()  # TTFT and decode time share this clock with the runner's latency
+        _check_call(prompts, max_new_tokens)
+        b = len(prompts)
+        lens = [len(p) for p in prompts]
+        self._ensure_capacity([n + max_new_tokens for n in lens])
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        ll.llama_perf_context_reset(self.ctx)
+        out = np.empty((max_new_tokens, b), dtype=np.int64)  # step-major: a step's tokens are one row
+        out[0] = self._prefill(prompts)
+        t_first = time.perf_counter()
+        perf_prefill = ll.llama_perf_context(self.ctx)
+        ends = self._decode_steps(out, lens, t_first)
+        perf = ll.llama_perf_context(self.ctx)
+        ttft, wall = t_first - t0, ends[-1] - t0
+        decode_s = wall - ttft
+        pre_ms = perf_prefill.t_p_eval_ms + perf_prefill.t_eval_ms
+        dec_ms = perf.t_p_eval_ms + perf.t_eval_ms - pre_ms
+        return GenerateResult(
+            tokens=out.T.tolist(),
+            ttft_s=ttft,
+            step_times_s=np.diff(ends).tolist(),
+            extra={
+                "prefill_s": ttft,
+                "decode_s": decode_s,
+                "decode_tokens_per_s": b * (max_new_tokens - 1) / decode_s if max_new_tokens > 1 else None,
+                "wall_s": wall,
+                # llama.cpp's own timers (compute inside llama_decode only); a batched decode step counts as
+                # "prompt" there, so they are read at the phase boundary.
+                "perf_prefill_s": pre_ms / 1e3,
+                "perf_decode_s": dec_ms / 1e3,
+                "perf_decode_tokens_per_s": b * (max_new_tokens - 1) / (dec_ms / 1e3) if dec_ms > 0 else None,
+                "perf_prefill_tokens_per_s": sum(lens) / (pre_ms / 1e3) if pre_ms > 0 else None,
+                # llama.cpp's compute time over the wall clock: near 1 means little time outside llama_decode.
+                "perf_over_wall": (pre_ms + dec_ms) / 1e3 / wall if wall > 0 else None,
+                # llama.cpp's token counts (each floored at 1); a batched decode step counts as "prompt".
+                "perf_n_p_eval": perf.n_p_eval,
+                "perf_n_eval": perf.n_eval,
+                "n_seq_ctx": self.n_seq,
+                "n_ctx": self.n_ctx,
+            },
+        )
+
+    def logprobs(self, window: list[int], context_len: int) -> list[float]:
+        """ln p(window[i] | window[:i]) for i >= context_len: perplexity of a GGUF quant level."""
+        if not 1 <= context_len < len(window):
+            raise ValueError(f"context_len must be in [1, {len(window) - 1}], got {context_len}")
+        self._ensure_capacity([len(window)])
+        ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        ids = np.asarray(window[:-1], dtype=np.int32)
+        want = (np.arange(len(ids)) >= context_len - 1).astype(np.int8)
+        rows = []
+        for start in range(0, len(ids), self.n_batch):
+            stop = min(start + self.n_batch, len(ids))
+            self._fill(0, ids[start:stop], np.arange(start, stop, dtype=np.int32), [0] * (stop - start),
+                       want[start:stop])  # fmt: skip
+            self._decode(stop - start)
+            n_out = int(want[start:stop].sum())
+            if n_out:
+                rows.append(self._logits(n_out).astype(np.float64))
+        logits = np.concatenate(rows)
+        top = logits.max(axis=1, keepdims=True)
+        logz = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+        targets = np.asarray(window[context_len:])
+        return (logits[np.arange(len(targets)), targets] - logz).tolist()
+
+    # --- unload ---------------------------------------------------------------------------
+
+    def _free_context(self) -> None:
+        self._lv, self._lv_key = None, None
+        if self.batch is not None:
+            ll.llama_batch_free(self.batch)
+            self.batch = None
+        if self.ctx:
+            ll.llama_free(self.ctx)
+            self.ctx = None
+
+    def unload(self) -> None:
+        self._free_context()
+        if self.model:
+            ll.llama_model_free(self.model)
+            self.model = None
+
+
+def _decode_failed(rc: int) -> None:
+    why = "no KV slot" if rc == 1 else "see the worker log"
+    raise RuntimeError(f"llama_decode failed with code {rc} ({why})")
+
+
+def _file_type_name(code: Any) -> str:
+    try:
+        from gguf import LlamaFileType
+
+        name = LlamaFileType(int(code[0] if isinstance(code, (list, tuple)) else code)).name
+        return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
+    except (TypeError, ValueError):
+        return "unknown"
+

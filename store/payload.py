@@ -1,0 +1,48 @@
+"""The parts of a cell's stored payload that one side writes and another reads, typed once.
+
+`metrics["tp"]` of a tensor-parallel cell is written by two engines' code (the HF ranks' merge in
+engines/harness/tp.py, vLLM's own ranks in engines/adapters/vllm/engine.py) and read by the cell table and the
+CSV export. They once disagreed on a key and vLLM lost its per-GPU breakdown: both now write TPShares and every
+reader goes through TPShares.read. Plain dataclass, no store imports: engines import it in their workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+PerRank = list[int | None]
+
+
+@dataclass
+class TPShares:
+    size: int
+    peak_rss_bytes_per_rank: PerRank
+    peak_gpu_bytes_per_rank: PerRank | None = None  # None: no GPU (ranks on the CPU)
+    nvml_used_bytes_per_gpu: PerRank | None = None  # vLLM on CUDA: its ranks' GPUs as NVML sees them
+
+    @property
+    def peak_bytes_per_rank(self) -> PerRank:
+        """Per rank: GPU bytes where known, else resident bytes (the CSV's one column)."""
+        return self.peak_gpu_bytes_per_rank or self.peak_rss_bytes_per_rank
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {**asdict(self), "peak_bytes_per_rank": self.peak_bytes_per_rank}
+        return {k: v for k, v in out.items() if v is not None or k == "peak_gpu_bytes_per_rank"}
+
+    @classmethod
+    def read(cls, metrics: dict[str, Any] | None) -> "TPShares | None":
+        """From a stored cell's metrics, old databases included: vLLM cells stored before 2026-12-05 kept their
+        GPU figures only under nvml_used_bytes_per_gpu."""
+        tp = (metrics or {}).get("tp")
+        if not isinstance(tp, dict):
+            return None
+        rss = tp.get("peak_rss_bytes_per_rank") or []
+        gpu = tp.get("peak_gpu_bytes_per_rank") or tp.get("nvml_used_bytes_per_gpu")
+        if not gpu and not rss and tp.get("peak_bytes_per_rank"):
+            rss = tp["peak_bytes_per_rank"]
+        return cls(int(tp.get("size") or len(gpu or rss)), list(rss), list(gpu) if gpu else None,
+                   tp.get("nvml_used_bytes_per_gpu"))  # fmt: skip
+
+    def per_gpu(self) -> PerRank:
+        return self.peak_gpu_bytes_per_rank or []
