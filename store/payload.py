@@ -1,4 +1,5 @@
-"""The parts of a cell's stored payload that one side writes and another reads, typed once.
+"""A cell's payload, typed once: what the worker reports (CellFinished.result), what the runner adds, and what
+RunWriter.add_cell stores.
 
 `metrics["tp"]` of a tensor-parallel cell is written by two engines' code (the HF ranks' merge in
 engines/harness/tp.py, vLLM's own ranks in engines/adapters/vllm/engine.py) and read by the cell table and the
@@ -9,9 +10,22 @@ reader goes through TPShares.read. Plain dataclass, no store imports: engines im
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 PerRank = list[int | None]
+
+
+class CellResult(TypedDict, total=False):
+    """A finished cell: the worker writes the first five keys, the runner adds the rest; RunWriter.add_cell
+    reads them (tests/test_layers.py checks every writer and the reader against these keys)."""
+
+    repeats: list[dict[str, Any]]  # per timed repeat: latencies, ttft, round, t0/t1, host contention
+    peak_rss_bytes: int | None
+    peak_gpu_bytes: int | None
+    metrics: dict[str, Any]  # "tp": TPShares.to_dict(), "efficiency", speculation figures, "reference", ...
+    started_at: float
+    peak_nvml_bytes: int | None  # the runner's NVML sampler, all GPUs summed
+    tokens_per_s: float  # the runner, for a matched reference run
 
 
 @dataclass

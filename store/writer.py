@@ -8,15 +8,15 @@ import time
 from typing import Any
 
 import psutil
-
-from store import queries
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlmodel import Session
 
+from store import queries
 from store.db import Database, failure
 from store.flags import cell_flags
 from store.metrics import summarise
 from store.models import CellRow, Quality, Run, Telemetry
+from store.payload import CellResult
 
 
 class RunWriter:
@@ -75,7 +75,7 @@ class RunWriter:
         self.session.add(run)
         self.commit()
 
-    def add_cell(self, run_id: str, index: int, cell: Any, status: str, *, result: dict | None = None,
+    def add_cell(self, run_id: str, index: int, cell: Any, status: str, *, result: CellResult | None = None,
                  error: str = "", finished_at: float | None = None) -> CellRow:  # fmt: skip
         result = result or {}
         repeats = result.get("repeats") or []

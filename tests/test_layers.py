@@ -116,3 +116,67 @@ def test_status_colours_have_one_definition():
                 if {"failed", "cancelled"} <= keys:
                     copies.append(f"{path.relative_to(ROOT)}:{node.lineno}")
     assert copies == ["tui/status.py:7"], copies
+
+
+def _keys_written(path: str, name: str) -> set[str]:
+    """String keys given to `name` in a file: `name = {"k": ...}`, `name["k"] = ...`, `name.setdefault("k", ...)`."""
+    keys: set[str] = set()
+    for node in ast.walk(ast.parse((ROOT / path).read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+            if isinstance(node.value, ast.Dict):
+                keys |= {k.value for k in node.value.keys if isinstance(k, ast.Constant)}
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == name:
+            if isinstance(node.ctx, ast.Store) and isinstance(node.slice, ast.Constant):
+                keys.add(node.slice.value)
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "setdefault"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == name and node.args
+                and isinstance(node.args[0], ast.Constant)):  # fmt: skip
+            keys.add(node.args[0].value)
+    return keys
+
+
+def _keys_read(path: str, function: str, name: str) -> set[str]:
+    """String keys a function reads from `name` with `.get("k")` or `name["k"]`."""
+    tree = ast.parse((ROOT / path).read_text(encoding="utf-8"))
+    fn = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == function)
+    keys = set()
+    for node in ast.walk(fn):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == name
+                and isinstance(node.args[0], ast.Constant)):  # fmt: skip
+            keys.add(node.args[0].value)
+        if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id == name:
+            if isinstance(node.slice, ast.Constant):
+                keys.add(node.slice.value)
+    return keys
+
+
+def test_every_writer_and_the_reader_of_a_cell_result_use_its_typed_keys():
+    """The cell payload has one definition (store.payload.CellResult): the worker, the runner and the
+    interleaved schedule write only its keys, and the writer stores exactly those it reads. A writer that
+    wrote another key (as vLLM once wrote its own per-GPU key) fails here."""
+    from store.payload import CellResult
+
+    typed = set(CellResult.__annotations__)
+    written = {f: _keys_written(f, "result") for f in ("engines/harness/worker.py", "engines/harness/runner.py",
+                                                        "engines/harness/interleave.py")}  # fmt: skip
+    assert all(written.values()), written  # the scan sees each writer
+    strays = {f: keys - typed for f, keys in written.items() if keys - typed}
+    assert not strays, strays
+    read = _keys_read("store/writer.py", "add_cell", "result")
+    assert read and read <= typed, read - typed
+    assert typed - {"tokens_per_s"} <= read, typed - read  # tokens_per_s is recomputed from the repeats
+
+
+def test_tensor_parallel_shares_are_built_by_one_type():
+    """metrics["tp"] is written only through store.payload.TPShares: no dict literal spells its keys."""
+    from store.payload import TPShares
+
+    keys = {"peak_gpu_bytes_per_rank", "peak_rss_bytes_per_rank", "nvml_used_bytes_per_gpu", "peak_bytes_per_rank"}
+    assert keys - {"peak_bytes_per_rank"} <= set(TPShares.__dataclass_fields__)
+    literals = []
+    for path in sorted((ROOT / "engines").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Dict) and keys & {k.value for k in node.keys if isinstance(k, ast.Constant)}:
+                literals.append(f"{path.relative_to(ROOT)}:{node.lineno}")
+    assert not literals, literals

@@ -65,7 +65,7 @@ class CellFinished(Event):
 
     index: int = 0
     status: str = "done"
-    result: dict[str, Any] = field(default_factory=dict)  # store.results.CellMetrics as a dict
+    result: dict[str, Any] = field(default_factory=dict)  # a store.payload.CellResult
     error: str = ""
 
 
