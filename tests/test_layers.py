@@ -99,6 +99,13 @@ def test_screens_use_no_private_name_of_a_command_module():
     assert not broken, broken
 
 
+def test_command_modules_do_not_import_the_cli():
+    """tui.cli imports every command module; a command that needs another's parser uses tui.parsing (the demo and
+    `noise` once imported tui.cli back)."""
+    broken = [f"{f}:{line}" for f, line, name in imports_of("tui/commands", depth=2) if name == "tui.cli"]
+    assert not broken, broken
+
+
 def test_the_scan_sees_function_local_imports():
     """engines/ imports store lazily in places; a scan that missed those would pass vacuously."""
     assert any(top == "store" for _, _, top in imports_of("engines"))

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import importlib
 import sqlite3
 import sys
-from typing import NoReturn, Sequence
+from typing import Sequence
+
+from tui.errors import UsageError  # noqa: F401 - re-exported for the commands
+from tui.parsing import EXIT_USAGE, PROG, Parser, add_commands, add_db
 
 COMMANDS = ("run", "eval", "check", "history", "noise", "engines", "microbench", "models", "probe")  # modules in tui.commands; each registers its parsers
-EXIT_USAGE = 2
-PROG = "codebench-tui"
-
-
-from tui.errors import UsageError  # noqa: E402,F401 - re-exported for the commands
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {self.prog} --help)\n")
-
-
-def add_db(p: argparse.ArgumentParser, **kw) -> None:
-    p.add_argument("--db", metavar="PATH", help="database file (default: the user data directory)", **kw)
 
 
 def build_parser() -> Parser:
@@ -30,12 +17,7 @@ def build_parser() -> Parser:
     parser.add_argument("--replay", metavar="RUN", help="re-render a stored run (an id, id prefix or 'last')")
     parser.add_argument("--headless", action="store_true", help="with --replay: print instead of opening the dashboard")
     add_db(parser)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for name in COMMANDS:
-        importlib.import_module(f"tui.commands.{name}").register(sub)
-    for action in sub.choices.values():
-        if not any(a.dest == "db" for a in action._actions):
-            add_db(action, default=argparse.SUPPRESS)  # else its None would replace `codebench-tui --db X COMMAND`
+    add_commands(parser, COMMANDS)
     return parser
 
 

@@ -38,7 +38,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _run_args(args: argparse.Namespace) -> argparse.Namespace:
     """The `run` command's arguments for one configuration: parsed by its own parser, so both agree."""
-    from tui.cli import build_parser
+    from tui.parsing import parse_command
 
     argv = ["run", "--model", args.model, "--engine", args.engine, "--batch", args.batch, "--input-len", args.input_len,
             "--output-len", args.output_len, "--repeats", str(args.repeats), "--schedule", "interleaved",
@@ -49,7 +49,7 @@ def _run_args(args: argparse.Namespace) -> argparse.Namespace:
     for flag, value in (("--warmup", args.warmup), ("--iters", args.iters), ("--device", args.device)):
         if value is not None:
             argv += [flag, str(value)]
-    run_args = build_parser().parse_args(argv)
+    run_args = parse_command("run", argv)
     run_args.opt = list(args.opt)
     run_args.worker_env = list(args.worker_env)
     run_args.db, run_args.quiet, run_args.print_results = args.db, args.quiet, False

@@ -301,9 +301,8 @@ def open_dashboard(args: argparse.Namespace) -> int:
 
 
 def build_demo_args(db: str | None) -> argparse.Namespace:
-    from tui.cli import build_parser
+    from tui.parsing import parse_command
 
-    return build_parser().parse_args(
-        ["run", "--model", "tiny", "--engine", "hf-generate,hf-pipeline", "--batch", "1,2,4", "--input-len", "32,128",
-         "--output-len", "32", "--name", "demo"] + (["--db", db] if db else [])  # fmt: skip
-    )
+    argv = ["run", "--model", "tiny", "--engine", "hf-generate,hf-pipeline", "--batch", "1,2,4", "--input-len", "32,128",
+            "--output-len", "32", "--name", "demo"]  # fmt: skip
+    return parse_command("run", argv + (["--db", db] if db else []))
