@@ -10,7 +10,7 @@ import importlib
 import importlib.util
 
 from engines.base import Availability, Engine, EngineInfo, SpecError
-from engines.measure.hardware import visible_gpus
+from engines.measure.hardware import first_gpu, visible_gpus
 from engines.models.drafts import check_draft_model
 from engines.study.schema import EngineRun
 from engines.study.speculation import SPEC_OPTIONS, parse_spec, spec_allowed, spec_options
@@ -104,7 +104,7 @@ def _split(run: EngineRun, device: str, info: EngineInfo) -> Availability:
         return Availability.no("llama.cpp --tp splits a model across GPUs, not CPU cores",
                                "use --device cuda with a CUDA build of llama-cpp-python, or --tp 1")  # fmt: skip
     if on_gpu:
-        first, have = int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0, visible_gpus()
+        first, have = first_gpu(device), visible_gpus()
         if first + tp > have:
             return Availability.no(f"--tp {tp} from {device} needs GPUs {first}..{first + tp - 1}, {have} visible",
                                    f"use --tp {max(1, have - first)} or --device cuda:0")  # fmt: skip

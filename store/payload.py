@@ -41,22 +41,28 @@ class TPShares:
         return self.peak_gpu_bytes_per_rank or self.peak_rss_bytes_per_rank
 
     def to_dict(self) -> dict[str, Any]:
-        out = {**asdict(self), "peak_bytes_per_rank": self.peak_bytes_per_rank}
-        return {k: v for k, v in out.items() if v is not None or k == "peak_gpu_bytes_per_rank"}
+        out = asdict(self)
+        if self.nvml_used_bytes_per_gpu is None:  # only vLLM on CUDA has it
+            del out["nvml_used_bytes_per_gpu"]
+        return {**out, "peak_bytes_per_rank": self.peak_bytes_per_rank}
 
     @classmethod
-    def read(cls, metrics: dict[str, Any] | None) -> "TPShares | None":
-        """From a stored cell's metrics, old databases included: vLLM cells stored before 2026-12-05 kept their
-        GPU figures only under nvml_used_bytes_per_gpu."""
-        tp = (metrics or {}).get("tp")
+    def read(cls, metrics: Any) -> "TPShares | None":
+        """From a stored cell's metrics, old databases included (vLLM cells stored before 2026-12-05 kept their GPU
+        figures only under nvml_used_bytes_per_gpu). Stored data may come from an import: a value of the wrong
+        type counts as absent."""
+        tp = metrics.get("tp") if isinstance(metrics, dict) else None
         if not isinstance(tp, dict):
             return None
-        rss = tp.get("peak_rss_bytes_per_rank") or []
-        gpu = tp.get("peak_gpu_bytes_per_rank") or tp.get("nvml_used_bytes_per_gpu")
-        if not gpu and not rss and tp.get("peak_bytes_per_rank"):
-            rss = tp["peak_bytes_per_rank"]
-        return cls(int(tp.get("size") or len(gpu or rss)), list(rss), list(gpu) if gpu else None,
-                   tp.get("nvml_used_bytes_per_gpu"))  # fmt: skip
+
+        def ranks(key: str) -> PerRank | None:
+            value = tp.get(key)
+            return list(value) if isinstance(value, list) else None
+
+        rss = ranks("peak_rss_bytes_per_rank") or ranks("peak_bytes_per_rank") or []
+        gpu = ranks("peak_gpu_bytes_per_rank") or ranks("nvml_used_bytes_per_gpu")
+        size = tp.get("size")
+        return cls(size if type(size) is int else len(gpu or rss), rss, gpu, ranks("nvml_used_bytes_per_gpu"))
 
     def per_gpu(self) -> PerRank:
         return self.peak_gpu_bytes_per_rank or []

@@ -139,6 +139,16 @@ def test_cuda_without_a_gpu_is_refused_up_front(tmp_path):
     _one_line_error(proc, "--device cuda", "no GPU")
 
 
+@pytest.mark.parametrize("flag,value,fragment", [
+    ("--executor", "ray://h:\u00b2", "unknown executor"),
+    ("--executor", "ray?cpus=\u00b2", "cpus must be a whole number"),
+    ("--device", "cuda:\u00b2", "device"),
+])  # fmt: skip
+def test_digits_python_calls_digits_but_int_refuses(tmp_path, flag, value, fragment):
+    """'\u00b2' passes str.isdigit but not int(): a one-line error, not a traceback."""
+    _one_line_error(cli("run", flag, value, "--dry-run", db=tmp_path / "runs.db"), fragment)
+
+
 def test_flash_with_a_shorter_sliding_window_is_refused_before_loading(monkeypatch):
     from engines.base import SpecError
     from engines.harness.preflight import check_window

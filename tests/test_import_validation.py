@@ -264,3 +264,23 @@ def test_numbers_json_allows_but_no_column_can_hold(tmp_path, doc, literal, frag
     f = tmp_path / "in.json"
     f.write_text(json.dumps(doc).replace("7.125e+77", literal))
     _refused(tmp_path, f, fragment)
+
+
+@pytest.mark.parametrize("tp", [
+    {"size": "ab", "peak_rss_bytes_per_rank": [1, 2]},
+    {"size": 2, "peak_rss_bytes_per_rank": 5, "peak_bytes_per_rank": {"a": 1}},
+    {"size": -3, "peak_rss_bytes_per_rank": ["\x1b[31m", None]},
+    {"size": 1e308, "peak_gpu_bytes_per_rank": [1 << 30, -5], "nvml_used_bytes_per_gpu": [None]},
+], ids=["size-text", "per-rank-number", "per-rank-escapes", "size-huge-negative-bytes"])  # fmt: skip
+def test_hostile_tensor_parallel_figures_import_and_read(tmp_path, doc, tp):
+    """metrics.tp's untyped keys (size, per-rank RSS) import as given; every view reads them without a crash."""
+    doc["runs"][0]["cells"][0].setdefault("metrics", {})["tp"] = tp
+    f = _write(tmp_path, doc)
+    db = tmp_path / "tp.db"
+    assert cli("import", str(f), db=db).returncode == 0
+    run = doc["runs"][0]["id"]
+    for args in (["export", run, "--format", "csv"], ["export", run, "--format", "md"],
+                 ["--replay", run, "--headless"], ["compare", run, doc["runs"][1]["id"], "--no-chart"]):  # fmt: skip
+        proc = cli(*args, db=db)
+        assert proc.returncode == 0 and "Traceback" not in proc.stderr, (args, proc.stderr[-500:])
+        assert "\x1b[31m" not in proc.stdout

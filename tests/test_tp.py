@@ -67,6 +67,7 @@ def test_availability_of_tp_per_engine_and_device(monkeypatch):
         (["--engine", "llama.cpp", "--tp", "2"], "llama.cpp --tp splits a model across GPUs, not CPU cores"),
         (["--engine", "hf-generate", "--tp", "0"], "--tp takes tensor-parallel sizes from 1 to 64"),
         (["--engine", "hf-generate", "--tp", "two"], "got 'two'"),
+        (["--engine", "hf-generate", "--tp", "\u00b2"], "got '\u00b2'"),  # a digit to str.isdigit, not to int()
         (["--engine", "torch-compile", "--tp", "2"], "torch-compile has no tensor parallelism"),
         (["--engine", "hf-generate", "--quant", "int8", "--tp", "2"], "cannot split int8"),
         (["--engine", "vllm", "--tp", "2", "--opt", "tensor_parallel_size=4"], "disagree"),

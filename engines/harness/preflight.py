@@ -12,7 +12,7 @@ from pathlib import Path
 
 from engines import registry
 from engines.base import SpecError
-from engines.measure.hardware import resolve_device
+from engines.measure.hardware import first_gpu, resolve_device
 from engines.models.refs import check_model
 from engines.models.split import check_split
 from engines.study.executor import parse_executor
@@ -56,7 +56,7 @@ def preflight(spec) -> Executor:
     reference = spec.check.reference if spec.check else None
     for run in spec.runs + ([reference] if reference else []):
         info = registry.get(run.engine)
-        check_reference_kind(info, kind, spec.model)
+        check_model_kind(info, kind, spec.model)
         if not executor.remote:
             check_window(spec, run, device)
         check_split(spec.model, run, info.tensor_parallel)  # heads that --tp cannot split evenly
@@ -73,8 +73,8 @@ def preflight(spec) -> Executor:
     return executor
 
 
-def check_reference_kind(info, kind: str, model: str) -> None:
-    """Random-weight presets, GGUF files and server URLs each load in some engines only."""
+def check_model_kind(info, kind: str, model: str) -> None:
+    """Random-weight presets, GGUF files and server URLs each load in some engines only (their EngineInfo says)."""
     if kind == "preset" and not info.builds_presets:
         builders = ",".join(name for name, other in registry.ENGINES.items() if other.builds_presets)
         raise SpecError(f"{info.name} cannot build {model} (random weights need an HF engine); "
@@ -111,7 +111,7 @@ def check_device(device: str) -> None:
     from engines.measure.hardware import gpus
 
     if device.startswith("cuda"):
-        index = int(device.split(":")[1]) if ":" in device else 0
+        index = first_gpu(device)
         if index >= len(gpus()):
             seen = f"{len(gpus())} GPU(s)" if gpus() else "no GPU"
             raise SpecError(f"--device {device} but the NVIDIA driver shows {seen} here; use --device cpu or auto")

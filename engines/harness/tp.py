@@ -24,6 +24,7 @@ from datetime import timedelta
 from typing import Any
 
 from engines import registry
+from engines.measure.hardware import first_gpu
 from engines.study.schema import EngineRun
 from store.payload import TPShares
 
@@ -37,10 +38,6 @@ def worker_command(run: EngineRun, device: str) -> list[str]:
         return plain
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(run.tp),
             "--monitor-interval", "0.2", "-m", "engines.harness.worker", DEVICE_FLAG, device]  # fmt: skip
-
-
-def _first_gpu(device: str) -> int:
-    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
 
 
 # --- the rank group (worker side) -------------------------------------------------------------
@@ -60,7 +57,7 @@ class Group:
         self.size = int(os.environ["WORLD_SIZE"])
         local = int(os.environ["LOCAL_RANK"])
         on_gpu = device.startswith("cuda")
-        first = _first_gpu(device) if on_gpu else 0
+        first = first_gpu(device) if on_gpu else 0
         self.backend = "nccl" if on_gpu else "gloo"
         self.devices_label = ",".join(f"cuda:{first + i}" for i in range(self.size)) if on_gpu else f"cpu x{self.size}"
         if on_gpu:  # rank r takes the r-th GPU from --device's index: expose exactly those, in order

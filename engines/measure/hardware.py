@@ -101,6 +101,11 @@ def fingerprint() -> dict:
     }
 
 
+def first_gpu(device: str) -> int:
+    """The GPU index a device names: cuda:N -> N, cuda -> 0 (StudySpec has checked the form)."""
+    return int(device.split(":", 1)[1]) if device.startswith("cuda:") else 0
+
+
 def visible_gpus() -> int:
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
     if env is not None:

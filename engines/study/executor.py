@@ -19,7 +19,7 @@ def parse_executor(value: str) -> tuple[str, str | None]:
         return "ray", None
     if base.startswith("ray://"):
         host, _, port = base[len("ray://"):].rpartition(":")
-        if host and port.isdigit():
+        if host and port.isascii() and port.isdigit():
             return "ray", base
     raise SpecError(f"unknown executor '{value}' ({HINT})")
 
@@ -31,6 +31,6 @@ def ray_cpus(value: str) -> int:
     if unknown:
         raise SpecError(f"unknown executor option '{sorted(unknown)[0]}' ({HINT})")
     raw = query.get("cpus", ["1"])[-1]
-    if not raw.isdigit() or int(raw) < 1:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) < 1:
         raise SpecError(f"executor option cpus must be a whole number >= 1, not '{raw}' ({HINT})")
     return int(raw)

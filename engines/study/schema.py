@@ -64,7 +64,7 @@ MAX_TP = 64  # the largest tensor-parallel size a run may ask for
 
 def parse_tp_sizes(values: list[str], name: str = "--tp", example: str = "--tp 1,2") -> list[int]:
     """Tensor-parallel sizes as typed (the CLI's --tp, the Setup screen's field), each once, in order."""
-    bad = next((v for v in values if not v.isdigit() or not 1 <= int(v) <= MAX_TP), None)
+    bad = next((v for v in values if not (v.isascii() and v.isdigit()) or not 1 <= int(v) <= MAX_TP), None)
     if bad is not None:
         raise SpecError(f"{name} takes tensor-parallel sizes from 1 to {MAX_TP}, e.g. {example}; got '{bad}'")
     return list(dict.fromkeys(int(v) for v in values))
@@ -231,7 +231,7 @@ class StudySpec(BaseModel):
     @field_validator("device")
     @classmethod
     def _device(cls, value: str) -> str:
-        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isascii() and value[5:].isdigit()):
             return value
         raise ValueError(f"unknown device '{value}' (use auto, cpu, cuda or cuda:N)")
 
