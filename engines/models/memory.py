@@ -1,0 +1,120 @@
+"""Peak memory of one cell, predicted before it runs, without torch: weights + KV cache + the largest layer's
+activations + the attention kernel's workspace + a per-engine constant.
+
+What is predicted is what the cell's peak is measured as (store.metrics.peak_mem): the torch allocator's peak on
+a GPU (no CUDA context in it, so the constant is ~0), the process's resident memory on the CPU (interpreter and
+libraries in the constant). The terms, per token of the prefill (the peak of a short-output cell is in the
+prefill: the decode's KV growth is included by counting input + output tokens in the cache):
+- KV: 2 x layers x KV heads x head dim x bytes, for every token the engine caches (EngineInfo.kv_cache);
+- activations: one layer's live tensors, B x L x (4 x hidden + k x intermediate) x bytes, k = 3 for gated MLPs
+  (gate, up, their product) and 2 otherwise (fc, activation);
+- eager attention: B x heads x L x L scores, 10 bytes an element in 16-bit (the scaled scores, the masked copy,
+  the fp32 softmax and its cast back all meet in transformers' eager_attention_forward), 12 in fp32; SDPA and
+  FlashAttention never hold them.
+On seed 001's H100 study (docs/results/2026-11-22-h100-seed001.db) these terms land within 2 % of the allocator's
+peak for every cell that ran.
+
+Whether a cell fits is not peak <= capacity: PyTorch's caching allocator keeps freed blocks cut to old sizes, and
+a large new block needs fresh room. A cell is predicted to fit when its peak plus its largest single block fits;
+that is how seed 001's eager b=8 in=4096 cell failed (42.6 GiB allocated + 18 GiB asked, 27 GiB cached in pieces).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from engines.base import EngineInfo
+from engines.models.footprint import WORKER_OVERHEAD, cached_tokens, model_config, weight_bytes
+from engines.study.grid import Cell
+from engines.study.schema import EngineRun
+
+DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+EAGER_BYTES = {2: 10, 4: 12}  # bytes per B x heads x L x L element, by the activations' element size
+GPU_CONSTANT = 0  # the allocator's peak holds no context or library code
+VLLM_GPU_FRACTION = 0.9  # vLLM's own default gpu_memory_utilization: it takes this share of the card up front
+CPU_CONSTANTS = {  # resident memory of an idle loaded worker beyond weights: interpreter, libraries, buffers
+    "llama.cpp": 96 * 2**20,
+    "vllm": 1536 * 2**20,
+}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    weights: int
+    kv_cache: int
+    activations: int
+    workspace: int  # attention scores an eager kernel holds
+    constant: int  # per engine and measure, fitted from stored runs where there are some
+    largest_block: int  # the biggest single allocation, for the caching allocator's fit
+    basis: str  # "gpu" (allocator peak) or "rss" (resident memory)
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.activations + self.workspace + self.constant
+
+    def fits(self, capacity: int | None) -> bool | None:
+        """None when the capacity is unknown; on a GPU the largest block must also find fresh room."""
+        if capacity is None:
+            return None
+        need = self.total + (self.largest_block if self.basis == "gpu" else 0)
+        return need <= capacity
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "predicted_bytes": self.total}
+
+
+def _shape(cfg: dict[str, Any]) -> dict[str, int] | None:
+    """Hidden size, MLP width, heads, vocabulary, KV bytes per token per byte of element, and whether gated."""
+    from engines.models.presets import kv_layout
+
+    try:
+        kv = kv_layout(cfg)
+        hidden = int(cfg.get("hidden_size") or cfg.get("n_embd"))
+        heads = int(cfg.get("num_attention_heads") or cfg.get("n_head"))
+        inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    gated = cfg.get("model_type") in ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "phi3")
+    kv_per_token = 2 * int(kv["layers"]) * int(kv["kv_heads"]) * int(kv["head_dim"])
+    return {"hidden": hidden, "inter": inter, "heads": heads, "kv_per_token": kv_per_token, "gated": int(gated)}
+
+
+def basis_of(device: str) -> str:
+    return "gpu" if device.startswith("cuda") else "rss"
+
+
+def default_constant(engine: str, basis: str) -> int:
+    if basis == "gpu":
+        return GPU_CONSTANT
+    return CPU_CONSTANTS.get(engine, WORKER_OVERHEAD)
+
+
+def predict(model: str, run: EngineRun, cell: Cell, info: EngineInfo, device: str,
+            constant: int | None = None, capacity: int | None = None) -> Prediction | None:  # fmt: skip
+    """The cell's peak, or None where the model cannot be sized here (a URL's server, an unknown directory).
+    `constant`: a fitted per-engine constant (store.memfit), else the built-in one; `capacity`: the device's
+    total bytes, which vLLM on a GPU takes its fraction of."""
+    if info.serves_url:
+        return None
+    weights = weight_bytes(model, run, info.reads_gguf)
+    cfg, _ = model_config(model)
+    shape = _shape(cfg) if cfg else None
+    if weights is None or shape is None:
+        return None
+    basis = basis_of(device)
+    elem = DTYPE_BYTES.get(run.precision or "", 2 if basis == "gpu" else 4)
+    kv_elem = 2 if info.reads_gguf else elem  # llama.cpp's KV cache is f16 by default
+    kv = shape["kv_per_token"] * kv_elem * cached_tokens(info.kv_cache, cell)
+    tokens = cell.batch * cell.input_len
+    mlp = (3 if shape["gated"] else 2) * shape["inter"]
+    activations = tokens * (4 * shape["hidden"] + mlp) * elem
+    eager = run.attention == "eager" and not info.reads_gguf
+    scores = cell.batch * shape["heads"] * cell.input_len**2
+    workspace = scores * EAGER_BYTES[4 if elem == 4 else 2] if eager else 0
+    largest = max(scores * 4 if eager else 0, tokens * shape["inter"] * elem)
+    if info.tensor_parallel == "library" and basis == "gpu" and capacity:  # vLLM reserves its share up front
+        fraction = float(run.options.get("gpu_memory_utilization", VLLM_GPU_FRACTION))
+        return Prediction(0, int(capacity * fraction), 0, 0, 0, 0, basis)
+    const = default_constant(run.engine, basis) if constant is None else constant
+    return Prediction(weights, kv, activations, workspace, const, largest, basis)
