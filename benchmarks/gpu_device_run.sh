@@ -16,6 +16,9 @@
 #             `hydragen_study.py bench` (one model load; noattention, hydragen, hydragen without CUDA graphs,
 #             interleaved) and the runner's study, both at N = 128,256 x P = 4096; BENCH_EXTRA / HYD_EXTRA
 #             append options to each.
+#   memory: issue 19's evidence: seed 001's attention grid (eager vs sdpa-flash, batch 2,4,8 x input 4096-16384),
+#             sequential, then the memory model's predicted peaks and OOMs against the measured ones
+#             (benchmarks/memory_study.py); MEM_EXTRA appends `run` options (e.g. --skip-predicted-oom).
 # Light dependencies the GPU image lacks travel as wheels in .whl/ (see .library/device README recipe).
 set -uo pipefail
 export PYTHONUNBUFFERED=1 TOKENIZERS_PARALLELISM=false CODEBENCH_CACHE=${CODEBENCH_CACHE:-/tmp/cbcache}
@@ -82,5 +85,12 @@ case "${1:-}" in
     python3 benchmarks/hydragen_study.py agree --bench "$OUT/bench.json" --db "$OUT/agree.db" 2>&1 | tee -a "$log"
     python3 -m tui.cli --db "$OUT/agree.db" compare last~1 last --baseline last --no-chart 2>&1 | tee -a "$log"
     ;;
-  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick|hydragen-agree" >&2; exit 2 ;;
+  memory)
+    log="$OUT/memory.log"
+    env_info 2>&1 | tee "$log"
+    # shellcheck disable=SC2086  # MEM_EXTRA is a list of options
+    python3 benchmarks/memory_study.py run --db "$OUT/memory.db" --timeout "${STUDY_TIMEOUT:-480}" -- ${MEM_EXTRA:-} 2>&1 | tee -a "$log"
+    python3 benchmarks/memory_study.py report --db "$OUT/memory.db" -o "$OUT/memory.md" 2>&1 | tee -a "$log"
+    ;;
+  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick|hydragen-agree|memory" >&2; exit 2 ;;
 esac

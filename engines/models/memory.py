@@ -80,6 +80,28 @@ def _shape(cfg: dict[str, Any]) -> dict[str, int] | None:
     return {"hidden": hidden, "inter": inter, "heads": heads, "kv_per_token": kv_per_token, "gated": int(gated)}
 
 
+def _trimmed(cfg: dict[str, Any], weights: int, layers: int) -> tuple[dict[str, Any], int]:
+    """Config and weight bytes with only the first `layers` blocks: embeddings stay, blocks scale."""
+    key = "n_layer" if "n_layer" in cfg else "num_hidden_layers"
+    total = int(cfg.get(key) or 0)
+    if total <= 0 or layers >= total:
+        return cfg, weights
+    hidden = int(cfg.get("hidden_size") or cfg.get("n_embd") or 0)
+    embeddings = int(cfg.get("vocab_size") or 0) * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
+    per_param = weights / max(1, _params(cfg))
+    blocks = max(0, weights - int(embeddings * per_param))
+    return {**cfg, key: layers}, weights - blocks + blocks * layers // total
+
+
+def _params(cfg: dict[str, Any]) -> int:
+    """A rough parameter count, only to turn weight bytes into bytes per parameter."""
+    hidden = int(cfg.get("hidden_size") or cfg.get("n_embd") or 1)
+    inter = int(cfg.get("intermediate_size") or cfg.get("n_inner") or 4 * hidden)
+    layers = int(cfg.get("num_hidden_layers") or cfg.get("n_layer") or 1)
+    vocab = int(cfg.get("vocab_size") or 0)
+    return layers * (4 * hidden * hidden + 3 * hidden * inter) + vocab * hidden * (1 if cfg.get("tie_word_embeddings") else 2)
+
+
 def basis_of(device: str) -> str:
     return "gpu" if device.startswith("cuda") else "rss"
 
@@ -99,6 +121,8 @@ def predict(model: str, run: EngineRun, cell: Cell, info: EngineInfo, device: st
         return None
     weights = weight_bytes(model, run, info.reads_gguf)
     cfg, _ = model_config(model)
+    if cfg and weights and run.options.get("layers"):  # the HF engines' trimmed model (option layers=N)
+        cfg, weights = _trimmed(cfg, weights, int(run.options["layers"]))
     shape = _shape(cfg) if cfg else None
     if weights is None or shape is None:
         return None
