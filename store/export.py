@@ -12,6 +12,7 @@ from typing import Any
 from sqlmodel import Session
 
 from store.annotate import cell_flags
+from store.boundary import boundary_tables
 from store.import_schema import EXPORT_TAG
 from store.importdoc import CheckedExport, ImportError_, check, parse_export, read_export  # noqa: F401 (the importer's API)
 from store.models import SCHEMA_VERSION, CellRow, Quality, Run, RunGroup, Telemetry
@@ -133,6 +134,8 @@ def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "toke
         out += [markdown_table(quality_table(results, baseline)), ""]
     for r in results:
         out += [markdown_table(cell_table(r)), ""]
+    for r in results:  # memory boundaries, where the cells carry predictions (store.boundary)
+        out += [x for t in boundary_tables(r) for x in (markdown_table(t), "")]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -171,6 +174,7 @@ def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_p
     tables = [comparison_table(results, baseline, metric, floors, floor_note)] if len(results) > 1 else []
     tables += [quality_table(results, baseline)] if any(r.quality for r in results) else []
     tables += [cell_table(r) for r in results]
+    tables += [t for r in results for t in boundary_tables(r)]
     body = "".join(_html_table(t) for t in tables)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>codebench-tui results</title><style>{_CSS}</style>"
             f"</head><body><h1>codebench-tui results</h1><ul>{items}</ul>{body}</body></html>\n")  # fmt: skip

@@ -182,11 +182,13 @@ def export(args: argparse.Namespace) -> int:
     from store.export import export_text
     from store.results import load_results
     from tui.outputs import check_output, write_atomic
+    from tui.predictions import for_export
 
     db = open_db(args.db, create=False)
     if args.output:
         check_output(args.output, db.path)  # before the work, and again when writing
     results = load_results(db, args.runs, telemetry=args.format == "json")
+    results = for_export(db, results, args.format)
     text = export_text(db, results, args.format, _baseline(results, db, args.baseline))
     if args.output:
         out = write_atomic(args.output, text, db.path)
