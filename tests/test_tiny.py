@@ -41,7 +41,7 @@ def leftovers(root: Path) -> list[str]:
 
 def test_build_layout_manifest_and_pinned_hash(tmp_path):
     d = tiny.ensure_tiny(tmp_path)
-    assert d == tmp_path / "models" / "tiny-v1"
+    assert d == tmp_path / "models" / tiny.TINY_VERSION
     assert sorted(p.name for p in d.iterdir()) == sorted(FILES)
     assert sha(d / "model.safetensors") == tiny.TINY_WEIGHTS_SHA256
     manifest = json.loads((d / "manifest.json").read_text())
@@ -52,7 +52,7 @@ def test_build_layout_manifest_and_pinned_hash(tmp_path):
 
 def test_cache_dir_follows_env(tmp_path, monkeypatch):
     monkeypatch.setenv("CODEBENCH_CACHE", str(tmp_path / "elsewhere"))
-    assert tiny.ensure_tiny() == tmp_path / "elsewhere" / "models" / "tiny-v1"
+    assert tiny.ensure_tiny() == tmp_path / "elsewhere" / "models" / tiny.TINY_VERSION
 
 
 def test_two_builds_are_byte_identical(tmp_path):
@@ -95,14 +95,14 @@ def test_damage_is_detected_and_rebuilt(tmp_path, damage):
 
 def test_a_file_where_the_directory_should_be_is_replaced(tmp_path):
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "tiny-v1").write_text("not a directory")
+    (tmp_path / "models" / tiny.TINY_VERSION).write_text("not a directory")
     d = tiny.ensure_tiny(tmp_path)
     assert d.is_dir() and tiny.problems(d) == []
 
 
 def test_leftovers_of_a_dead_builder_are_cleared(tmp_path):
-    (tmp_path / "models" / ".tiny-v1.build-dead").mkdir(parents=True)
-    (tmp_path / "models" / ".tiny-v1.build-dead" / "model.safetensors").write_bytes(b"half")
+    (tmp_path / "models" / f".{tiny.TINY_VERSION}.build-dead").mkdir(parents=True)
+    (tmp_path / "models" / f".{tiny.TINY_VERSION}.build-dead" / "model.safetensors").write_bytes(b"half")
     d = tiny.ensure_tiny(tmp_path)
     assert tiny.problems(d) == [] and leftovers(tmp_path) == []
 
@@ -111,7 +111,7 @@ def test_nondeterministic_build_is_an_error(tmp_path, monkeypatch):
     monkeypatch.setattr(tiny, "TINY_WEIGHTS_SHA256", "0" * 64)
     with pytest.raises(tiny.TinyBuildError, match="not deterministic"):
         tiny.ensure_tiny(tmp_path)
-    assert not (tmp_path / "models" / "tiny-v1").exists() and leftovers(tmp_path) == []
+    assert not (tmp_path / "models" / tiny.TINY_VERSION).exists() and leftovers(tmp_path) == []
 
 
 def test_unwritable_cache_is_a_one_line_error(tmp_path):
@@ -162,7 +162,7 @@ def test_concurrent_builds_in_separate_processes(tmp_path):
     results = [p.communicate(timeout=120) for p in procs]
     assert all(p.returncode == 0 for p in procs), [err for _, err in results]
     lines = {out.strip() for out, _ in results}
-    d = root / "models" / "tiny-v1"
+    d = root / "models" / tiny.TINY_VERSION
     # One build only (the others waited on the lock, then found it done); all saw the same intact files.
     assert len(log.read_text().split()) == 1
     assert lines == {f"{os.stat(d / 'model.safetensors').st_ino} 0"}

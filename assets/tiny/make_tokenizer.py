@@ -5,6 +5,10 @@ Byte-level BPE in the GPT-2 style (the full 256-byte alphabet, so every string r
 of the running interpreter's standard library: every 5th file of the sorted list used by the
 synthetic workload, up to 2 MB. Deterministic: the same Python gives the same file.
 
+The fill-in-the-middle tokens (StarCoder's <fim_prefix>, <fim_middle>, <fim_suffix>, ids 4093-4095) take
+the places of the last three merges learnt (' SY', ' THE', ' AIX'): no merge builds on them, every other id
+stays where it was, and the vocabulary (so the embedding, so the weights) keeps its size.
+
     python assets/tiny/make_tokenizer.py [--out PATH]
 
 The shipped file was made with CPython 3.11.7 and tokenizers 0.23.3; it is data, so rerun this
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import sys
 from pathlib import Path
 
@@ -27,6 +32,7 @@ from engines.models.workloads import stdlib_files  # noqa: E402
 
 VOCAB_SIZE = 4096
 SPECIAL = ["<|endoftext|>", "<|pad|>"]
+FIM = ["<fim_prefix>", "<fim_middle>", "<fim_suffix>"]
 STRIDE = 5
 BUDGET_BYTES = 2_000_000
 
@@ -59,7 +65,20 @@ def train(texts: list[str]) -> Tokenizer:
         show_progress=False,
     )
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    return tok
+    return with_fim_tokens(tok)
+
+
+def with_fim_tokens(tok: Tokenizer) -> Tokenizer:
+    """The last len(FIM) merges and their tokens give way to the FIM tokens, at the same ids."""
+    data = json.loads(tok.to_str())
+    model = data["model"]
+    del model["merges"][-len(FIM) :]
+    by_id = {i: t for t, i in model["vocab"].items()}
+    for name, i in zip(FIM, range(VOCAB_SIZE - len(FIM), VOCAB_SIZE)):
+        del model["vocab"][by_id[i]]
+        data["added_tokens"].append({"id": i, "content": name, "single_word": False, "lstrip": False,
+                                     "rstrip": False, "normalized": False, "special": True})  # fmt: skip
+    return Tokenizer.from_str(json.dumps(data))
 
 
 def main() -> None:
@@ -69,6 +88,7 @@ def main() -> None:
     texts = training_texts()
     tok = train(texts)
     assert tok.token_to_id(SPECIAL[0]) == 0 and tok.token_to_id(SPECIAL[1]) == 1
+    assert [tok.token_to_id(t) for t in FIM] == list(range(VOCAB_SIZE - len(FIM), VOCAB_SIZE))
     assert tok.get_vocab_size() == VOCAB_SIZE, tok.get_vocab_size()
     args.out.write_text(tok.to_str(pretty=True) + "\n")
     digest = hashlib.sha256(args.out.read_bytes()).hexdigest()

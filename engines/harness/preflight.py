@@ -48,7 +48,7 @@ def preflight(spec) -> Executor:
     from engines.models.prompt_sources import check_workload
 
     kind = check_model(spec.model)
-    check_workload(spec.workload)
+    check_workload(spec.workload, spec.model)
     executor = connect_executor(spec)
     device = executor.device
     if not executor.remote:

@@ -24,6 +24,7 @@ from engines.harness import tp
 from engines.measure.contention import HostMeter, gpu_indices
 from engines.measure.hardware import speed_env
 from engines.measure.roofline import cell_efficiency
+from engines.quality.workload_scores import score_cell
 from engines.study import commands as cmds
 from engines.study import events as ev
 from engines.study.schema import EngineRun
@@ -233,6 +234,9 @@ class Worker:
                 metrics["efficiency"] = efficiency
             metrics.update(cell_metrics(extras, batch, out_len), tokens_sha256=digests[-1],
                            tokens_stable=len(set(digests)) == 1)  # fmt: skip
+            # fim, needle: how right the last minibatch's answers are (engines/quality/workload_scores.py)
+            metrics.update(score_cell(self.tokenizer_file, cmd.workload, batch, in_len, cmd.seed, cmd.params,
+                                      res.tokens))  # fmt: skip
             ranks = getattr(self.engine, "rank_peaks", None)  # engines that start their own ranks (vllm)
             if ranks is not None and (per_rank := ranks()):
                 metrics["tp"] = per_rank

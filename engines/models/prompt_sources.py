@@ -36,10 +36,14 @@ def _texts(kind: str, path: str | None) -> tuple[str, ...]:
     return tuple(read_jsonl_texts(path or ""))
 
 
-def check_workload(workload: Workload) -> None:
-    """Parent-side: what can be known before any worker starts (the file exists and parses)."""
+def check_workload(workload: Workload, model: str | None = None) -> None:
+    """Parent-side: what can be known before any worker starts (the file exists and parses, the FIM tokens)."""
     if workload.kind in ("humaneval", "jsonl"):
         _texts(workload.kind, workload.path)
+    if workload.kind == "fim" and model:
+        from engines.models.fim import check_fim_model
+
+        check_fim_model(model)
 
 
 def _tail(tok: Any, ids: list[int], length: int) -> list[int] | None:
@@ -88,4 +92,8 @@ def prompts_for(tokenizer_file: Path, workload: dict[str, Any] | None, batch: in
         return shared_prefix_prompts(tokenizer_file, batch, p["shared_len"], p["suffix_len"], seed)
     if w.kind in ("humaneval", "jsonl"):
         return text_prompts(tokenizer_file, w, batch, length, seed)
+    if w.kind == "fim":
+        from engines.models.fim import fim_prompts
+
+        return fim_prompts(tokenizer_file, batch, length, seed)
     return synthetic_prompts(tokenizer_file, batch, length, seed)

@@ -2,7 +2,7 @@
 
 Shipped as data (assets/tiny: config.json and a tokenizer trained by make_tokenizer.py); the
 weights are drawn from a fixed seed with numpy and written on first use into
-<cache>/models/tiny-v1/, an ordinary Hugging Face model directory. Every call checks the files
+<cache>/models/tiny-v2/, an ordinary Hugging Face model directory. Every call checks the files
 against known hashes and rebuilds a damaged directory. No torch here: the CLI and the dashboard
 call this too.
 
@@ -39,7 +39,7 @@ try:
 except ImportError:  # Windows: no flock; the atomic rename still keeps readers from torn files
     fcntl = None  # type: ignore[assignment]
 
-TINY_VERSION = "tiny-v1"  # bump when the config, the tokenizer or the weight recipe changes
+TINY_VERSION = "tiny-v2"  # bump when the config, the tokenizer or the weight recipe changes (v2: FIM tokens)
 TINY_SEED = 20240917
 EMBED_STD = 0.02
 # sha256 of the model.safetensors every build must produce (numpy PCG64 + safetensors layout).
@@ -252,7 +252,7 @@ def ensure_tiny(cache_root: Path | None = None) -> Path:
 
 # --- tiny-draft: a smaller model with tiny's tokenizer, the draft for speculative decoding ---------
 
-TINY_DRAFT_VERSION = "tiny-draft-v1"  # bump with any change to the recipe below
+TINY_DRAFT_VERSION = "tiny-draft-v2"  # bump with any change to the recipe below or to tiny's tokenizer
 TINY_DRAFT_SEED = 20240918
 # One layer, hidden 128: about half of tiny's per-token cost (the 4096-token embedding and head dominate).
 TINY_DRAFT_SHAPE = {"hidden_size": 128, "intermediate_size": 384, "num_hidden_layers": 1, "num_attention_heads": 4,

@@ -96,7 +96,7 @@ class EngineRun(BaseModel):
         return " ".join(parts)
 
 
-WORKLOADS = ("synthetic", "humaneval", "jsonl", "shared-prefix")
+WORKLOADS = ("synthetic", "humaneval", "jsonl", "shared-prefix", "fim", "needle")
 SCHEDULES = ("interleaved", "sequential")
 MIN_MEM_LIMIT = 64 * 2**20  # below this a worker cannot even import its engine
 MAX_RUNS = 256
@@ -116,7 +116,8 @@ class Workload(BaseModel):
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in WORKLOADS:
-            raise ValueError(f"unknown workload '{value}' (known: synthetic, humaneval, jsonl:FILE, shared-prefix)")
+            raise ValueError(f"unknown workload '{value}' (known: synthetic, humaneval, jsonl:FILE, shared-prefix, "
+                             "fim, needle)")
         return value
 
     @model_validator(mode="after")
@@ -129,7 +130,8 @@ class Workload(BaseModel):
             return self.content
         if self.kind == "jsonl":
             return Path(self.path or "jsonl").stem
-        return {"humaneval": "code (HumanEval prompts)"}.get(self.kind, "code (stdlib source)")
+        return {"humaneval": "code (HumanEval prompts)", "fim": "code (stdlib source, fill-in-the-middle)",
+                "needle": "code (stdlib source, needle in a haystack)"}.get(self.kind, "code (stdlib source)")
 
     def cell_seed(self, batch: int, input_len: int) -> int:
         """Prompts depend on the cell's shape, not its position: every engine sees the same prompts."""
@@ -192,6 +194,8 @@ class StudySpec(BaseModel):
     workload: Workload = Workload()
     # Address space the worker may add after loading (RLIMIT_AS): simulates a smaller host.
     cell_mem_limit_bytes: int | None = Field(None, ge=MIN_MEM_LIMIT, le=2**50)  # 64 MiB .. 1 PiB
+    # Cells the memory model (engines.harness.memplan) predicts not to fit are skipped, never started.
+    skip_predicted_oom: bool = Field(False, strict=True)  # strict: "yes" or 1 in a study file is an error
     cell_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, allow_inf_nan=False)
     load_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, allow_inf_nan=False)  # per worker start
     quality: QualitySpec | None = None
