@@ -52,11 +52,17 @@ def basis_of(mem: dict[str, Any] | None, device: Any) -> str:
 
 
 def measured(cell: CellRow, basis: str) -> int | None:
-    """The measured counterpart of a prediction of this basis; 0 counts as not measured."""
+    """The measured counterpart of a prediction of this basis; 0 counts as not measured. On the CPU an engine
+    that runs its model in processes of its own (vLLM's engine core) reports their peak beside the worker's
+    (metrics.last_extra.vllm_procs_peak_rss_bytes): the weights and the KV pool are there, so it counts."""
     keys = ("peak_gpu_bytes", "peak_nvml_bytes") if basis == "gpu" else ("peak_rss_bytes",)
     for key in keys:
         value = _bytes(getattr(cell, key, None))
         if value:
+            if basis == "rss":
+                extra = cell.metrics.get("last_extra") if isinstance(cell.metrics, dict) else None
+                procs = _bytes(extra.get("vllm_procs_peak_rss_bytes")) if isinstance(extra, dict) else None
+                value += procs or 0
             return value
     return None
 

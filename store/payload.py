@@ -22,7 +22,9 @@ class CellResult(TypedDict, total=False):
     repeats: list[dict[str, Any]]  # per timed repeat: latencies, ttft, round, t0/t1, host contention
     peak_rss_bytes: int | None
     peak_gpu_bytes: int | None
-    metrics: dict[str, Any]  # "tp": TPShares.to_dict(), "efficiency", speculation figures, "reference", ...
+    metrics: dict[str, Any]  # "tp": TPShares.to_dict(), "efficiency", speculation figures, "reference", "memory"
+    # ("memory": the runner's predicted peak, engines.models.memory.Prediction.to_dict() + capacity_bytes, fits and
+    # constant_source, on every cell it could size, skipped ones included; read back through store.memfit)
     started_at: float
     peak_nvml_bytes: int | None  # the runner's NVML sampler, all GPUs summed
     tokens_per_s: float  # the runner, for a matched reference run

@@ -33,10 +33,23 @@ DTYPE_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 EAGER_BYTES = {2: 10, 4: 12}  # bytes per B x heads x L x L element, by the activations' element size
 GPU_CONSTANT = 0  # the allocator's peak holds no context or library code
 VLLM_GPU_FRACTION = 0.9  # vLLM's own default gpu_memory_utilization: it takes this share of the card up front
-CPU_CONSTANTS = {  # resident memory of an idle loaded worker beyond weights: interpreter, libraries, buffers
-    "llama.cpp": 96 * 2**20,
-    "vllm": 1536 * 2**20,
+# Resident memory of a loaded worker beyond its weights and KV cache: interpreter, libraries, buffers. Measured
+# on tiny (2026-12-06, 2-core x86 host, 23 GiB, torch 2.13 CPU; VmHWM of the worker at batch 1, input 32):
+# hf-generate 493 MiB - 20 MiB weights; llama.cpp 172 - 20; vLLM 657 (our worker) + 3329 (its engine core,
+# store.memfit.measured adds it) - 20 weights - 2048 KV pool. Fitted constants (store.memfit) refine them per host.
+CPU_CONSTANTS = {
+    "hf-generate": 470 * 2**20,
+    "llama.cpp": 150 * 2**20,
+    "vllm": 1900 * 2**20,
 }
+# llama.cpp: bits per weight of the GGUF it converts a checkpoint to, by quant (K-quants mix block types: the
+# figures are llama.cpp's own quantize table for 7B models)
+GGUF_BITS = {"f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q4_0": 4.5, "q4_k_m": 4.89, "q5_k_m": 5.69}
+GGUF_KV_BYTES = {"f32": 4.0, "f16": 2.0, "bf16": 2.0, "q8_0": 34 / 32, "q4_0": 18 / 32, "q4_1": 20 / 32,
+                 "q5_0": 22 / 32, "q5_1": 24 / 32, "iq4_nl": 18 / 32}  # fmt: skip
+LLAMA_CTX_MIN = 256  # engines/adapters/llamacpp/engine.py's _CTX_MIN: its first context, per sequence
+LLAMA_UBATCH = 512  # llama.cpp's default n_ubatch: the prefill runs in pieces of this many tokens
+VLLM_CPU_KV_GIB = 2.0  # engines/adapters/vllm/engine.py's CPU_KV_CACHE_GIB: the KV pool it asks for on the CPU
 
 
 @dataclass(frozen=True)
@@ -112,11 +125,37 @@ def default_constant(engine: str, basis: str) -> int:
     return CPU_CONSTANTS.get(engine, WORKER_OVERHEAD)
 
 
+def _option_int(options: dict[str, Any], key: str) -> int | None:
+    value = options.get(key)
+    return value if type(value) is int and value > 0 else None
+
+
+def llama_positions(cells: list[Cell], options: dict[str, Any]) -> int:
+    """Positions llama.cpp's context holds when the last of `cells` runs, the run's earlier cells having run in
+    order: the adapter's _ensure_capacity only grows it, to n_seq x a per-sequence length rounded up to 256, and
+    never shrinks it (a batch-1 cell after a batch-8 one keeps 8 sequences' room). A fixed n_ctx stands."""
+    fixed = _option_int(options, "n_ctx")
+    if fixed:
+        return fixed
+    unified = options.get("kv_unified") is True
+    n_seq, n_ctx = 1, LLAMA_CTX_MIN
+    for c in cells:
+        need = c.input_len + c.output_len
+        seqs = max(c.batch, n_seq)
+        room = c.batch * need <= n_ctx if unified else need <= n_ctx // n_seq
+        if seqs > n_seq or not room:
+            per = max(need, n_ctx // n_seq)
+            n_seq, n_ctx = seqs, seqs * max(LLAMA_CTX_MIN, -(-per // LLAMA_CTX_MIN) * LLAMA_CTX_MIN)
+    return n_ctx
+
+
 def predict(model: str, run: EngineRun, cell: Cell, info: EngineInfo, device: str,
-            constant: int | None = None, capacity: int | None = None) -> Prediction | None:  # fmt: skip
+            constant: int | None = None, capacity: int | None = None,
+            positions: int | None = None) -> Prediction | None:  # fmt: skip
     """The cell's peak, or None where the model cannot be sized here (a URL's server, an unknown directory).
     `constant`: a fitted per-engine constant (store.memfit), else the built-in one; `capacity`: the device's
-    total bytes, which vLLM on a GPU takes its fraction of."""
+    total bytes, which vLLM on a GPU takes its fraction of; `positions`: llama.cpp's context at this cell
+    (llama_positions over the run's cells so far), else the cell's own tokens."""
     if info.serves_url:
         return None
     weights = weight_bytes(model, run, info.reads_gguf)
@@ -128,9 +167,26 @@ def predict(model: str, run: EngineRun, cell: Cell, info: EngineInfo, device: st
         return None
     basis = basis_of(device)
     elem = DTYPE_BYTES.get(run.precision or "", 2 if basis == "gpu" else 4)
-    kv_elem = 2 if info.reads_gguf else elem  # llama.cpp's KV cache is f16 by default
-    kv = shape["kv_per_token"] * kv_elem * cached_tokens(info.kv_cache, cell)
+    kv_elem: float = elem
     tokens = cell.batch * cell.input_len
+    cached = cached_tokens(info.kv_cache, cell)
+    if info.reads_gguf:  # llama.cpp: a GGUF at the run's quant, a KV cache of type_k/type_v over its context
+        if cfg and run.quant in GGUF_BITS:  # converted from the checkpoint: weight_bytes gave it as stored
+            stored = str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+            stored_elem = 2 if model.endswith(":random") or "32" not in stored else 4
+            weights = int(weights * GGUF_BITS[run.quant] / 8 / stored_elem)
+        kv_elem = sum(GGUF_KV_BYTES.get(str(run.options.get(k, "f16")), 2.0) for k in ("type_k", "type_v")) / 2
+        cached = positions or llama_positions([cell], run.options)
+        elem = 4  # its compute buffer is f32, reserved for one ubatch of the prefill
+        tokens = min(tokens, _option_int(run.options, "n_ubatch") or LLAMA_UBATCH)
+    kv = int(shape["kv_per_token"] * kv_elem * cached)
+    if info.tensor_parallel == "library" and basis == "rss":  # vLLM on the CPU: a KV pool of fixed size
+        gib = run.options.get("kv_cache_gib", VLLM_CPU_KV_GIB)
+        fraction = run.options.get("gpu_memory_utilization")
+        if isinstance(fraction, (int, float)) and "kv_cache_gib" not in run.options and capacity:
+            kv = max(0, int(capacity * fraction) - weights)  # it takes that share of host memory, weights first
+        elif isinstance(gib, (int, float)) and not isinstance(gib, bool):
+            kv = int(gib * 2**30)
     mlp = (3 if shape["gated"] else 2) * shape["inter"]
     activations = tokens * (4 * shape["hidden"] + mlp) * elem
     eager = run.attention == "eager" and not info.reads_gguf
