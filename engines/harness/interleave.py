@@ -212,10 +212,9 @@ class Interleaved:
         live = [lane for lane in lanes if lane.status == "done"]
         for lane in live:
             lane.parts, lane.nvml_peak, lane.gpu_peaks = [], 0, {}
-            blocker = next((o for o in lane.ooms if cell.dominates(o)), None)
-            if blocker is not None:
-                r._finish_cell(self.writer, lane.run_id, index, cell, "skipped",
-                               error=f"larger than OOM cell {blocker.label()}")  # fmt: skip
+            why = r._skip_reason(lane.run_id, index, cell, lane.ooms)
+            if why:
+                r._finish_cell(self.writer, lane.run_id, index, cell, "skipped", error=why)
                 lane.open = False
             else:
                 lane.open, lane.index = True, index

@@ -68,6 +68,8 @@ class Runner:
         self._store_error: StoreError | None = None  # the first write the database refused
         self._outcomes: dict[str, dict[int, str]] = {}  # per run: cell index -> status
         self._errors: dict[str, str] = {}  # per run: the first cell error
+        self._memory: dict[str, Any] = {}  # per run: its cells' predicted peaks (engines.harness.memplan.RunMemory)
+        self._mem_plan: list[Any] = []  # the study's, per run in spec order, made in run()
 
     # --- plumbing ---------------------------------------------------------------------
 
@@ -139,6 +141,10 @@ class Runner:
         kind = self._kind = executor.kind
         device = executor.device  # a Ray node resolves its own
         host = fingerprint()
+        from engines.harness.memplan import host_fits, plan
+
+        # On Ray a node resolves its own device: its capacity is not this host's, so it stays unknown there.
+        self._mem_plan = plan(spec, device, host_fits(self.db, host, device), known_capacity=kind == "local")
         writer = SerialWriter(RunWriter(self.db))
         sampler = Sampler(self._on_sample, hz=self.telemetry_hz)
         if kind == "local":  # Ray workers are sampled on their own nodes
@@ -253,6 +259,10 @@ class Runner:
     def _finish_cell(self, writer: RunWriter, run_id: str, index: int, cell: Cell, status: str,
                      result: dict | None = None, error: str = "") -> None:  # fmt: skip
         self._outcomes.setdefault(run_id, {})[index] = status
+        mem = self._memory.get(run_id)
+        if mem is not None and (entry := mem.entry(index)) is not None:  # every cell, run or not, keeps its prediction
+            result = {**(result or {})}
+            result["metrics"] = {**(result.get("metrics") or {}), "memory": entry}
         if status in ("failed", "crashed") and run_id not in self._errors:
             self._errors[run_id] = (error.splitlines() or [""])[0][:300]
         row = writer.add_cell(run_id, index, cell, status, result=result, error=error)
@@ -385,6 +395,7 @@ class Runner:
             cells_total=len(spec.cells()), name=spec.name,
         )  # fmt: skip
         writer.update_runtime(run_id, {"schedule": schedule})
+        self._memory[run_id] = next((m for m in self._mem_plan if m.run == engine_run), None)
         self._active.add(run_id)
         self.emit(ev.RunStarted(run_id, time.time(), label=engine_run.label(), cells_total=len(spec.cells())))
         return run_id
@@ -413,6 +424,20 @@ class Runner:
                         sampler.watch(client.proc.pid)
                     measure(client, writer, run_id)
         return client, status, error, attempt
+
+    def _skip_reason(self, run_id: str, index: int, cell: Cell, ooms: list[Cell]) -> str:
+        """Why a cell is not started: it dominates a cell that ran out of memory, or (--skip-predicted-oom)
+        the memory model predicts it will not fit; "" to run it."""
+        blocker = next((o for o in ooms if cell.dominates(o)), None)
+        if blocker is not None:
+            return f"larger than OOM cell {blocker.label()}"
+        mem = self._memory.get(run_id)
+        entry = mem.entry(index) if mem is not None and self.spec.skip_predicted_oom else None
+        if entry is not None and entry["fits"] is False:
+            from engines.harness.memplan import oom_reason
+
+            return oom_reason(entry)
+        return ""
 
     def _death_status(self, out: WorkerExited | None) -> str:
         """A worker that died of an allocation failure under --cell-mem-limit ran out of memory (a Rust or C++
@@ -459,10 +484,9 @@ class Runner:
                 while pending:
                     index = pending.pop(0)
                     cell = cells[index]
-                    blocker = next((o for o in ooms if cell.dominates(o)), None)
-                    if blocker is not None:
-                        self._finish_cell(writer, run_id, index, cell, "skipped",
-                                          error=f"larger than OOM cell {blocker.label()}")  # fmt: skip
+                    why = self._skip_reason(run_id, index, cell, ooms)
+                    if why:
+                        self._finish_cell(writer, run_id, index, cell, "skipped", error=why)
                         continue
                     current = index
                     client.send(self._cell_command(index, cell))

@@ -102,6 +102,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="kill a worker that has not loaded its model after S seconds (its run fails)")
     p.add_argument("--cell-mem-limit", type=parse_size, metavar="SIZE",
                    help="address space the worker may add after loading (RLIMIT_AS), e.g. 2GiB")  # fmt: skip
+    p.add_argument("--skip-predicted-oom", action="store_true", default=None,
+                   help="skip the cells the memory model predicts will not fit this device (or --cell-mem-limit)")  # fmt: skip
     add_quality_args(p)
     p.add_argument("--check", action="store_true",
                    help="also decode 8 prompts greedily and compare tokens with hf-generate fp32 (`check` for more)")  # fmt: skip
@@ -183,7 +185,8 @@ def spec_from_args(args: argparse.Namespace):
     if args.worker_env:
         base["worker_env"] = {**base.get("worker_env", {}), **dict(args.worker_env)}
     for key, field in (("device", "device"), ("name", "name"), ("executor", "executor"), ("cell_timeout", "cell_timeout_s"), ("load_timeout", "load_timeout_s"),
-                       ("cell_mem_limit", "cell_mem_limit_bytes"), ("schedule", "schedule")):  # fmt: skip
+                       ("cell_mem_limit", "cell_mem_limit_bytes"), ("schedule", "schedule"),
+                       ("skip_predicted_oom", "skip_predicted_oom")):  # fmt: skip
         if getattr(args, key) is not None:
             base[field] = getattr(args, key)
     if args.seed is not None:
@@ -243,8 +246,13 @@ def execute(spec, args: argparse.Namespace) -> int:
         from tui.outputs import db_in_use, write_atomic
 
         write_atomic(args.save_study, spec.to_json() + "\n", db_in_use(args), "--save-study")
+    from tui.memory_plan import plan_for, plan_lines
+
+    memory = [Text(line) for line in plan_lines(plan_for(spec, device, getattr(args, "db", None)))]
     if getattr(args, "dry_run", False):
         console.print(plan)
+        for line in memory:
+            console.print(line)
         return 0
     db = open_db(args.db, create=True)
     cancel = threading.Event()
@@ -254,6 +262,8 @@ def execute(spec, args: argparse.Namespace) -> int:
     progress = HeadlessProgress(console, spec, enabled=not getattr(args, "quiet", False) and console.is_terminal)
     if getattr(args, "print_results", True):
         console.print(plan)
+        for line in memory:
+            console.print(line)
     try:
         with progress:
             result = Runner(spec, db, subscribers=[progress.on_event], cancel=cancel, executor=executor).run()
