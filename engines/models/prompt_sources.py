@@ -15,7 +15,7 @@ import numpy as np
 
 from engines.base import SpecError
 from engines.models.workloads import load_tokenizer, round_trips, synthetic_prompts
-from engines.study.schema import Workload
+from engines.study.schema import DEFAULT_DEPTH, Workload
 
 _SHIFTS = 8  # token shifts tried when a cut does not survive decode -> encode
 
@@ -96,4 +96,8 @@ def prompts_for(tokenizer_file: Path, workload: dict[str, Any] | None, batch: in
         from engines.models.fim import fim_prompts
 
         return fim_prompts(tokenizer_file, batch, length, seed)
+    if w.kind == "needle":
+        from engines.models.needle import needle_prompts
+
+        return needle_prompts(tokenizer_file, batch, length, (params or {}).get("depth", DEFAULT_DEPTH), seed)
     return synthetic_prompts(tokenizer_file, batch, length, seed)

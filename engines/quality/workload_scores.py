@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from engines.study.schema import Workload
+from engines.study.schema import DEFAULT_DEPTH, Workload
 
 
 def edit_distance(a: str, b: str) -> int:
@@ -69,10 +69,28 @@ def found_value(generated: str, value: int) -> bool:
     return re.search(rf"(?<!\d){value}(?!\d)", generated) is not None
 
 
+def score_needle(tokenizer_file: str, batch: int, length: int, depth: int, seed: int,
+                 tokens: list[list[int]]) -> dict[str, Any]:  # fmt: skip
+    from engines.models.needle import needle_examples
+    from engines.models.workloads import load_tokenizer
+
+    tok = load_tokenizer(Path(tokenizer_file))
+    examples = needle_examples(tokenizer_file, batch, length, depth, seed)
+    hits = sum(found_value(tok.decode(t, skip_special_tokens=True), e.value) for e, t in zip(examples, tokens))
+    n = len(examples)
+    return {"accuracy": hits / n, "hits": hits, "n": n, "context": length, "depth": depth,
+            "depth_actual": sum(e.depth for e in examples) / n}  # fmt: skip
+
+
 def score_cell(tokenizer_file: str | None, workload: dict | None, batch: int, length: int, seed: int,
                params: dict | None, tokens: list[list[int]]) -> dict[str, Any]:  # fmt: skip
     """metrics for a cell of a scored workload ({} for the others)."""
     kind = Workload.model_validate(workload or {}).kind
-    if tokenizer_file is None or kind != "fim":
+    if tokenizer_file is None:
         return {}
-    return {"fim": score_fim(tokenizer_file, batch, length, seed, tokens)}
+    if kind == "fim":
+        return {"fim": score_fim(tokenizer_file, batch, length, seed, tokens)}
+    if kind == "needle":
+        depth = (params or {}).get("depth", DEFAULT_DEPTH)
+        return {"needle": score_needle(tokenizer_file, batch, length, depth, seed, tokens)}
+    return {}

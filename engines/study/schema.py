@@ -30,6 +30,16 @@ class Grid(BaseModel):
     # Workload shared-prefix: P (shared prompt) and U (per-completion suffix); batch is N, output_len G.
     shared_len: list[int] | None = None
     suffix_len: list[int] | None = None
+    # Workload needle: where the fact is planted, in % of the haystack's tokens (an extra axis of each cell).
+    depth: list[int] | None = None
+
+    @field_validator("depth", mode="before")
+    @classmethod
+    def _depth(cls, value: Any) -> list[int] | None:
+        try:
+            return None if value is None else parse_axis(value, "depth", minimum=0, maximum=100)
+        except GridError as exc:
+            raise GridError(f"{exc} (--depth takes percentages from 0 to 100, e.g. 0:101:25)") from None
 
     @field_validator("batch", "input_len", "output_len", "shared_len", "suffix_len", mode="before")
     @classmethod
@@ -45,12 +55,16 @@ class Grid(BaseModel):
 
     def count(self) -> int:
         """Cells in the grid, without building them."""
-        n = len(self.batch) * len(self.output_len)
+        n = len(self.batch) * len(self.output_len) * len(self.depth or [0])
         if self.shared_len is None:
             return n * len(self.input_len)
         return n * len(self.shared_len) * len(self.suffix_len or [32])
 
     def cells(self) -> list[Cell]:
+        if self.depth is not None:  # needle: depth rides along as an extra axis
+            check_cells(self.count())
+            return [Cell(c.batch, c.input_len, c.output_len, (("depth", d),))
+                    for c in cells(self.batch, self.input_len, self.output_len) for d in self.depth]
         if self.shared_len is None:
             return cells(self.batch, self.input_len, self.output_len)
         # input_len = P + U keeps tables and OOM dominance meaningful; P and U ride along as extra axes.
@@ -97,6 +111,8 @@ class EngineRun(BaseModel):
 
 
 WORKLOADS = ("synthetic", "humaneval", "jsonl", "shared-prefix", "fim", "needle")
+NEEDLE_DEPTHS = [0, 25, 50, 75, 100]  # a needle study's depths when none are given: the usual heat map's rows
+DEFAULT_DEPTH = 50  # a needle cell without a depth (a study file written by hand)
 SCHEDULES = ("interleaved", "sequential")
 MIN_MEM_LIMIT = 64 * 2**20  # below this a worker cannot even import its engine
 MAX_RUNS = 256
@@ -232,6 +248,12 @@ class StudySpec(BaseModel):
             raise ValueError("--shared-len/--suffix-len need --workload shared-prefix")
         if self.workload.kind == "jsonl" and not self.workload.path:
             raise ValueError("workload jsonl needs a file: --workload jsonl:FILE")
+        needle = self.workload.kind == "needle"
+        if self.grid is not None and self.grid.depth is not None and not needle:
+            raise ValueError("--depth needs --workload needle")
+        if self.grid is not None and needle and self.grid.depth is None:
+            self.grid.depth = list(NEEDLE_DEPTHS)
+            check_cells(self.grid.count())
         return self
 
     @field_validator("device")

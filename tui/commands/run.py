@@ -76,6 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shared-len", help="shared-prefix: shared prompt tokens P, e.g. 1024:16385:x2")
     p.add_argument("--completions", help="shared-prefix: completions N per prompt (the batch axis), e.g. 32:257:x2")
     p.add_argument("--suffix-len", help="shared-prefix: per-completion suffix tokens U (default 32)")
+    p.add_argument("--context", help="needle: context lengths in tokens (its --input-len), e.g. 1024:32769:x2")
+    p.add_argument("--depth", help="needle: where the fact sits, %% of the haystack, e.g. 0:101:25 (default)")
     p.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="engine option for every run, e.g. --opt n_threads=2 (repeatable)")  # fmt: skip
     p.add_argument("--batch", help="batch sizes, e.g. 1,2,4 or 1:65:x2")
@@ -214,6 +216,23 @@ def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
         raise UsageError("--workload shared-prefix takes --shared-len and --suffix-len instead of --input-len")
     if args.workload and args.workload.startswith("jsonl") and ":" not in args.workload:
         raise UsageError("--workload jsonl needs a file: --workload jsonl:FILE")
+    needle_axes(args, base, grid)
+
+
+def needle_axes(args: argparse.Namespace, base: dict, grid: dict) -> None:
+    """needle: --context is its input-length axis, --depth its extra axis (checked by the study: 0..100)."""
+    from engines.base import SpecError as UsageError
+
+    context, depth = getattr(args, "context", None), getattr(args, "depth", None)
+    needle = (args.workload or "") == "needle" or (base.get("workload") or {}).get("kind") == "needle"
+    if context is not None:
+        if not needle:
+            raise UsageError("--context is the needle workload's length axis: add --workload needle, or use --input-len")
+        if args.input_len is not None:
+            raise UsageError("--context and --input-len are the same axis for --workload needle: give one")
+        grid["input_len"] = context
+    if depth is not None:
+        grid["depth"] = depth
 
 
 def run(args: argparse.Namespace) -> int:
