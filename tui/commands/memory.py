@@ -126,17 +126,17 @@ def _print(results: list, grids: dict[str, list], engines: list, projected: int 
     for r in results:
         for g in grids[r.id]:
             if not shown_legend:  # the same words under every grid would bury them
-                console.print(Text(legend(g), style="dim"))
+                console.print(Text(legend(g), style="dim"), soft_wrap=True)
                 shown_legend = True
             t = boundary_table(g, with_legend=False)
             notes, t.notes = t.notes, []
             console.print(rich_table(t))
-            for line in notes:
-                console.print(Text(line))
+            for line in notes:  # whole lines: a script greps them
+                console.print(Text(line), soft_wrap=True)
             if projected is not None:
                 would = [fc for fc in g.cells.values() if fc.status == "oom" and fc.fits_projected]
                 for fc in would:
                     console.print(Text(f"  b={fc.batch} in={fc.input_len} out={fc.output_len} ran out of memory "
                                        f"here and is predicted to fit on a {gib(projected, 0)} GiB card "
-                                       f"({gib(fc.predicted)} GiB predicted)"))  # fmt: skip
+                                       f"({gib(fc.predicted)} GiB predicted)"), soft_wrap=True)  # fmt: skip
     sys.stdout.flush()

@@ -21,10 +21,11 @@ from textual.widgets import DataTable, Static, TabbedContent, TabPane
 from store.safe import LINE, NAME, shown
 from store.vocabulary import FORMATS, METRICS
 from tui.status import TABLE_STYLE
+from tui.widgets.boundary_map import BoundaryMap
 from tui.widgets.footer import Footer
 from tui.widgets.plot import Plot
 
-TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem")
+TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem", "tab-fit")
 
 
 def note_style(line: str) -> str:
@@ -40,11 +41,15 @@ class CompareScreen(Screen):
     BINDINGS = [
         Binding("m", "metric(1)", "Metric", tooltip="Next metric: tok/s, latency, TTFT, decode tok/s, peak memory"),
         Binding("b", "baseline(1)", "Baseline", tooltip="Next run as the baseline of the ratios"),
-        Binding("t", "next_tab", "View", tooltip="Next view: table, tok/s plot, speed-up map, memory plot"),
+        Binding("t", "next_tab", "View", tooltip="Next view: table, tok/s plot, speed-up map, memory plot, memory fit"),
         Binding("1", "tab(0)", "Table", show=False, tooltip="The comparison table"),
         Binding("2", "tab(1)", "tok/s plot", show=False, tooltip="tokens/s against batch size, a line per run"),
         Binding("3", "tab(2)", "Speed-up map", show=False, tooltip="Speed-up over batch x input length"),
         Binding("4", "tab(3)", "Memory plot", show=False, tooltip="Peak memory against batch size"),
+        Binding("5", "tab(4)", "Memory fit", show=False,
+                tooltip="Measured OK / OOM over batch x input, the predicted memory boundary and a projection"),
+        Binding("p", "projection", "Card size", show=False,
+                tooltip="Memory fit: project onto the next card size (24, 40, 48, 80, 141 GiB, off)"),
         Binding("e", "export", "Export", tooltip="Write CSV, Markdown, JSON or HTML"),
         Binding("y", "copy", "Copy MD", tooltip="Copy the comparison as a Markdown table to the clipboard"),
         Binding("escape", "back", "Back", tooltip="Back to where you came from"),
@@ -85,6 +90,9 @@ class CompareScreen(Screen):
                     yield Static(id="heat")
             with TabPane("4 Memory", id="tab-mem"):
                 yield Plot(id="plot-mem")
+            with TabPane("5 Memory fit", id="tab-fit"):
+                with VerticalScroll(id="fit-scroll"):
+                    yield BoundaryMap(id="fit-map")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -114,6 +122,7 @@ class CompareScreen(Screen):
         self.results = message.results
         self.floors, self.floor_note = message.floors
         self._render_all()
+        self.query_one(BoundaryMap).load(self.results)  # predictions do not change with metric or baseline
         self.refresh_bindings()  # metric, baseline, export and copy are live now
         if self.open_export:
             self.open_export = False
@@ -169,7 +178,7 @@ class CompareScreen(Screen):
     # --- actions -----------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("metric", "baseline", "export", "copy") and not self.results:
+        if action in ("metric", "baseline", "export", "copy", "projection") and not self.results:
             return None  # shown, greyed, until the runs are loaded
         if action == "back":
             return len(self.app.screen_stack) > 1
@@ -188,6 +197,10 @@ class CompareScreen(Screen):
     def set_baseline(self, index: int) -> None:
         self.baseline = index
         self._render_all()
+
+    def action_projection(self) -> None:
+        self.query_one(BoundaryMap).next_size()
+        self.action_tab(TABS.index("tab-fit"))
 
     def action_next_tab(self) -> None:
         tabs = self.query_one("#cmp-tabs", TabbedContent)
