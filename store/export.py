@@ -21,6 +21,7 @@ from store.results import RunResult
 from store.safe import LINE, NAME, shown
 from store.significance import REPEAT_METRICS, Comparison, run_comparisons
 from store.tables import Table, cell_table, comparison_table, quality_table
+from store.workload_tables import workload_columns, workload_tables
 from store.vocabulary import FORMATS
 
 CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
@@ -29,7 +30,9 @@ CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "a
                "peak_nvml_bytes", "peak_bytes_per_rank", "repeats", "error",
                # tokens/s against the baseline run (store.significance), empty on the baseline's rows
                "baseline_run_id", "ratio", "ratio_ci_low", "ratio_ci_high", "significant", "ratio_method",
-               "ratio_reason", "flags"]  # fmt: skip
+               "ratio_reason", "flags",
+               # scored workloads (store.workload_tables): needle retrieval, fill-in-the-middle
+               "needle_accuracy", "fim_exact_match", "fim_edit_similarity"]  # fmt: skip
 
 
 def when(ts: float | None) -> str:
@@ -80,6 +83,7 @@ def to_csv(results: list[RunResult], baseline: int = 0, floors: dict[str, float]
                 len(c.get("repeats") or []), (c.get("error") or "").splitlines()[0] if c.get("error") else "",
                 *_ratio_columns(results[baseline].id, verdicts[n].get(r.cell_key(c))),
                 "; ".join(f"{f.get('code', '?')}: {f.get('reason', '')}" for f in cell_flags(c)),
+                *workload_columns(c),
             ])  # fmt: skip
     return buf.getvalue()
 
@@ -136,6 +140,8 @@ def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "toke
         out += [markdown_table(cell_table(r)), ""]
     for r in results:  # memory boundaries, where the cells carry predictions (store.boundary)
         out += [x for t in boundary_tables(r) for x in (markdown_table(t), "")]
+    for r in results:  # needle heat map, FIM scores (store.workload_tables)
+        out += [x for t in workload_tables(r) for x in (markdown_table(t), "")]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -175,6 +181,7 @@ def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_p
     tables += [quality_table(results, baseline)] if any(r.quality for r in results) else []
     tables += [cell_table(r) for r in results]
     tables += [t for r in results for t in boundary_tables(r)]
+    tables += [t for r in results for t in workload_tables(r)]
     body = "".join(_html_table(t) for t in tables)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>codebench-tui results</title><style>{_CSS}</style>"
             f"</head><body><h1>codebench-tui results</h1><ul>{items}</ul>{body}</body></html>\n")  # fmt: skip

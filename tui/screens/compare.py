@@ -23,6 +23,7 @@ from store.vocabulary import FORMATS, METRICS
 from tui.status import TABLE_STYLE
 from tui.widgets.boundary_map import BoundaryMap
 from tui.widgets.footer import Footer
+from tui.widgets.needle_map import NeedleMap
 from tui.widgets.plot import Plot
 
 TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem", "tab-fit")
@@ -88,6 +89,7 @@ class CompareScreen(Screen):
             with TabPane("3 Speed-up", id="tab-heat"):
                 with VerticalScroll(id="heat-scroll"):
                     yield Static(id="heat")
+                    yield NeedleMap(id="needle-map")  # needle runs: retrieval over context x depth
             with TabPane("4 Memory", id="tab-mem"):
                 yield Plot(id="plot-mem")
             with TabPane("5 Memory fit", id="tab-fit"):
@@ -123,6 +125,7 @@ class CompareScreen(Screen):
         self.floors, self.floor_note = message.floors
         self._render_all()
         self.query_one(BoundaryMap).load(self.results)  # predictions do not change with metric or baseline
+        self.query_one(NeedleMap).load(self.results)  # nor does retrieval accuracy
         self.refresh_bindings()  # metric, baseline, export and copy are live now
         if self.open_export:
             self.open_export = False
