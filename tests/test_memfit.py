@@ -107,3 +107,24 @@ def test_float_byte_counts_from_an_import_are_read():
     db = memory_db()
     _run(db, "hf-generate", HOST_A, [("done", {**_mem(GIB, 0), "predicted_bytes": float(GIB)}, 2 * GIB, None)])
     assert fitted_constants(db) == {("hf-generate", "rss"): GIB}
+
+
+def test_vllm_engine_core_counts_on_the_cpu():
+    """vLLM keeps its weights and KV pool in its engine-core process: its peak adds to the worker's."""
+    db = memory_db()
+    w = RunWriter(db)
+    gid = w.begin_group({}, None)
+    rid = w.begin_run(group_id=gid, model="tiny", engine="vllm", label="vllm fp32", config={}, spec={}, host=HOST_A,
+                      cells_total=1, name=None)  # fmt: skip
+    w.set_runtime(rid, {}, "cpu")
+    w.add_cell(rid, 0, Cell(1, 32, 8), "done", result={
+        "repeats": [{"latencies_s": [0.1], "ttft_s": [0.01], "tokens": [8]}], "peak_rss_bytes": GIB,
+        "metrics": {"memory": _mem(3 * GIB, 0), "last_extra": {"vllm_procs_peak_rss_bytes": 2 * GIB}}})  # fmt: skip
+    w.add_cell(rid, 1, Cell(2, 32, 8), "done", result={
+        "repeats": [{"latencies_s": [0.1], "ttft_s": [0.01], "tokens": [8]}], "peak_rss_bytes": GIB,
+        "metrics": {"memory": _mem(3 * GIB, 0), "last_extra": {"vllm_procs_peak_rss_bytes": "2 GiB"}}})  # fmt: skip
+    w.commit()
+    w.close()
+    rows = error_rows(db)
+    assert [r["measured_bytes"] for r in rows] == [3 * GIB, GIB]  # a hostile figure counts as absent
+    assert rows[0]["error"] == 0.0

@@ -53,7 +53,10 @@ def test_setup_screen(snap_compare, store, size, monkeypatch):
     from engines import registry
     from tests.tui_support import fixed_engines
 
+    from engines.harness import memplan
+
     monkeypatch.setattr(registry, "ENGINES", fixed_engines())
+    monkeypatch.setattr(memplan, "device_total", lambda device: 64 << 30)  # the plan's memory line, any host
     path, _ = store
     assert snap_compare(app_for(path), terminal_size=size,
                         run_before=lambda p: settle(p, lambda a: bool(a.screen.choices)))  # fmt: skip

@@ -69,6 +69,17 @@ def summary_line(runs: list[Any]) -> str:
     return f"predicted peak: max {gib(s.peak)}{of}{oom}"
 
 
+def short_line(runs: list[Any]) -> str:
+    """summary_line for Setup's narrow plan panel: "memory: max 0.5 / 64.0 GiB, 3 predicted OOM"."""
+    from engines.harness.memplan import summarise
+
+    s = summarise(runs)
+    if s.peak is None:
+        return ""
+    cap = f" / {s.capacity / 2**30:.1f}" if s.capacity is not None else ""
+    return f"memory: max {s.peak / 2**30:.1f}{cap} GiB" + (f", {len(s.over)} predicted OOM" if s.over else "")
+
+
 _FITS: dict[tuple[str, str], dict[tuple[str, str], tuple[int, int]]] = {}  # (database, device) -> fitted constants
 
 
@@ -88,6 +99,6 @@ def setup_line(model: str, runs: list[Any], cells: list[tuple[int, int, int]], d
         grid = [Cell(b, i, o) for b, i, o in cells]
         fits = _FITS.get((str(db_path), device), {})
         total = device_total(device)
-        return summary_line([RunMemory(model.strip(), run, device, grid, total, limit, fits) for run in runs])
+        return short_line([RunMemory(model.strip(), run, device, grid, total, limit, fits) for run in runs])
     except Exception:  # a model reference the memory model cannot read must not break the form
         return ""

@@ -177,6 +177,9 @@ class SetupScreen(Screen):
                     rates, recent = engine_rates(session=s), recent_models(session=s)
             except Exception:  # no usable store: the estimate falls back to the defaults
                 rates, recent = {}, []
+            from tui.memory_plan import warm
+
+            warm(app.resolved_db_path(), device)  # fitted memory constants, read here and not on each keystroke
             self.post_message(self.Loaded(device, choices, rates, model_choices(recent)))
 
         self.run_worker(work, thread=True, exclusive=True, group="setup-load", exit_on_error=False)
@@ -465,10 +468,15 @@ class SetupScreen(Screen):
         env = shown(worker_env_text(form["worker_env"]), LINE)
         self.estimate_s = total
         loaded = "\nruns as loaded from the study file (pick options to replace them)" if self.loaded_runs else ""
+        from tui.memory_plan import setup_line
+
+        memory = setup_line(self.query_one("#model", Input).value, runs, cells, self.device,
+                            self.base.get("cell_mem_limit_bytes"), self.app.resolved_db_path())  # fmt: skip
         plan.update(Text.assemble((f"{len(runs)} run(s) × {len(cells)} cells = {len(runs) * len(cells)} cells", "bold"),
                                   f"\nabout {human_duration(total)} ({basis})\non {self.device}"
                                   + ("" if form["executor"] == "local" else f" via {shown(form['executor'], LINE)}")
-                                  + (f", {schedule}" if len(runs) > 1 else "") + (f"\nworker env: {env}" if env else ""),
+                                  + (f", {schedule}" if len(runs) > 1 else "") + (f"\nworker env: {env}" if env else "")
+                                  + (f"\n{shown(memory, LINE)}" if memory else ""),
                                   (loaded, "italic")))  # fmt: skip
 
     # --- the spec ----------------------------------------------------------------------------
