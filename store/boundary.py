@@ -144,8 +144,7 @@ def cell_text(c: FitCell | None, projection: bool) -> str:
 
 
 def legend(g: BoundaryGrid) -> str:
-    card = f"{gib(g.capacity)} GiB" if g.capacity else "an unknown size"
-    text = f"GiB predicted; ✗ predicted OOM on the run's card ({card})"
+    text = "GiB predicted; ✗ predicted OOM on the run's card (its size in the title)"
     if g.projected:
         text += f"; →✓ / →✗ fits / OOM on a {gib(g.projected, 0)} GiB card"
     return text + "; ! the prediction disagrees with what was measured"
@@ -153,7 +152,8 @@ def legend(g: BoundaryGrid) -> str:
 
 def grid_title(g: BoundaryGrid) -> str:
     extra = f" {g.params}" if g.params else ""
-    return f"memory boundary: {g.title} [{shown(g.run_id[:8])}] out={g.output_len}{extra}"
+    card = f"{gib(g.capacity)} GiB card" if g.capacity else "card of unknown size"
+    return f"memory boundary: {g.title} [{shown(g.run_id[:8])}] out={g.output_len}{extra}, {card}"
 
 
 def boundary_table(g: BoundaryGrid, with_legend: bool = True) -> Table:

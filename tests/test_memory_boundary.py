@@ -236,3 +236,35 @@ def test_compare_memory_fit_view(snap_compare, seed):
 
     assert snap_compare(app_for(seed), terminal_size=(100, 30),
                         run_before=compare_before([FLASH, EAGER], ("5", "p", "p", "p", "p")))  # fmt: skip
+
+
+def test_memory_fit_view_on_hostile_runs(tmp_path, utc):  # noqa: F811
+    """Hostile labels, statuses and stored predictions reach the view as visible text, never as escapes."""
+    import asyncio
+
+    from tests.test_tui_snapshots import app_for, settle
+    from tests.tui_support import screen_output, visible
+    from tui.screens.compare import CompareScreen
+
+    path = tmp_path / "hostile.db"
+    ids = fill_hostile_store(path, hostile_id=False)
+    con = sqlite3.connect(path)
+    with con:
+        con.execute("update cell set metrics=? where run_id=?", (json.dumps({"memory": {
+            "predicted_bytes": 2 * GIB, "basis": hostile("B"), "capacity_bytes": GIB}}), ids[1]))  # fmt: skip
+    con.close()
+
+    async def main() -> str:
+        app = app_for(path)
+        async with app.run_test(size=(120, 60)) as pilot:
+            await app.push_screen(CompareScreen(ids))
+            await settle(pilot, lambda a: bool(getattr(a.screen, "results", None)))
+            await pilot.press("5", "p")
+            await settle(pilot)
+            return screen_output(app)
+
+    out = asyncio.run(main())
+    assert not leaks(out)
+    text = visible(out)
+    assert "projection 24 GiB" in text and "1.0 GiB card" in text
+    assert "ok 2.0 ✗ →✓ !" in text and "OOM 2.0 ✗ →✓ " in text  # 2 GiB on a 1 GiB card: ran (!), OOM (agrees)
