@@ -212,8 +212,6 @@ class StudySpec(BaseModel):
     cell_mem_limit_bytes: int | None = Field(None, ge=MIN_MEM_LIMIT, le=2**50)  # 64 MiB .. 1 PiB
     # Cells the memory model (engines.harness.memplan) predicts not to fit are skipped, never started.
     skip_predicted_oom: bool = Field(False, strict=True)  # strict: "yes" or 1 in a study file is an error
-    # Cells the memory model (engines.harness.memplan) predicts not to fit are skipped, never started.
-    skip_predicted_oom: bool = Field(False, strict=True)  # strict: "yes" or 1 in a study file is an error
     cell_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, allow_inf_nan=False)
     load_timeout_s: float | None = Field(None, gt=0, le=30 * 86400, allow_inf_nan=False)  # per worker start
     quality: QualitySpec | None = None
