@@ -164,3 +164,28 @@ def test_tiny_on_the_cpu_predicted_against_measured(tmp_path):
     fits = fitted(store)
     assert {engine for engine, _ in fits} == set(engines) and all(n == 4 for _, n in fits.values())
     store.close()
+
+
+def test_interleaved_runs_hold_memory_beside_each_other(monkeypatch):
+    """Interleaved runs share the device: on a GPU the others' caching allocators keep their peak of the cell, so
+    eager b=2 in=8192 fits an 80 GiB card alone (61 GiB + an 18 GiB block) but not beside sdpa-flash's 16 GiB."""
+    study = {"model": "starcoder2-7b:random", "device": "cuda",
+             "runs": [{"engine": "hf-generate", "precision": "bf16", "attention": a} for a in ("eager", "sdpa-flash")],
+             "grid": {"batch": [2], "input_len": [4096, 8192], "output_len": [16]}}  # fmt: skip
+    card = 80 * GIB
+    monkeypatch.setattr("engines.harness.memplan.device_total", lambda device: card)  # no GPU here
+    interleaved = plan(build_spec(study), "cuda:0")
+    alone = plan(build_spec({**study, "schedule": "sequential"}), "cuda:0")
+    eager, flash = interleaved
+    assert [e["fits"] for e in alone[0].entries()] == [True, True]
+    assert [e["fits"] for e in eager.entries()] == [True, False]
+    assert eager.entry(1)["held_beside_bytes"] == flash.held(1) == flash.entry(1)["predicted_bytes"]
+    assert eager.entry(1)["capacity_bytes"] == card - flash.held(1)
+    eager.alone()  # the study fell back to sequential
+    assert eager.entry(1)["fits"] is True and "held_beside_bytes" not in eager.entry(1)
+    # a run whose own cell cannot fit empties its cache after the OOM: beside it, only its loaded model stays
+    big = plan(build_spec({**study, "grid": {"batch": [8], "input_len": [16384], "output_len": [16]}}), "cuda:0")
+    assert big[0].held(0) == big[0].entry(0)["weights"] + big[0].entry(0)["constant"]
+    # on the CPU large blocks go back to the system: the others hold their loaded model only
+    cpu = plan(build_spec({**study, "device": "cpu"}), "cpu")
+    assert cpu[0].beside and cpu[1].held(1) == cpu[1].entry(1)["weights"] + cpu[1].entry(1)["constant"]

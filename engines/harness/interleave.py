@@ -202,6 +202,8 @@ class Interleaved:
         for lane in lanes:
             self.writer.update_runtime(lane.run_id, {"schedule": "sequential"})
         self.result.run_ids.clear()
+        for planned in self.r._mem_plan:
+            planned.alone()
         self.r._sequential(self.device, self.host, self.writer, self.sampler, self.result,
                            run_ids=[lane.run_id for lane in lanes])  # fmt: skip
 

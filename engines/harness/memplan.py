@@ -61,7 +61,16 @@ class RunMemory:
     total: int | None  # the device's memory, None where unknown
     limit: int | None  # --cell-mem-limit
     fitted: dict[tuple[str, str], tuple[int, int]] = field(default_factory=dict)
+    # Interleaved runs loaded beside this one on the same device: a worker's caching allocator keeps what its
+    # last cell reserved, so while this run measures cell i the others hold about their own peak of cell i.
+    beside: list["RunMemory"] = field(default_factory=list)
     _entries: dict[int, dict[str, Any] | None] = field(default_factory=dict)
+    _peaks: dict[int, Any] = field(default_factory=dict)
+
+    def alone(self) -> None:
+        """The study fell back to one run at a time: the others no longer hold memory beside this one."""
+        self.beside = []
+        self._entries.clear()
 
     def entry(self, index: int) -> dict[str, Any] | None:
         """metrics["memory"] of cell `index`: the prediction, capacity_bytes, fits, constant_source; None where
@@ -70,30 +79,65 @@ class RunMemory:
             self._entries[index] = self._predict(index)
         return self._entries[index]
 
+    def loaded(self, index: int) -> int:
+        """The loaded model: weights and the per-engine constant."""
+        pred = self._prediction(index)
+        return pred.weights + pred.constant if pred is not None else 0
+
+    def held(self, index: int) -> int:
+        """What this run's worker holds while another interleaved run measures cell `index`: on a GPU the caching
+        allocator keeps its peak of that cell (unless the cell ran out of memory: the worker then empties the
+        cache); on the CPU large blocks go back to the system, so only the loaded model stays."""
+        pred = self._prediction(index)
+        if pred is None:
+            return 0
+        loaded = self.loaded(index)
+        if pred.basis != "gpu":
+            return loaded
+        alone = self.total * max(1, int(self.run.tp or 1)) if self.total is not None else None
+        return pred.total if pred.fits(alone) is not False else loaded
+
     def _predict(self, index: int) -> dict[str, Any] | None:
+        pred = self._prediction(index)
+        if pred is None:
+            return None
+        fit = self.fitted.get((self.run.engine, pred.basis))
+        source = f"fitted ({fit[1]} cells)" if fit else "default"
+        size = max(1, int(self.run.tp or 1))
+        total = self.total * size if self.total is not None else None
+        capacity = total
+        if capacity is not None and self.beside:
+            capacity = max(0, capacity - sum(other.held(index) for other in self.beside))
+        if self.limit is not None:
+            loaded = pred.weights + pred.constant
+            capacity = loaded + self.limit if capacity is None else min(capacity, loaded + self.limit)
+        out = {**pred.to_dict(), "capacity_bytes": capacity, "fits": pred.fits(capacity), "constant_source": source}
+        if self.beside:
+            out["held_beside_bytes"] = sum(other.held(index) for other in self.beside)
+        return out
+
+    def _prediction(self, index: int) -> Any:
+        if index not in self._peaks:
+            self._peaks[index] = self._compute(index)
+        return self._peaks[index]
+
+    def _compute(self, index: int) -> Any:
         info = registry.ENGINES.get(self.run.engine)
         if info is None:
             return None
         basis = memory.basis_of(self.device)
         size = max(1, int(self.run.tp or 1))
         fit = self.fitted.get((self.run.engine, basis))
-        constant, source = (fit[0], f"fitted ({fit[1]} cells)") if fit else (None, "default")
+        constant = fit[0] if fit else None
         if constant is None and size > 1:  # one worker process (interpreter, libraries) per rank
             constant = memory.default_constant(self.run.engine, basis) * size
         total = self.total * size if self.total is not None else None
         cell = self.cells[index]
         positions = memory.llama_positions(self.cells[: index + 1], self.run.options) if info.reads_gguf else None
         try:
-            pred = memory.predict(self.model, self.run, cell, info, self.device, constant, total, positions)
+            return memory.predict(self.model, self.run, cell, info, self.device, constant, total, positions)
         except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError):  # a model config we cannot read
             return None
-        if pred is None:
-            return None
-        capacity = total
-        if self.limit is not None:
-            loaded = pred.weights + pred.constant
-            capacity = loaded + self.limit if total is None else min(total, loaded + self.limit)
-        return {**pred.to_dict(), "capacity_bytes": capacity, "fits": pred.fits(capacity), "constant_source": source}
 
     def entries(self) -> list[dict[str, Any] | None]:
         return [self.entry(i) for i in range(len(self.cells))]
@@ -118,8 +162,14 @@ def plan(spec: StudySpec, device: str, fits: dict[tuple[str, str], tuple[int, in
     False where the runs execute elsewhere (a Ray node): predicted, but fits stays None."""
     cells = spec.cells()
     total = device_total(device) if known_capacity else None
-    return [RunMemory(spec.model, run, device, cells, total, spec.cell_mem_limit_bytes, dict(fits or {}))
+    runs = [RunMemory(spec.model, run, device, cells, total, spec.cell_mem_limit_bytes, dict(fits or {}))
             for run in spec.runs]  # fmt: skip
+    if spec.schedule == "interleaved" and len(runs) > 1 and known_capacity and total is not None and cells:
+        loaded = sum(rm.loaded(0) for rm in runs)
+        if loaded <= total:  # else the runner falls back to one run at a time (engines.harness.interleave.fits)
+            for rm in runs:
+                rm.beside = [other for other in runs if other is not rm]
+    return runs
 
 
 @dataclass
