@@ -70,6 +70,17 @@ class BoundaryGrid:
     input_lens: list[int] = field(default_factory=list)
     cells: dict[tuple[int, int], FitCell] = field(default_factory=dict)
 
+    @property
+    def unit(self) -> tuple[str, int, int]:
+        """(name, bytes, decimals) the grid's predictions are shown in: MiB where every one is under 1 GiB (tiny
+        models, where GiB would print 0.5 in every cell)."""
+        peaks = [c.predicted for c in self.cells.values() if c.predicted is not None]
+        return ("GiB", GIB, 1) if not peaks or max(peaks) >= GIB else ("MiB", 2**20, 0)
+
+    def size(self, value: int | None) -> str:
+        name, scale, digits = self.unit
+        return "-" if value is None else f"{value / scale:,.{digits}f}"
+
     def counts(self) -> dict[str, int]:
         """How the prediction did on the run's card, and what the projection changes."""
         cs = list(self.cells.values())
@@ -128,12 +139,12 @@ def grids_of(result: RunResult, projected: int | None = None) -> list[BoundaryGr
     return list(grids.values())
 
 
-def cell_text(c: FitCell | None, projection: bool) -> str:
+def cell_text(c: FitCell | None, projection: bool, g: "BoundaryGrid | None" = None) -> str:
     """`ok 25.6 ✗ →✓ !`: measured status, predicted GiB, ✗ when predicted OOM on the run's card, the projected
     card's verdict, ! where the prediction contradicts the measurement."""
     if c is None:
         return ""
-    parts = ["ok" if c.status == "done" else status_mark(c.status), gib(c.predicted)]
+    parts = ["ok" if c.status == "done" else status_mark(c.status), g.size(c.predicted) if g else gib(c.predicted)]
     if c.fits is False:
         parts.append("✗")
     if projection:
@@ -144,7 +155,7 @@ def cell_text(c: FitCell | None, projection: bool) -> str:
 
 
 def legend(g: BoundaryGrid) -> str:
-    text = "GiB predicted; ✗ predicted OOM on the run's card (its size in the title)"
+    text = "predicted peak (in the unit its title names); ✗ predicted OOM on the run's card (its size in the title)"
     if g.projected:
         text += f"; →✓ / →✗ fits / OOM on a {gib(g.projected, 0)} GiB card"
     return text + "; ! the prediction disagrees with what was measured"
@@ -153,7 +164,7 @@ def legend(g: BoundaryGrid) -> str:
 def grid_title(g: BoundaryGrid) -> str:
     extra = f" {g.params}" if g.params else ""
     card = f"{gib(g.capacity)} GiB card" if g.capacity else "card of unknown size"
-    return f"memory boundary: {g.title} [{shown(g.run_id[:8])}] out={g.output_len}{extra}, {card}"
+    return f"memory boundary: {g.title} [{shown(g.run_id[:8])}] out={g.output_len}{extra}, {card} ({g.unit[0]})"
 
 
 def boundary_table(g: BoundaryGrid, with_legend: bool = True) -> Table:
@@ -163,7 +174,7 @@ def boundary_table(g: BoundaryGrid, with_legend: bool = True) -> Table:
     rows, styles = [], []
     for b in g.batches:
         cells = [g.cells.get((b, i)) for i in g.input_lens]
-        rows.append([f"b={b}"] + [cell_text(c, projection) for c in cells])
+        rows.append([f"b={b}"] + [cell_text(c, projection, g) for c in cells])
         styles.append([""] + [(c.status if c else "missing") for c in cells])
     notes = [legend(g)] if with_legend else []
     n = g.counts()

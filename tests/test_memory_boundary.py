@@ -197,14 +197,14 @@ def test_grid_marks_the_boundary_and_disagreements():
     assert grids_of(cpu)[0].cells[(1, 1024)].fits is True
 
 
-def test_store_fit_rule_is_the_models():
+def test_store_fit_rule_is_the_models(seed):
     """store.boundary restates Prediction.fits on stored figures: both agree on every seed 001 cell."""
     from store.boundary import fits_on
     from store.db import open_db
     from store.results import load_results
     from tui.predictions import predict_cell, run_capacity
 
-    db = open_db(SEED, create=False)
+    db = open_db(seed, create=False)  # a copy: opening sets the file's journal mode
     (r,) = load_results(db, [EAGER])
     for cap in (24 * GIB, 80 * GIB, 141 * GIB):
         for c in r.cells:

@@ -130,6 +130,8 @@ def _print(results: list, grids: dict[str, list], engines: list, projected: int 
                 shown_legend = True
             t = boundary_table(g, with_legend=False)
             notes, t.notes = t.notes, []
+            console.print(Text(t.title, style="bold"), soft_wrap=True)  # whole: a narrow grid would wrap its title
+            t.title = ""
             console.print(rich_table(t))
             for line in notes:  # whole lines: a script greps them
                 console.print(Text(line), soft_wrap=True)

@@ -23,7 +23,7 @@ GIB = 2**30
 PREDICTED_OOM = "on grey30"  # the shaded region: predicted not to fit on the run's own card
 
 
-def cell_text(c: FitCell | None, projection: bool) -> Text:
+def cell_text(c: FitCell | None, projection: bool, g: Any = None) -> Text:
     from store.tables import status_mark
 
     if c is None:
@@ -31,7 +31,7 @@ def cell_text(c: FitCell | None, projection: bool) -> Text:
     word = "ok" if c.status == "done" else status_mark(c.status)
     t = Text(style=PREDICTED_OOM if c.fits is False else "")
     t.append(word, style=STATUS_STYLE.get(c.status, ""))
-    t.append(" " + ("-" if c.predicted is None else f"{c.predicted / GIB:.1f}"))
+    t.append(" " + (g.size(c.predicted) if g is not None else "-" if c.predicted is None else f"{c.predicted / GIB:.1f}"))
     if c.fits is False:  # the shade says it too, but not on a terminal without colour
         t.append(" ✗", style="red")
     if projection:
@@ -59,7 +59,7 @@ def boundary_group(results: list[Any], projected: int | None) -> Group | Text:
             for i in g.input_lens:
                 t.add_column(str(i), justify="center", min_width=9)
             for b in g.batches:
-                t.add_row(Text(str(b), style="bold"), *(cell_text(g.cells.get((b, i)), projected is not None)
+                t.add_row(Text(str(b), style="bold"), *(cell_text(g.cells.get((b, i)), projected is not None, g)
                                                         for i in g.input_lens))  # fmt: skip
             n = g.counts()
             note = f"{n['disagree']} cell(s) where the prediction disagrees" if n["predicted"] else \
