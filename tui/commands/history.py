@@ -136,8 +136,13 @@ def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
     if not run_ids:
         return
     results = load_results(db, run_ids)
+    from store.workload_tables import workload_tables
+
+    scored = [t for r in results for t in workload_tables(r)]  # needle heat map, FIM scores
     if len(results) == 1:
         print_replay(console, results[0], cell_table(results[0]))
+        for t in scored:
+            console.print(rich_table(t))
         return
     from store.tables import quality_table
 
@@ -146,6 +151,8 @@ def show_group(console: Console, db: Database, run_ids: list[str]) -> None:
         console.print(rich_table(comparison_table(results, floors=floors, floor_note=note)))
     if any(r.quality for r in results):
         console.print(rich_table(quality_table(results)))
+    for t in scored:
+        console.print(rich_table(t))
     chart = tokens_chart(results, width=min(console.width, 100))
     if chart:
         console.print(chart)
