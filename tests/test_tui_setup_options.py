@@ -169,6 +169,28 @@ async def test_schedule_and_worker_env_round_trip_through_a_study_file(store, tm
 
 
 @aio
+async def test_skip_predicted_oom_round_trips_through_the_form(store, tmp_path, fixed_registry):
+    """The study file's skip_predicted_oom shows in the "pred. OOM" picker, and the picker decides the spec."""
+    from textual.widgets import Select
+
+    path, _ = store
+    study = tmp_path / "study.json"
+    study.write_text(json.dumps({"model": "tiny", "runs": [{"engine": "hf-generate"}], "skip_predicted_oom": True}))
+    app = _app(path)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(pilot, lambda a: bool(a.screen.choices))
+        setup = app.screen
+        assert setup.build().skip_predicted_oom is False  # the default runs them: a prediction is not a verdict
+        assert setup.load_file(str(study))
+        await pilot.pause(0.3)
+        picker = setup.query_one("#predicted-oom", Select)
+        assert picker.value == "skip" and setup.build().skip_predicted_oom is True
+        picker.value = "run"
+        await pilot.pause(0.2)
+        assert setup.build().skip_predicted_oom is False
+
+
+@aio
 async def test_history_table_keys_select_and_sort(store):
     from tui.widgets.runtable import RunTable
 

@@ -256,14 +256,15 @@ def clock(seconds: float | None) -> str:
 
 def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict[str, list[int]],
                 timing: dict[str, int], name: str, device: str, executor: str = "local",
-                schedule: str = "interleaved", worker_env: dict[str, str] | None = None) -> Any:  # fmt: skip
+                schedule: str = "interleaved", worker_env: dict[str, str] | None = None,
+                skip_predicted_oom: bool = False) -> Any:  # fmt: skip
     """The StudySpec the CLI would build: the same pydantic model, the same validation."""
     from engines.study.schema import build_spec
 
     data = dict(base)
     data.update(model=model.strip(), runs=[r.model_dump() for r in runs], grid=grid, timing=timing,
                 name=name.strip() or None, device=device, executor=executor, schedule=schedule,
-                worker_env=worker_env or {})  # fmt: skip
+                worker_env=worker_env or {}, skip_predicted_oom=skip_predicted_oom)  # fmt: skip
     return build_spec(data)
 
 

@@ -28,6 +28,7 @@ from tui.widgets.footer import Footer
 from tui.widgets.picker import AxisPicker
 
 DEVICES = [("auto", "auto"), ("cpu", "cpu"), ("cuda", "cuda")]
+PREDICTED_OOM = [("run them", "run"), ("skip them", "skip")]  # cells the memory model predicts not to fit
 SCHEDULES = [("interleaved", "interleaved"), ("sequential", "sequential")]  # runs take turns per repeat, or one after another
 GRID_FIELDS = (("batch", "batch sizes"), ("input_len", "input lengths"), ("output_len", "output lengths"))
 TIMING_FIELDS = (("warmup", "warm-up", 0), ("iters", "iters", 1), ("repeats", "repeats", 1))
@@ -120,6 +121,9 @@ class SetupScreen(Screen):
                     with Horizontal(classes="field"):
                         yield Label("schedule", classes="field-label")
                         yield Select(SCHEDULES, value="interleaved", id="schedule", compact=True, allow_blank=False)
+                    with Horizontal(classes="field"):
+                        yield Label("pred. OOM", classes="field-label")
+                        yield Select(PREDICTED_OOM, value="run", id="predicted-oom", compact=True, allow_blank=False)
                     with Horizontal(classes="field"):
                         yield Label("env", classes="field-label")
                         yield Field("", id="worker-env", compact=True,
@@ -368,6 +372,7 @@ class SetupScreen(Screen):
                 model.value = event.value
 
     @on(Select.Changed, "#schedule")
+    @on(Select.Changed, "#predicted-oom")
     def _schedule_changed(self) -> None:
         self._refresh_plan()
 
@@ -499,7 +504,8 @@ class SetupScreen(Screen):
         return build_study(self.base, model=self.query_one("#model", Input).value, runs=runs, grid=form["grid"],
                            timing=form["timing"], name=self.query_one("#name", Input).value, device=device,
                            executor=form["executor"], schedule=str(self.query_one("#schedule", Select).value),
-                           worker_env=form["worker_env"])  # fmt: skip
+                           worker_env=form["worker_env"],
+                           skip_predicted_oom=self.query_one("#predicted-oom", Select).value == "skip")  # fmt: skip
 
     async def _validated(self) -> tuple[Any, Any] | None:
         """(spec, connected executor), or None after saying why; the preflight runs in a thread (a Ray
@@ -590,8 +596,9 @@ class SetupScreen(Screen):
         data = spec.model_dump()
         self.base = {k: v for k, v in data.items()
                      if k not in ("model", "runs", "grid", "timing", "name", "device", "executor", "schedule",
-                                  "worker_env")}  # fmt: skip
+                                  "worker_env", "skip_predicted_oom")}  # fmt: skip
         self.query_one("#schedule", Select).value = spec.schedule
+        self.query_one("#predicted-oom", Select).value = "skip" if spec.skip_predicted_oom else "run"
         self.query_one("#worker-env", Input).value = worker_env_text(spec.worker_env)
         self.query_one("#tp", Input).value = ",".join(str(t) for t in dict.fromkeys(r.tp for r in spec.runs)) or "1"
         self.query_one("#executor", Input).value = spec.executor
@@ -654,6 +661,7 @@ class SetupScreen(Screen):
         self.query_one("#model", Input).value = "tiny"
         self.query_one("#name", Input).value = ""
         self.query_one("#schedule", Select).value = "interleaved"
+        self.query_one("#predicted-oom", Select).value = "run"
         self.query_one("#worker-env", Input).value = ""
         for key, _ in GRID_FIELDS:
             self.query_one(f"#grid-{key}", Input).value = DEFAULTS[key]
