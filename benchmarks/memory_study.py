@@ -97,8 +97,8 @@ def _gib(n: int | None) -> str:
     return "-" if n is None else f"{n / GiB:.1f}"
 
 
-def report(db_path: str) -> str:
-    table = rows(db_path)
+def report(db_path: str, only: str = "") -> str:
+    table = [r for r in rows(db_path) if only in r["label"]]
     lines = ["| run | batch | input | status | predicted GiB | measured GiB | error | predicted fit |",
              "|---|---:|---:|---|---:|---:|---:|---|"]  # fmt: skip
     ran = within = 0
@@ -136,10 +136,11 @@ def main() -> int:
     p = sub.add_parser("report")
     p.add_argument("--db", required=True)
     p.add_argument("-o", "--output")
+    p.add_argument("--only", default="", help="runs whose label contains this, e.g. sliding_window=none")
     args = ap.parse_args()
     if args.cmd == "run":
         return cmd_run(args)
-    text = report(args.db)
+    text = report(args.db, args.only)
     print(text)
     if args.output:
         Path(args.output).write_text(text + "\n")
