@@ -181,6 +181,11 @@ def test_interleaved_runs_hold_memory_beside_each_other(monkeypatch):
     assert [e["fits"] for e in eager.entries()] == [True, False]
     assert eager.entry(1)["held_beside_bytes"] == flash.held(1) == flash.entry(1)["predicted_bytes"]
     assert eager.entry(1)["capacity_bytes"] == card - flash.held(1)
+    from engines.harness.memplan import fits_alone
+    from tui.memory_plan import plan_lines
+
+    assert fits_alone(eager.entry(1)) and not fits_alone(eager.entry(0))
+    assert any("1 of them would fit without the interleaved runs beside them" in line for line in plan_lines(interleaved))
     eager.alone()  # the study fell back to sequential
     assert eager.entry(1)["fits"] is True and "held_beside_bytes" not in eager.entry(1)
     # a run whose own cell cannot fit empties its cache after the OOM: beside it, only its loaded model stays

@@ -36,7 +36,7 @@ def plan_for(spec: Any, device: str, db_path: str | Path | None = None) -> list[
 
 def plan_lines(runs: list[Any]) -> list[str]:
     """Lines for `run --dry-run` and before a run: per run its predicted-OOM cells, then the largest peak."""
-    from engines.harness.memplan import gib
+    from engines.harness.memplan import fits_alone, gib
 
     out = []
     for rm in runs:
@@ -48,6 +48,10 @@ def plan_lines(runs: list[Any]) -> list[str]:
             more = f" and {len(over) - SHOWN_CELLS} more" if len(over) > SHOWN_CELLS else ""
             cap = over[0][1]["capacity_bytes"]
             out.append(f"{label}: {len(over)} cell(s) predicted OOM (> {gib(cap)}): {cells}{more}")
+            alone = sum(fits_alone(e) for _, e in over)
+            if alone:  # interleaving keeps the other runs' memory beside each cell
+                out.append(f"{label}: {alone} of them would fit without the interleaved runs beside them "
+                           "(--schedule sequential)")
         known = [e for e in entries if e is not None]
         if not known:
             out.append(f"{label}: peak memory not predicted (the model cannot be sized here)")

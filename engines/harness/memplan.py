@@ -50,6 +50,15 @@ def oom_reason(entry: dict[str, Any]) -> str:
     return f"predicted OOM: {need} > {gib(entry['capacity_bytes'])} (--skip-predicted-oom)"
 
 
+def fits_alone(entry: dict[str, Any]) -> bool:
+    """A predicted-OOM cell that would fit if the interleaved runs beside it were not holding memory."""
+    beside = entry.get("held_beside_bytes") or 0
+    if not beside or entry.get("fits") is not False or entry.get("capacity_bytes") is None:
+        return False
+    need = entry["predicted_bytes"] + (entry.get("largest_block") or 0 if entry.get("basis") == "gpu" else 0)
+    return need <= entry["capacity_bytes"] + beside
+
+
 @dataclass
 class RunMemory:
     """One run's predictions, cell by cell in grid order (llama.cpp's context depends on the cells before)."""
