@@ -23,19 +23,11 @@ GIB = 2**30
 
 
 def device_total(device: str) -> int | None:
-    """Total memory of `device`: NVML's on a GPU (no torch, no CUDA context), RAM on the CPU; None if unknown."""
-    if device.startswith("cuda"):
-        try:
-            import pynvml
+    """Total memory of `device`: NVML's on a GPU, RAM on the CPU; None if unknown (the plan says so)."""
+    from engines.models.footprint import device_memory
 
-            pynvml.nvmlInit()
-            index = int(device.split(":")[1]) if ":" in device else 0
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).total)
-        except Exception:  # no driver, no such GPU: the plan says "capacity unknown"
-            return None
-    import psutil
-
-    return int(psutil.virtual_memory().total)
+    mem = device_memory(device)
+    return mem[0] if mem else None
 
 
 def gib(n: int | None) -> str:

@@ -102,17 +102,26 @@ def estimate(model: str, run: EngineRun, cells: list[Cell], kv_cache: str = "per
     return weights + kv_bytes(model, cells, run.precision, kv_cache) + WORKER_OVERHEAD
 
 
-def free_bytes(device: str) -> int | None:
-    """Memory the runs can still take on `device`: available RAM on the CPU, NVML's free memory on a GPU."""
+def device_memory(device: str) -> tuple[int, int] | None:
+    """(total, free) bytes of `device`: NVML's on a GPU (no torch, no CUDA context), RAM total and available on
+    the CPU; None where NVML cannot tell (no driver, no such GPU)."""
     if device.startswith("cuda"):
         try:
             import pynvml
 
             pynvml.nvmlInit()
             index = int(device.split(":")[1]) if ":" in device else 0
-            return int(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index)).free)
+            info = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(index))
+            return int(info.total), int(info.free)
         except Exception:
             return None
     import psutil
 
-    return int(psutil.virtual_memory().available)
+    vm = psutil.virtual_memory()
+    return int(vm.total), int(vm.available)
+
+
+def free_bytes(device: str) -> int | None:
+    """Memory the runs can still take on `device`: available RAM on the CPU, NVML's free memory on a GPU."""
+    mem = device_memory(device)
+    return mem[1] if mem else None
