@@ -1,7 +1,7 @@
 """codebench's llama.cpp decode tokens/s against llama.cpp's own llama-bench and llama-batched-bench.
 
     python benchmarks/llamacpp_vs_llama_bench.py [--quants f32,q8_0,q4_0] [--threads 1,default]
-        [--batches 1,2,4] [--input-len 32] [--tokens 128] [--rounds 5] [--repeats 3] [--steps]
+        [--batches 1,2,4] [--input-len 32] [--tokens 128] [--rounds 5] [--repeats 3] [--per-graph] [--steps]
 
 The tools are built from the llama.cpp vendored in the installed llama-cpp-python's sdist
 (engines/adapters/llamacpp/tools.py, cached), tiny's GGUFs are the ones codebench writes (engines/adapters/llamacpp/gguf.py).
@@ -39,13 +39,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def codebench(quant: str, threads: str, batches: list[int], p: int, n: int, repeats: int, db: Path) -> dict:
-    """{batch: stored decode_tps} and the threads the run used, from one CLI run."""
+def codebench(quant: str, threads: str, batches: list[int], p: int, n: int, repeats: int, db: Path,
+              opts: tuple[str, ...] = ()) -> dict:  # fmt: skip
+    """{batch: stored decode_tps} and the threads the run used, from one CLI run (`opts`: more --opt K=V)."""
     cmd = [sys.executable, "-m", "tui.cli", "run", "--model", "tiny", "--engine", "llama.cpp", "--quant", quant,
            "--batch", ",".join(map(str, batches)), "--input-len", str(p), "--output-len", str(n + 1),
            "--warmup", "1", "--iters", "1", "--repeats", str(repeats), "--db", str(db), "--quiet"]  # fmt: skip
     if threads != "default":
         cmd += ["--opt", f"n_threads={threads}"]
+    for opt in opts:
+        cmd += ["--opt", opt]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"codebench run failed: {proc.stderr[-2000:]}")
@@ -116,6 +119,9 @@ def compare(a: argparse.Namespace) -> None:
                     "batched-bench": lambda: batched_bench(tools["llama-batched-bench"], ggufs[quant], threads,
                                                            a.batches, a.input_len, a.tokens, a.repeats),
                 }  # fmt: skip
+                if a.per_graph:  # llama-cpp-python's disposable threadpool per step, against the attached default
+                    sides["codebench per-graph"] = lambda: codebench(quant, threads, a.batches, a.input_len, a.tokens,
+                                                                     a.repeats, db, ("threadpool=per-graph",))
                 order = list(sides) if (r + a.quants.index(quant)) % 2 == 0 else list(sides)[::-1]
                 for side in order:
                     got = sides[side]()
@@ -152,6 +158,15 @@ def _table(a: argparse.Namespace, results: dict, used: dict) -> None:
                     print(f"{quant:<6} {label:>9} {b:>5} {tool:<13} {best:>6.3f} {med:>6.3f} {peak:>6.3f} "
                           f"{max(c):>8.1f} {statistics.median(c):>8.1f} {max(t):>9.1f} {statistics.median(t):>8.1f}")  # fmt: skip
     print(f"\nlowest best-of-rounds ratio: {worst:.3f} (target >= 0.97)")
+    if a.per_graph:
+        print("\ncodebench, attached threadpool (default) / per-graph (llama-cpp-python's): best, paired median")
+        for quant in a.quants:
+            for threads in a.threads:
+                cb, pg = results[(quant, threads, "codebench")], results[(quant, threads, "codebench per-graph")]
+                for b in a.batches:
+                    c, g = [x["tps"][b] for x in cb], [x["tps"][b] for x in pg]
+                    med = statistics.median(x / y for x, y in zip(c, g))
+                    print(f"{quant:<6} {threads:>9} {b:>5} {max(c) / max(g):>6.3f} {med:>6.3f}")
     print("threads 'def a/b': each side's own default, a = codebench's n_threads, b = the tool's")
 
 
@@ -309,6 +324,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=128, help="decode steps N (codebench generates N + 1 tokens)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--repeats", type=int, default=3, help="codebench repeats, llama-bench -r, batched-bench runs")
+    ap.add_argument("--per-graph", action="store_true",
+                    help="also run codebench with threadpool=per-graph (llama-cpp-python's disposable pool per step)")
     ap.add_argument("--steps", action="store_true", help="time the decode loop's per-step pieces instead")
     ap.add_argument("--loop", action="store_true", help="llama-bench's loop, the adapter and a bare loop in one process")
     a = ap.parse_args()

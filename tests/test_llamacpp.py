@@ -232,11 +232,33 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, engine):
         ({"flash_attn": "maybe"}, "cpu", "on, off or auto"),
         ({"type_k": "q2_k"}, "cpu", "type_k must be one of"),
         ({"type_v": "q8_0", "flash_attn": "off"}, "cpu", "quantized V cache"),
+        ({"threadpool": "\x1b[31mmine"}, "cpu", "threadpool must be attached or per-graph"),
     ],
 )
 def test_bad_options(options, device, match):
     with pytest.raises(SpecError, match=match):
         parse_options(options, device)
+
+
+def test_attached_threadpool_is_the_default_and_changes_no_token(tiny_model, prompts8):
+    """As llama.cpp's own tools do, each context gets a persistent CPU threadpool (two when n_threads_batch differs);
+    per-graph is llama-cpp-python's disposable pool per step. Same tokens either way; contexts regrow their pools."""
+    runs = {}
+    for pool, extra in (("attached", {}), ("per-graph", {}), ("attached", {"n_threads_batch": 2})):
+        eng = LlamaCpp({"quant": "q8_0", "options": {"n_threads": 1, "threadpool": pool, **extra}})
+        info = eng.load(str(tiny_model), "cpu")
+        try:
+            assert info.extra["threadpool"] == pool
+            pools = eng._pools
+            assert (pools is not None and pools.attached and len(pools.pools) == (2 if extra else 1)) == (pool == "attached")
+            runs[(pool, bool(extra))] = eng.generate(prompts8[:4], 8).tokens
+            long = synthetic_prompts(tiny_model / "tokenizer.json", 4, 300, seed=1)
+            eng.generate(long, 2)  # a bigger context: the old pools are detached and freed first
+            assert (eng._pools is not pools) == (pool == "attached")
+        finally:
+            eng.unload()
+        assert eng._pools is None
+    assert runs[("attached", False)] == runs[("per-graph", False)] == runs[("attached", True)]
 
 
 def test_kv_cache_type_and_flash_attention_options_run(tiny_model, prompts8):

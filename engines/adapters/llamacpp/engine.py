@@ -14,7 +14,9 @@ cores within the affinity mask); the two differ where an affinity mask is narrow
 
 Options (run.options): n_threads (default: llama.cpp's, above), n_threads_batch, n_batch, n_ubatch,
 n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
-type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, n_ctx (total positions;
+type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, threadpool (attached, the default: one
+persistent CPU threadpool per context as llama.cpp's own tools attach; per-graph: llama-cpp-python's default,
+a disposable pool per decode step), n_ctx (total positions;
 default: grown to fit each cell, n_seq x per-sequence length, during warm-up), repack (on/off/auto:
 llama.cpp's weight repacking into extra buffer types such as AMX; auto = off on CPUs with AMX,
 whose quantized kernels crash llama.cpp 0.3.36's build on tiny, else on).
@@ -33,6 +35,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from engines.adapters.llamacpp import gguf as gguf_convert
+from engines.adapters.llamacpp.threadpool import Threadpools
 from engines.adapters.llamacpp.tools import default_threads
 from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory, SpecError
 
@@ -43,7 +46,7 @@ _KV_TYPES = {
 }
 _FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
 OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "flash_attn", "type_k", "type_v",
-           "n_ctx", "kv_unified", "split_mode", "repack")  # fmt: skip
+           "n_ctx", "kv_unified", "split_mode", "repack", "threadpool")  # fmt: skip
 _SPLIT = {"layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}  # --tp N: how N GPUs share the model
 _CTX_MIN = 256  # per-sequence context the first cell gets before it grows
 
@@ -101,6 +104,9 @@ def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     if repack not in ("auto", "on", "off", True, False):
         raise SpecError(f"llama.cpp repack must be on, off or auto, got {repack!r}")
     o["repack"] = {True: "on", False: "off"}.get(repack, repack)
+    pool = o.setdefault("threadpool", "attached")
+    if pool not in ("attached", "per-graph"):
+        raise SpecError(f"llama.cpp threadpool must be attached or per-graph, got {pool!r}")
     return o
 
 
@@ -139,6 +145,7 @@ class LlamaCpp(Engine):
         self.n_ctx = 0  # positions, shared by the sequences
         self.opts: dict[str, Any] = {}
         self.gguf_path = ""
+        self._pools: Threadpools | None = None
 
     # --- load ---------------------------------------------------------------------------
 
@@ -194,6 +201,7 @@ class LlamaCpp(Engine):
                 "gguf_bytes": meta["bytes"],
                 "convert_s": round(convert_s, 3),
                 "n_threads": self.opts["n_threads"],
+                "threadpool": "attached" if self._pools is not None and self._pools.attached else "per-graph",
                 "n_gpu_layers": self.opts["n_gpu_layers"],
                 **({"tp": {"size": tp, "split_mode": self.opts["split_mode"]}} if tp > 1 else {}),
                 "flash_attn": {-1: "auto", 0: "off", 1: "on"}[self.opts["flash_attn"]],
@@ -222,6 +230,8 @@ class LlamaCpp(Engine):
         self.ctx = ll.llama_init_from_model(self.model, p)
         if not self.ctx:
             raise OutOfMemory(f"llama.cpp could not create a context of {n_ctx} positions for {n_seq} sequences")
+        if o["threadpool"] == "attached":  # as llama.cpp's own tools do (engines/adapters/llamacpp/threadpool.py)
+            self._pools = Threadpools(self.ctx, o["n_threads"], o["n_threads_batch"])
         # llama.cpp may clamp n_ctx and n_batch (n_batch <= n_ctx): read back what it uses
         self.n_seq, self.n_ctx, self.n_batch = n_seq, ll.llama_n_ctx(self.ctx), ll.llama_n_batch(self.ctx)
         self.batch_cap = max(self.n_batch, n_seq)
@@ -406,6 +416,9 @@ class LlamaCpp(Engine):
 
     def _free_context(self) -> None:
         self._lv, self._lv_key = None, None
+        if self._pools is not None:  # detached while the context still exists
+            self._pools.close()
+            self._pools = None
         if self.batch is not None:
             ll.llama_batch_free(self.batch)
             self.batch = None
