@@ -44,6 +44,7 @@ def environment(run: dict[str, Any]) -> dict[str, str]:
         "Ray node": (host.get("ray") or {}).get("node_ip") if isinstance(host.get("ray"), dict) else None,
         "schedule": rt.get("schedule"),
         "llama.cpp threads": rt.get("n_threads"),
+        "llama.cpp threadpool": rt.get("threadpool"),
         "torch threads": rt.get("torch_threads"),
     }
     libs = {**(host.get("libraries") or {}), **(rt.get("versions") or {})}  # the worker's own report wins

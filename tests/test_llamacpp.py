@@ -352,3 +352,12 @@ def test_check_command_f32_agrees_fully_quantized_drift(capsys, tmp_path):
     assert f32["token_agreement"] == 1.0 and f32["prompts"] == 8 and f32["tokens"] == 256
     assert q4["token_agreement"] < 1.0 and q4["first_divergence_min"] is not None
     assert code == 1  # q4_0 is below --min-agreement 1.0
+
+
+def test_threadpool_choice_is_part_of_the_environment_compare_diffs():
+    from store.envdiff import environment
+
+    attached = environment({"runtime": {"n_threads": 2, "threadpool": "attached"}})
+    per_graph = environment({"runtime": {"n_threads": 2, "threadpool": "per-graph"}})
+    assert attached["llama.cpp threadpool"] == "attached" and per_graph["llama.cpp threadpool"] == "per-graph"
+    assert "llama.cpp threadpool" not in environment({"runtime": {"n_threads": 2}})  # runs stored before
