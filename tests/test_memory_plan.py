@@ -186,6 +186,12 @@ def test_interleaved_runs_hold_memory_beside_each_other(monkeypatch):
 
     assert fits_alone(eager.entry(1)) and not fits_alone(eager.entry(0))
     assert any("1 of them would fit without the interleaved runs beside them" in line for line in plan_lines(interleaved))
+    # Setup's plan line judges the same way: the picked schedule decides
+    from tui.memory_plan import setup_line
+
+    runs, cells = build_spec(study).runs, [(2, 4096, 16), (2, 8192, 16)]
+    assert setup_line("starcoder2-7b:random", runs, cells, "cuda:0", None, None, "interleaved").endswith("1 predicted OOM")
+    assert "predicted OOM" not in setup_line("starcoder2-7b:random", runs, cells, "cuda:0", None, None, "sequential")
     eager.alone()  # the study fell back to sequential
     assert eager.entry(1)["fits"] is True and "held_beside_bytes" not in eager.entry(1)
     # a run whose own cell cannot fit empties its cache after the OOM: beside it, only its loaded model stays

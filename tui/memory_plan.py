@@ -93,16 +93,19 @@ def warm(db_path: str | Path | None, device: str) -> None:
 
 
 def setup_line(model: str, runs: list[Any], cells: list[tuple[int, int, int]], device: str, limit: int | None,
-               db_path: str | Path | None = None) -> str:  # fmt: skip
+               db_path: str | Path | None = None, schedule: str = "sequential") -> str:  # fmt: skip
     """Setup's summary line: the largest predicted peak against this device and the predicted-OOM count; "" where
     nothing can be predicted (a model still being typed, a URL). Never raises: the form is half-typed."""
-    from engines.harness.memplan import RunMemory, device_total
+    from engines.harness.memplan import RunMemory, device_total, share_device
     from engines.study.grid import Cell
 
     try:
         grid = [Cell(b, i, o) for b, i, o in cells]
         fits = _FITS.get((str(db_path), device), {})
         total = device_total(device)
-        return short_line([RunMemory(model.strip(), run, device, grid, total, limit, fits) for run in runs])
+        planned = [RunMemory(model.strip(), run, device, grid, total, limit, fits) for run in runs]
+        if schedule == "interleaved":
+            share_device(planned)
+        return short_line(planned)
     except Exception:  # a model reference the memory model cannot read must not break the form
         return ""

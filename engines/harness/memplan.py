@@ -165,12 +165,20 @@ def plan(spec: StudySpec, device: str, fits: dict[tuple[str, str], tuple[int, in
     total = device_total(device) if known_capacity else None
     runs = [RunMemory(spec.model, run, device, cells, total, spec.cell_mem_limit_bytes, dict(fits or {}))
             for run in spec.runs]  # fmt: skip
-    if spec.schedule == "interleaved" and len(runs) > 1 and known_capacity and total is not None and cells:
-        loaded = sum(rm.loaded(0) for rm in runs)
-        if loaded <= total:  # else the runner falls back to one run at a time (engines.harness.interleave.fits)
-            for rm in runs:
-                rm.beside = [other for other in runs if other is not rm]
+    if spec.schedule == "interleaved" and known_capacity:
+        share_device(runs)
     return runs
+
+
+def share_device(runs: list[RunMemory]) -> None:
+    """Interleaved runs stay loaded side by side: each cell's capacity leaves room for what the others hold. Not
+    where their loaded models alone exceed the device: the runner then falls back to one run at a time
+    (engines.harness.interleave.fits)."""
+    if len(runs) < 2 or runs[0].total is None or not runs[0].cells:
+        return
+    if sum(rm.loaded(0) for rm in runs) <= runs[0].total:
+        for rm in runs:
+            rm.beside = [other for other in runs if other is not rm]
 
 
 @dataclass

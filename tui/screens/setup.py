@@ -476,7 +476,7 @@ class SetupScreen(Screen):
         from tui.memory_plan import setup_line
 
         memory = setup_line(self.query_one("#model", Input).value, runs, cells, self.device,
-                            self.base.get("cell_mem_limit_bytes"), self.app.resolved_db_path())  # fmt: skip
+                            self.base.get("cell_mem_limit_bytes"), self.app.resolved_db_path(), schedule)  # fmt: skip
         plan.update(Text.assemble((f"{len(runs)} run(s) × {len(cells)} cells = {len(runs) * len(cells)} cells", "bold"),
                                   f"\nabout {human_duration(total)} ({basis})\non {self.device}"
                                   + ("" if form["executor"] == "local" else f" via {shown(form['executor'], LINE)}")
