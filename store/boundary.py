@@ -94,11 +94,13 @@ class BoundaryGrid:
 
 
 def capacity_of(result: RunResult) -> int | None:
-    """The run's card as the runner stored it with the predictions, else None."""
+    """The run's card as the runner stored it with the predictions, else None. An interleaved run's cells were
+    judged against less (what the runs beside it held, held_beside_bytes): the card is the sum."""
     for c in result.cells:
-        cap = _bytes((memory_of(c.get("metrics")) or {}).get("capacity_bytes"))
+        mem = memory_of(c.get("metrics")) or {}
+        cap = _bytes(mem.get("capacity_bytes"))
         if cap:
-            return cap
+            return cap + (_bytes(mem.get("held_beside_bytes")) or 0)
     return None
 
 
@@ -109,7 +111,8 @@ class _Row:  # store.memfit.measured reads attributes of a CellRow; a result's c
 
 def fit_cell(cell: dict[str, Any], device: Any, capacity: int | None, projected: int | None) -> FitCell:
     mem = memory_of(cell.get("metrics"))
-    fits = fits_on(mem, capacity)
+    own = _bytes(mem.get("capacity_bytes")) if mem else None  # this cell's room, interleaved runs beside it
+    fits = fits_on(mem, own or capacity)
     if fits is None and mem and isinstance(mem.get("fits"), bool):  # the runner's verdict, where no size is stored
         fits = mem["fits"]
     basis = mem.get("basis") if mem and mem.get("basis") in ("gpu", "rss") else (
@@ -155,7 +158,7 @@ def cell_text(c: FitCell | None, projection: bool, g: "BoundaryGrid | None" = No
 
 
 def legend(g: BoundaryGrid) -> str:
-    text = "predicted peak (in the unit its title names); ✗ predicted OOM on the run's card (its size in the title)"
+    text = "predicted peak (in the unit its title names); ✗ predicted OOM on the run's card (its size in the title, less what interleaved runs held beside it)"
     if g.projected:
         text += f"; →✓ / →✗ fits / OOM on a {gib(g.projected, 0)} GiB card"
     return text + "; ! the prediction disagrees with what was measured"

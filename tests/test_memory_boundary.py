@@ -268,3 +268,23 @@ def test_memory_fit_view_on_hostile_runs(tmp_path, utc):  # noqa: F811
     text = visible(out)
     assert "projection 24 GiB" in text and "1.0 GiB card" in text
     assert "ok 2.0 ✗ →✓ !" in text and "OOM 2.0 ✗ →✓ " in text  # 2 GiB on a 1 GiB card: ran (!), OOM (agrees)
+
+
+def test_interleaved_cells_are_judged_against_their_own_room(tmp_path):
+    """The 2026-12-06 H100 interleaved study: eager b=2 in=8192 ran out of memory beside sdpa-flash, as the runner
+    predicted from the room that cell had (79.6 GiB less the 16.1 GiB held beside it); the card stays 79.6 GiB."""
+    from store.boundary import grids_of
+    from store.db import open_db
+    from store.results import load_results
+
+    path = tmp_path / "interleaved.db"
+    shutil.copy(ROOT / "docs/results/2026-12-06-memory/h100-interleaved.db", path)
+    db = open_db(path, create=False)
+    (eager,) = load_results(db, ["96c320fb"])
+    db.close()
+    (grid,) = grids_of(eager, 141 * GIB)
+    assert round(grid.capacity / GIB, 1) == 79.6
+    cell = grid.cells[(2, 8192)]
+    assert (cell.status, cell.fits, cell.disagrees) == ("oom", False, False)
+    assert grid.cells[(2, 4096)].fits is True and grid.counts()["disagree"] == 0
+    assert cell.fits_projected is True  # alone on a 141 GiB card it would fit
