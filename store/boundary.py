@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from store.memfit import _bytes, memory_of, measured
+from store.memfit import _bytes, measured, memory_of
 from store.results import RunResult
 from store.safe import NAME, shown
 from store.tables import Table, status_mark, title_of

@@ -21,8 +21,8 @@ from store.results import RunResult
 from store.safe import LINE, NAME, shown
 from store.significance import REPEAT_METRICS, Comparison, run_comparisons
 from store.tables import Table, cell_table, comparison_table, quality_table
-from store.workload_tables import workload_columns, workload_tables
 from store.vocabulary import FORMATS
+from store.workload_tables import workload_columns, workload_tables
 
 CSV_COLUMNS = ["run_id", "run_name", "label", "model", "engine", "precision", "attention", "quant", "options",
                "device", "batch", "input_len", "output_len", "params", "status", "tokens_per_s", "latency_s",

@@ -8,8 +8,9 @@ import json
 
 import pytest
 
+from tests.test_tui_snapshots import app_for as _app  # noqa: F401  (fixture)
+from tests.test_tui_snapshots import settle, store
 from tests.tui_support import fixed_check, utc  # noqa: F401  (fixture)
-from tests.test_tui_snapshots import app_for as _app, settle, store  # noqa: F401  (fixture)
 
 
 def aio(fn):

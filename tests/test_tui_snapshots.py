@@ -51,9 +51,8 @@ def app_for(path, **kw):
 @pytest.mark.parametrize("size", SIZES)
 def test_setup_screen(snap_compare, store, size, monkeypatch):
     from engines import registry
-    from tests.tui_support import fixed_engines
-
     from engines.harness import memplan
+    from tests.tui_support import fixed_engines
 
     monkeypatch.setattr(registry, "ENGINES", fixed_engines())
     monkeypatch.setattr(memplan, "device_total", lambda device: 64 << 30)  # the plan's memory line, any host
