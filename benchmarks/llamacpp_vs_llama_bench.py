@@ -1,6 +1,6 @@
 """codebench's llama.cpp decode tokens/s against llama.cpp's own llama-bench and llama-batched-bench.
 
-    python benchmarks/llamacpp_vs_llama_bench.py [--quants f32,q8_0,q4_0] [--threads 1,default]
+    python benchmarks/llamacpp_vs_llama_bench.py [--model tiny|DIR] [--quants f32,q8_0,q4_0] [--threads 1,default]
         [--batches 1,2,4] [--input-len 32] [--tokens 128] [--rounds 5] [--repeats 3] [--per-graph] [--steps]
 
 The tools are built from the llama.cpp vendored in the installed llama-cpp-python's sdist
@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT))
 
 
 def codebench(quant: str, threads: str, batches: list[int], p: int, n: int, repeats: int, db: Path,
-              opts: tuple[str, ...] = ()) -> dict:  # fmt: skip
+              opts: tuple[str, ...] = (), model: str = "tiny") -> dict:  # fmt: skip
     """{batch: stored decode_tps} and the threads the run used, from one CLI run (`opts`: more --opt K=V)."""
-    cmd = [sys.executable, "-m", "tui.cli", "run", "--model", "tiny", "--engine", "llama.cpp", "--quant", quant,
+    cmd = [sys.executable, "-m", "tui.cli", "run", "--model", model, "--engine", "llama.cpp", "--quant", quant,
            "--batch", ",".join(map(str, batches)), "--input-len", str(p), "--output-len", str(n + 1),
            "--warmup", "1", "--iters", "1", "--repeats", str(repeats), "--db", str(db), "--quiet"]  # fmt: skip
     if threads != "default":
@@ -94,16 +94,22 @@ def _out(cmd: list[str]) -> str:
     return proc.stdout + proc.stderr  # llama-batched-bench logs its jsonl lines to stderr
 
 
+def _model(a: argparse.Namespace) -> Path:
+    """tiny, or a local HF model directory (e.g. one larger than the CPU's last-level cache)."""
+    from engines.models.tiny import ensure_tiny
+
+    return ensure_tiny() if a.model == "tiny" else Path(a.model)
+
+
 def compare(a: argparse.Namespace) -> None:
     from engines.adapters.llamacpp import gguf as gguf_convert
     from engines.adapters.llamacpp import tools as llama_tools
-    from engines.models.tiny import ensure_tiny
 
     t0 = time.perf_counter()
     tools = llama_tools.build_tools(log=lambda line: print("  " + line, flush=True))
     print(f"tools ready in {time.perf_counter() - t0:.1f} s: {', '.join(map(str, tools.values()))}")
     print(f"system info (installed = built): {llama_tools.manifest()['system_info']}")
-    model = ensure_tiny()
+    model = _model(a)
     ggufs = {q: str(gguf_convert.convert(model, q)) for q in a.quants}
     db = Path(tempfile.mkdtemp(prefix="cb-vs-llama-bench-")) / "runs.db"
     # results[(quant, threads, side)] = per-round {batch: tok/s}; used[(quant, threads, side)] = its threads
@@ -113,7 +119,8 @@ def compare(a: argparse.Namespace) -> None:
         for quant in a.quants:
             for threads in a.threads:
                 sides = {
-                    "codebench": lambda: codebench(quant, threads, a.batches, a.input_len, a.tokens, a.repeats, db),
+                    "codebench": lambda: codebench(quant, threads, a.batches, a.input_len, a.tokens, a.repeats, db,
+                                                   model=a.model),
                     "llama-bench": lambda: llama_bench(tools["llama-bench"], ggufs[quant], threads, a.input_len,
                                                        a.tokens, a.repeats),
                     "batched-bench": lambda: batched_bench(tools["llama-batched-bench"], ggufs[quant], threads,
@@ -121,7 +128,7 @@ def compare(a: argparse.Namespace) -> None:
                 }  # fmt: skip
                 if a.per_graph:  # llama-cpp-python's disposable threadpool per step, against the attached default
                     sides["codebench per-graph"] = lambda: codebench(quant, threads, a.batches, a.input_len, a.tokens,
-                                                                     a.repeats, db, ("threadpool=per-graph",))
+                                                                     a.repeats, db, ("threadpool=per-graph",), a.model)
                 order = list(sides) if (r + a.quants.index(quant)) % 2 == 0 else list(sides)[::-1]
                 for side in order:
                     got = sides[side]()
@@ -230,14 +237,13 @@ def loop(a: argparse.Namespace) -> None:
 
     from engines.adapters.llamacpp import tools as llama_tools
     from engines.adapters.llamacpp.engine import LlamaCpp
-    from engines.models.tiny import ensure_tiny
     from engines.models.workloads import synthetic_prompts
 
     impl = llama_tools.build_tools()["llama-bench"].parent / "libllama-bench-impl.so"
     bench_main = ctypes.CDLL(str(impl))._Z11llama_benchiPPc  # llama-bench's main(); tools/llama-bench/main.cpp
     bench_main.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
     libc = ctypes.CDLL(None)
-    model = ensure_tiny()
+    model = _model(a)
     p, n = a.input_len, a.tokens
     prompt = synthetic_prompts(model / "tokenizer.json", 1, p, seed=0)
     print(f"one process, llama-cpp-python's libraries; batch 1, tg {n} at depth {p}, tok/s of {a.repeats} runs a "
@@ -317,6 +323,7 @@ class _redirect:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="tiny", help="tiny or a local HF model directory (llama architecture)")
     ap.add_argument("--quants", default="f32,q8_0,q4_0")
     ap.add_argument("--threads", default="1,default", help="thread settings: numbers and/or 'default'")
     ap.add_argument("--batches", default="1,2,4")
