@@ -93,6 +93,7 @@ def compare_before(ids, keys=()):
 
         await pilot.app.push_screen(CompareScreen(list(reversed(ids))))
         await settle(pilot, lambda a: bool(getattr(a.screen, "results", None)))
+        await settle(pilot)  # the views' own loads (memory fit, needle map) may lay the screen out once more
         if keys:
             await pilot.press(*keys)
             await settle(pilot)
