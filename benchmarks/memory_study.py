@@ -26,7 +26,6 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 GiB = 2**30
-CONTEXT_BYTES = 512 * 2**20  # a CUDA context's share of the card, outside the allocator
 
 
 def study(model: str, device: str, quick: bool) -> dict:
@@ -76,7 +75,7 @@ def rows(db_path: str) -> list[dict]:
         metrics = json.loads(metrics or "{}")
         stored = metrics.get("memory") if isinstance(metrics.get("memory"), dict) else None
         gpus = json.loads(host or "{}").get("gpus") or []
-        capacity = int(gpus[0]["mem_total"]) - CONTEXT_BYTES if gpus and device.startswith("cuda") else None
+        capacity = int(gpus[0]["mem_total"]) if gpus and device.startswith("cuda") else None  # NVML's, as the runner
         if stored and isinstance(stored.get("predicted_bytes"), int):
             predicted, fits = stored["predicted_bytes"], stored.get("fits")
             source = "stored"

@@ -23,7 +23,7 @@ GIB = 2**30
 PREDICTED_OOM = "on grey30"  # the shaded region: predicted not to fit on the run's own card
 
 
-def cell_text(c: FitCell | None, projection: bool, g: Any = None) -> Text:
+def cell_text(c: FitCell | None, projection: bool, g: Any) -> Text:
     from store.tables import status_mark
 
     if c is None:
@@ -31,7 +31,7 @@ def cell_text(c: FitCell | None, projection: bool, g: Any = None) -> Text:
     word = "ok" if c.status == "done" else status_mark(c.status)
     t = Text(style=PREDICTED_OOM if c.fits is False else "")
     t.append(word, style=STATUS_STYLE.get(c.status, ""))
-    t.append(" " + (g.size(c.predicted) if g is not None else "-" if c.predicted is None else f"{c.predicted / GIB:.1f}"))
+    t.append(" " + g.size(c.predicted))
     if c.fits is False:  # the shade says it too, but not on a terminal without colour
         t.append(" ✗", style="red")
     if projection:
