@@ -45,6 +45,7 @@ def environment(run: dict[str, Any]) -> dict[str, str]:
         "schedule": rt.get("schedule"),
         "llama.cpp threads": rt.get("n_threads"),
         "llama.cpp threadpool": rt.get("threadpool"),
+        "llama.cpp decode loop": rt.get("decode_loop"),
         "torch threads": rt.get("torch_threads"),
     }
     libs = {**(host.get("libraries") or {}), **(rt.get("versions") or {})}  # the worker's own report wins

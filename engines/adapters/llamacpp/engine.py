@@ -16,7 +16,9 @@ Options (run.options): n_threads (default: llama.cpp's, above), n_threads_batch,
 n_gpu_layers (CUDA/Metal builds only; all layers on --device cuda), flash_attn (on/off/auto),
 type_k/type_v (KV-cache type, default f16 like llama.cpp), kv_unified, threadpool (attached, the default: one
 persistent CPU threadpool per context as llama.cpp's own tools attach; per-graph: llama-cpp-python's default,
-a disposable pool per decode step), n_ctx (total positions;
+a disposable pool per decode step), decode_loop (auto, the default: the decode phase in one C call, steploop.py,
+where a C compiler can build it, else the Python loop; c: the C loop or a SpecError; python: the Python loop),
+n_ctx (total positions;
 default: grown to fit each cell, n_seq x per-sequence length, during warm-up), repack (on/off/auto:
 llama.cpp's weight repacking into extra buffer types such as AMX; auto = off on CPUs with AMX,
 whose quantized kernels crash llama.cpp 0.3.36's build on tiny, else on).
@@ -35,6 +37,7 @@ import numpy as np
 from gguf import GGMLQuantizationType
 
 from engines.adapters.llamacpp import gguf as gguf_convert
+from engines.adapters.llamacpp import steploop
 from engines.adapters.llamacpp.threadpool import Threadpools
 from engines.adapters.llamacpp.tools import default_threads
 from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory, SpecError
@@ -46,7 +49,7 @@ _KV_TYPES = {
 }
 _FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
 OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "flash_attn", "type_k", "type_v",
-           "n_ctx", "kv_unified", "split_mode", "repack", "threadpool")  # fmt: skip
+           "n_ctx", "kv_unified", "split_mode", "repack", "threadpool", "decode_loop")  # fmt: skip
 _SPLIT = {"layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}  # --tp N: how N GPUs share the model
 _CTX_MIN = 256  # per-sequence context the first cell gets before it grows
 
@@ -107,7 +110,20 @@ def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     pool = o.setdefault("threadpool", "attached")
     if pool not in ("attached", "per-graph"):
         raise SpecError(f"llama.cpp threadpool must be attached or per-graph, got {pool!r}")
+    loop = o.setdefault("decode_loop", "auto")
+    if loop not in ("auto", "c", "python"):
+        raise SpecError(f"llama.cpp decode_loop must be auto, c or python, got {loop!r}")
     return o
+
+
+def resolve_decode_loop(choice: str = "auto") -> tuple[Any, str]:
+    """(the C loop or None, why not): decode_loop=c refuses where the C loop cannot be built."""
+    if choice == "python":
+        return None, ""
+    fn, why = steploop.load()
+    if fn is None and choice == "c":
+        raise SpecError(f"llama.cpp decode_loop=c is not available here: {why}; use decode_loop=auto or python")
+    return fn, why
 
 
 def _cpu_has_amx() -> bool:
@@ -146,6 +162,7 @@ class LlamaCpp(Engine):
         self.opts: dict[str, Any] = {}
         self.gguf_path = ""
         self._pools: Threadpools | None = None
+        self._cloop: Any = None  # the C decode loop (steploop.py), or None for the Python loop
 
     # --- load ---------------------------------------------------------------------------
 
@@ -168,6 +185,7 @@ class LlamaCpp(Engine):
             ll.llama_backend_init()
             _backend_ready = True
         self.opts["repack"] = resolve_repack(self.opts["repack"])
+        self._cloop, loop_why = resolve_decode_loop(self.opts["decode_loop"])
         mparams = model_params(self.opts["repack"])
         mparams.n_gpu_layers = self.opts["n_gpu_layers"]
         first = int(device.split(":")[1]) if device.startswith("cuda:") else 0
@@ -202,6 +220,8 @@ class LlamaCpp(Engine):
                 "convert_s": round(convert_s, 3),
                 "n_threads": self.opts["n_threads"],
                 "threadpool": "attached" if self._pools is not None and self._pools.attached else "per-graph",
+                "decode_loop": "c" if self._cloop else "python",
+                **({"decode_loop_why": loop_why} if loop_why else {}),  # why auto kept the Python loop
                 "n_gpu_layers": self.opts["n_gpu_layers"],
                 **({"tp": {"size": tp, "split_mode": self.opts["split_mode"]}} if tp > 1 else {}),
                 "flash_attn": {-1: "auto", 0: "off", 1: "on"}[self.opts["flash_attn"]],
@@ -324,10 +344,13 @@ class LlamaCpp(Engine):
         1.1 us a step at batch 1 on tiny's 4096-token vocabulary (2.0 at batch 4), against 7.2 (28) for
         llama.cpp's greedy sampler, whose llama_sampler_sample copies each row into a candidate array
         first; the old fresh view + argmax took 3.6 (4.4). Both pick the first maximum.
-        benchmarks/llamacpp_vs_llama_bench.py --steps measures them."""
+        benchmarks/llamacpp_vs_llama_bench.py --steps measures them. The C loop (steploop.c) does the same
+        steps in one call and leaves the same tokens, positions and clock readings."""
         n, b = out.shape
         first = np.asarray(lens, dtype=np.int32)
         self._fill(0, out[0], first, range(b), np.ones(b, dtype=np.int8))
+        if self._cloop is not None:
+            return self._c_steps(out, t_first)
         # Positions after step s are row s - 1: a copy per step, cheaper than an in-place `pos += 1` (a ufunc
         # call, 1.5% of a batch-1 Q4_0 step on tiny with its cache side effects).
         next_pos = first + np.arange(1, n, dtype=np.int32)[:, None]
@@ -345,6 +368,17 @@ class LlamaCpp(Engine):
             pos[:] = next_pos[step - 1]
             ends[step] = clock()
         return ends
+
+    def _c_steps(self, out: np.ndarray, t_first: float) -> list[float]:
+        self.batch.n_tokens = out.shape[1]
+        ends = np.empty(out.shape[0])
+        ends[0] = t_first
+        done = ctypes.c_int32(0)
+        rc = self._cloop(steploop.DECODE, steploop.GET_LOGITS, self.ctx, ctypes.addressof(self.batch), self.n_vocab,
+                         out.shape[0], out.ctypes.data, ends.ctypes.data, ctypes.byref(done))  # fmt: skip
+        if rc != 0:
+            _decode_failed(rc)
+        return ends.tolist()
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
         t0 = time.perf_counter()  # TTFT and decode time share this clock with the runner's latency
