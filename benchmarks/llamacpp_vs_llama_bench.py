@@ -19,7 +19,12 @@ best = the best round of codebench / the best round of the tool; median = median
 greedy sampler), the figures quoted in engines/adapters/llamacpp/engine.py.
 --loop instead runs, in this one process and on llama-cpp-python's own libraries, llama-bench's C loop
 (its libllama-bench-impl.so, whose libllama/libggml resolve to the ones already loaded), the adapter's
-generate() and a bare Python loop of llama_decode calls: what a Python-driven loop costs by itself.
+generate() with its C decode loop (the default) and with decode_loop=python, and a bare Python loop of
+llama_decode calls: what a Python-driven loop costs by itself.
+--process instead runs llama-bench's tg loop as the standalone binary, as its main() inside a Python process that
+imported nothing and one that imported llama_cpp (hence numpy), and the adapter in a fresh process, alternated:
+how much of the CLI's gap to the binary comes from being a Python process at all.
+Figures of 2026-12-06 on the 2-core dev VM: docs/results/2026-12-06-llama-bench/.
 """
 
 from __future__ import annotations
@@ -254,6 +259,9 @@ def loop(a: argparse.Namespace) -> None:
             eng = LlamaCpp({"quant": quant, "options": {"n_threads": t}})
             eng.load(str(model), "cpu")
             eng.generate(prompt, n + 1)
+            py_eng = LlamaCpp({"quant": quant, "options": {"n_threads": t, "decode_loop": "python"}})
+            py_eng.load(str(model), "cpu")
+            py_eng.generate(prompt, n + 1)
             args = [b"llama-bench", b"-m", eng.gguf_path.encode(), b"-p", b"0", b"-n", str(n).encode(), b"-d",
                     str(p).encode(), b"-t", str(t).encode(), b"-r", str(a.repeats).encode(), b"-o", b"json"]  # fmt: skip
             batch = ll.llama_batch_init(p, 0, 1)
@@ -266,8 +274,8 @@ def loop(a: argparse.Namespace) -> None:
                     f.seek(0)
                     return json.loads(f.read())[0]["samples_ts"]
 
-            def adapter():
-                return [n / eng.generate(prompt, n + 1).extra["decode_s"] for _ in range(a.repeats)]
+            def adapter(e=eng):
+                return [n / e.generate(prompt, n + 1).extra["decode_s"] for _ in range(a.repeats)]
 
             def bare():
                 out = []
@@ -287,19 +295,21 @@ def loop(a: argparse.Namespace) -> None:
                     out.append(n / (time.perf_counter() - t0))
                 return out
 
-            sides = {"llama-bench's loop": c_loop, "codebench adapter": adapter, "bare Python loop": bare}
+            sides = {"llama-bench's loop": c_loop, "codebench adapter": adapter,
+                     "adapter, Python loop": lambda: adapter(py_eng), "bare Python loop": bare}  # fmt: skip
             got: dict[str, list[float]] = {k: [] for k in sides}
             for r in range(a.rounds):
                 names = list(sides)
-                for k in names[r % 3 :] + names[: r % 3]:
+                for k in names[r % len(names) :] + names[: r % len(names)]:
                     got[k].append(statistics.median(sides[k]()))
             ref = got["llama-bench's loop"]
             for k, v in got.items():
                 ratio = statistics.median(x / y for x, y in zip(v, ref))
-                print(f"  {quant:<5} t={t} {k:<20} best {max(v):8.1f}  median {statistics.median(v):8.1f}  ratio {ratio:.3f}"
+                print(f"  {quant:<5} t={t} {k:<21} best {max(v):8.1f}  median {statistics.median(v):8.1f}  ratio {ratio:.3f}"
                       f"  ({1e6 / statistics.median(v):6.1f} us/step)")  # fmt: skip
             ll.llama_batch_free(batch)
             eng.unload()
+            py_eng.unload()
 
 
 class _redirect:
@@ -321,6 +331,80 @@ class _redirect:
             os.close(saved)
 
 
+# --- the same C loop in different processes --------------------------------------------------------------
+
+_IN_PYTHON = """
+import ctypes, json, os, statistics, sys, tempfile, time
+imports, impl, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+for name in filter(None, imports.split(",")):
+    __import__(name)
+if imports:
+    time.sleep(2)  # past the spin of OpenBLAS's idle thread after numpy's import
+if impl == "adapter":
+    from engines.adapters.llamacpp.engine import LlamaCpp
+    from engines.models.tiny import ensure_tiny
+    from engines.models.workloads import synthetic_prompts
+    p, n, t = int(argv[0]), int(argv[1]), int(argv[2])
+    model = ensure_tiny()
+    eng = LlamaCpp({"quant": argv[3], "options": {"n_threads": t}})
+    eng.load(str(model), "cpu")
+    prompt = synthetic_prompts(model / "tokenizer.json", 1, p, seed=0)
+    eng.generate(prompt, n + 1)
+    runs = []
+    for _ in range(int(argv[4])):
+        t0 = time.perf_counter()
+        res = eng.generate(prompt, n + 1)
+        runs.append(n / (time.perf_counter() - t0 - res.ttft_s))  # the CLI's figure: latency - TTFT
+    print(statistics.median(runs))
+    sys.exit(0)
+main = ctypes.CDLL(impl)._Z11llama_benchiPPc
+main.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_char_p)]
+args = [b"llama-bench", *(x.encode() for x in argv)]
+with tempfile.TemporaryFile() as f:
+    saved, null = (os.dup(1), os.dup(2)), os.open(os.devnull, os.O_WRONLY)
+    os.dup2(f.fileno(), 1), os.dup2(null, 2)
+    main(len(args), (ctypes.c_char_p * len(args))(*args))
+    ctypes.CDLL(None).fflush(None)
+    os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+    f.seek(0)
+    print(statistics.median(json.loads(f.read())[0]["samples_ts"]))
+"""
+
+
+def process(a: argparse.Namespace) -> None:
+    """llama-bench's tg loop as its binary, as its main() in a Python process with nothing imported and with
+    llama_cpp imported (so numpy too), and the adapter in a fresh process: batch 1, one thread setting."""
+    from engines.adapters.llamacpp import gguf as gguf_convert
+    from engines.adapters.llamacpp import tools as llama_tools
+
+    exe = llama_tools.build_tools()["llama-bench"]
+    impl = str(exe.parent / "libllama-bench-impl.so")
+    p, n = a.input_len, a.tokens
+    for quant in a.quants:
+        for threads in a.threads:
+            t = str(llama_tools.default_threads() if threads == "default" else int(threads))
+            gguf = str(gguf_convert.convert(_model(a), quant))
+            bench = ["-m", gguf, "-p", "0", "-n", str(n), "-d", str(p), "-r", str(a.repeats), "-t", t, "-o", "json"]
+            py = [sys.executable, "-c", _IN_PYTHON]
+            sides = {
+                "llama-bench binary": lambda: json.loads(_out([str(exe), *bench]))[0]["samples_ts"],
+                "main() in bare Python": lambda: [float(_out([*py, "", impl, *bench]))],
+                "main() after llama_cpp": lambda: [float(_out([*py, "llama_cpp", impl, *bench]))],
+                "codebench adapter": lambda: [float(_out([*py, "llama_cpp", "adapter", str(p), str(n), t, quant,
+                                                          str(a.repeats)]))],  # fmt: skip
+            }
+            got: dict[str, list[float]] = {k: [] for k in sides}
+            for r in range(a.rounds):
+                names = list(sides)
+                for k in names[r % len(names) :] + names[: r % len(names)]:
+                    got[k].append(statistics.median(sides[k]()))
+            ref = got["llama-bench binary"]
+            for k, v in got.items():
+                print(f"  {quant:<5} t={t} {k:<23} best {max(v):8.1f}  median {statistics.median(v):8.1f}  "
+                      f"best/best {max(v) / max(ref):.3f}  paired median {statistics.median(x / y for x, y in zip(v, ref)):.3f}",
+                      flush=True)  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="tiny", help="tiny or a local HF model directory (llama architecture)")
@@ -335,11 +419,13 @@ def main() -> int:
                     help="also run codebench with threadpool=per-graph (llama-cpp-python's disposable pool per step)")
     ap.add_argument("--steps", action="store_true", help="time the decode loop's per-step pieces instead")
     ap.add_argument("--loop", action="store_true", help="llama-bench's loop, the adapter and a bare loop in one process")
+    ap.add_argument("--process", action="store_true",
+                    help="llama-bench's loop as its binary and inside Python processes, and the adapter (batch 1)")
     a = ap.parse_args()
     a.quants, a.threads = a.quants.split(","), a.threads.split(",")
     a.batches = [int(b) for b in a.batches.split(",")]
     os.environ.setdefault("PYTHONPATH", str(ROOT))
-    (steps if a.steps else loop if a.loop else compare)(a)
+    (steps if a.steps else loop if a.loop else process if a.process else compare)(a)
     return 0
 
 
