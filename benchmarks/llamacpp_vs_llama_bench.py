@@ -232,6 +232,16 @@ def steps(a: argparse.Namespace) -> None:
     eng.unload()
 
 
+def _rotated(sides: dict, rounds: int) -> dict[str, list[float]]:
+    """{side: one median tok/s per round}; each round starts one side later, so none always goes first."""
+    got: dict[str, list[float]] = {k: [] for k in sides}
+    names = list(sides)
+    for r in range(rounds):
+        for k in names[r % len(names) :] + names[: r % len(names)]:
+            got[k].append(statistics.median(sides[k]()))
+    return got
+
+
 # --- the loop alone, in one process ----------------------------------------------------------------------
 
 
@@ -297,11 +307,7 @@ def loop(a: argparse.Namespace) -> None:
 
             sides = {"llama-bench's loop": c_loop, "codebench adapter": adapter,
                      "adapter, Python loop": lambda: adapter(py_eng), "bare Python loop": bare}  # fmt: skip
-            got: dict[str, list[float]] = {k: [] for k in sides}
-            for r in range(a.rounds):
-                names = list(sides)
-                for k in names[r % len(names) :] + names[: r % len(names)]:
-                    got[k].append(statistics.median(sides[k]()))
+            got = _rotated(sides, a.rounds)
             ref = got["llama-bench's loop"]
             for k, v in got.items():
                 ratio = statistics.median(x / y for x, y in zip(v, ref))
@@ -393,11 +399,7 @@ def process(a: argparse.Namespace) -> None:
                 "codebench adapter": lambda: [float(_out([*py, "llama_cpp", "adapter", str(p), str(n), t, quant,
                                                           str(a.repeats)]))],  # fmt: skip
             }
-            got: dict[str, list[float]] = {k: [] for k in sides}
-            for r in range(a.rounds):
-                names = list(sides)
-                for k in names[r % len(names) :] + names[: r % len(names)]:
-                    got[k].append(statistics.median(sides[k]()))
+            got = _rotated(sides, a.rounds)
             ref = got["llama-bench binary"]
             for k, v in got.items():
                 print(f"  {quant:<5} t={t} {k:<23} best {max(v):8.1f}  median {statistics.median(v):8.1f}  "
