@@ -22,17 +22,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
-from typing import Iterator
-
-import numpy as np
+from typing import TYPE_CHECKING, Iterator
 
 from engines.base import SpecError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 try:
     import fcntl
@@ -102,6 +104,8 @@ def weight_specs(cfg: dict) -> list[tuple[str, tuple[int, ...], float | None]]:
 
 
 def make_weights(cfg: dict, seed: int = TINY_SEED) -> dict[str, np.ndarray]:
+    import numpy as np  # here, not at the top: cache_dir() stays numpy-free (llamacpp_vs_llama_bench.py --process)
+
     rng = np.random.default_rng(seed)
     out: dict[str, np.ndarray] = {}
     for name, shape, std in weight_specs(cfg):
@@ -113,7 +117,7 @@ def make_weights(cfg: dict, seed: int = TINY_SEED) -> dict[str, np.ndarray]:
 
 
 def param_count(cfg: dict | None = None) -> int:
-    return sum(int(np.prod(shape)) for _, shape, _ in weight_specs(cfg or load_tiny_config()))
+    return sum(math.prod(shape) for _, shape, _ in weight_specs(cfg or load_tiny_config()))
 
 
 def _json(data: dict) -> bytes:
