@@ -45,13 +45,14 @@ def library() -> tuple[ctypes.CDLL | None, str]:
     key = hashlib.sha256(source + repr((cc, platform.machine())).encode()).hexdigest()[:16]
     lib = _cache() / f"steploop-{key}.so"
     if not lib.exists():
-        lib.parent.mkdir(parents=True, exist_ok=True)
         tmp = lib.with_name(f"{lib.name}.{os.getpid()}.tmp")  # another worker may build it at the same time
         try:
+            lib.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.run([*cc, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(SOURCE)],
                                   capture_output=True, text=True, timeout=120)  # fmt: skip
-        except (OSError, subprocess.SubprocessError) as e:
-            return None, f"no C compiler to build it ({cc[0]}: {type(e).__name__})"
+        except (OSError, subprocess.SubprocessError) as e:  # no compiler, a read-only cache, a hung build
+            tmp.unlink(missing_ok=True)
+            return None, f"could not build it with {cc[0]} ({type(e).__name__})"
         if proc.returncode != 0 or not tmp.exists():
             tmp.unlink(missing_ok=True)
             last = (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]
