@@ -199,12 +199,15 @@ def steps(a: argparse.Namespace) -> None:
     for b in a.batches:
         eng.generate([[5, 6, 7]] * b, 4)  # leaves b rows of logits
         row = np.empty(b, dtype=np.int64)
-        tok = eng._tok[:b]
+        tok = np.frombuffer(eng._tok, dtype=np.int32)[:b]  # the batch's token array
         ctx = eng.ctx
 
         def numpy_view():  # the adapter's path
             eng._logits(b).argmax(axis=1, out=row)
             tok[:] = row
+
+        def c_argmax():  # the C loop's pick, called per row from Python (the prefill's path beside the C loop)
+            tok[:] = eng._argmax(b)
 
         def sampler():  # llama.cpp's greedy sampler, one call per sequence
             for i in range(b):
@@ -219,8 +222,10 @@ def steps(a: argparse.Namespace) -> None:
         want = row.copy()
         sampler()
         assert (row == want).all(), "llama.cpp's greedy sampler and numpy's argmax disagree"
-        for name, fn in (("numpy argmax on the kept view", numpy_view), ("llama_sampler_sample (greedy)", sampler),
-                         ("as_array + argmax (before)", old)):  # fmt: skip
+        c_argmax()
+        assert (tok == want).all(), "the C argmax and numpy's disagree"
+        for name, fn in (("numpy argmax on the kept view", numpy_view), ("C argmax per row", c_argmax),
+                         ("llama_sampler_sample (greedy)", sampler), ("as_array + argmax (before)", old)):  # fmt: skip
             times = []
             for _ in range(7):
                 t = time.perf_counter()
@@ -346,15 +351,18 @@ for name in filter(None, imports.split(",")):
     __import__(name)
 if imports:
     time.sleep(2)  # past the spin of OpenBLAS's idle thread after numpy's import
-if impl == "adapter":
+if impl == "adapter":  # as in codebench's worker: prompts from its child process, so numpy only if imported above
     from engines.adapters.llamacpp.engine import LlamaCpp
+    from engines.harness.prompt_process import PromptProcess
     from engines.models.tiny import ensure_tiny
-    from engines.models.workloads import synthetic_prompts
     p, n, t = int(argv[0]), int(argv[1]), int(argv[2])
     model = ensure_tiny()
     eng = LlamaCpp({"quant": argv[3], "options": {"n_threads": t}})
     eng.load(str(model), "cpu")
-    prompt = synthetic_prompts(model / "tokenizer.json", 1, p, seed=0)
+    side = PromptProcess()
+    prompt = side.call("prompts", str(model / "tokenizer.json"), None, 1, p, 0, None)
+    side.close()
+    assert ("numpy" in sys.modules) == ("numpy" in imports), imports
     eng.generate(prompt, n + 1)
     runs = []
     for _ in range(int(argv[4])):
@@ -377,58 +385,10 @@ with tempfile.TemporaryFile() as f:
 """
 
 
-# The adapter's own pieces (context, attached threadpool, the C decode loop) driven without numpy: llama_cpp's
-# package __init__ imports numpy (llama_cpp/llama.py), so the ctypes bindings are loaded under a bare package.
-_NO_NUMPY = """
-import ctypes, importlib.util, statistics, sys, time, types
-spec = importlib.util.find_spec("llama_cpp")
-pkg = types.ModuleType("llama_cpp")
-pkg.__path__, pkg.__file__, pkg.__spec__ = list(spec.submodule_search_locations), spec.origin, spec
-sys.modules["llama_cpp"] = pkg
-import llama_cpp.llama_cpp as ll
-pkg.llama_cpp = ll
-QUIET = ll.llama_log_callback(lambda level, text, data: None)  # llama-cpp-python's own logger lives in its __init__
-ll.llama_log_set(QUIET, None)
-from engines.adapters.llamacpp import steploop
-from engines.adapters.llamacpp.threadpool import Threadpools
-gguf, p, n, t, reps = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
-ll.llama_backend_init()
-mp = ll.llama_model_default_params()
-model = ll.llama_model_load_from_file(gguf.encode(), mp)
-cp = ll.llama_context_default_params()
-cp.n_ctx, cp.n_seq_max, cp.n_threads, cp.n_threads_batch = 256, 1, t, t
-ctx = ll.llama_init_from_model(model, cp)
-pools = Threadpools(ctx, t, t)
-n_vocab = ll.llama_vocab_n_tokens(ll.llama_model_get_vocab(model))
-batch = ll.llama_batch_init(256, 0, 1)
-loop, why = steploop.load()
-assert loop is not None, why
-assert "numpy" not in sys.modules
-out, ends, done = (ctypes.c_int64 * (n + 1))(), (ctypes.c_double * (n + 1))(), ctypes.c_int32()
-
-def generate():
-    t0 = time.perf_counter()
-    ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
-    for i in range(p):
-        batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = 5 + i, i, 1, i == p - 1
-        batch.seq_id[i][0] = 0
-    batch.n_tokens = p
-    assert ll.llama_decode(ctx, batch) == 0
-    batch.token[0], batch.pos[0], batch.logits[0], batch.n_tokens = 7, p, 1, 1
-    t_first = time.perf_counter()
-    assert loop(steploop.DECODE, steploop.GET_LOGITS, ctx, ctypes.addressof(batch), n_vocab, n + 1,
-                ctypes.addressof(out), ctypes.addressof(ends), ctypes.byref(done)) == 0
-    return n / (time.perf_counter() - t_first)  # the CLI's figure: latency - TTFT
-
-generate()
-print(statistics.median(generate() for _ in range(reps)))
-"""
-
-
 def process(a: argparse.Namespace) -> None:
     """llama-bench's tg loop as its binary, as its main() in a Python process with nothing imported and with
-    llama_cpp imported (so numpy too), the adapter in a fresh process, and the adapter's context, threadpool and C
-    decode loop in a process without numpy: batch 1, per quant and thread setting."""
+    llama_cpp imported (so numpy too), and codebench's adapter in a fresh process as its worker runs it (no numpy)
+    and after `import numpy`: batch 1, per quant and thread setting."""
     from engines.adapters.llamacpp import gguf as gguf_convert
     from engines.adapters.llamacpp import tools as llama_tools
 
@@ -445,10 +405,10 @@ def process(a: argparse.Namespace) -> None:
                 "llama-bench binary": lambda: json.loads(_out([str(exe), *bench]))[0]["samples_ts"],
                 "main() in bare Python": lambda: [float(_out([*py, "", impl, *bench]))],
                 "main() after llama_cpp": lambda: [float(_out([*py, "llama_cpp", impl, *bench]))],
-                "codebench adapter": lambda: [float(_out([*py, "llama_cpp", "adapter", str(p), str(n), t, quant,
+                "codebench adapter": lambda: [float(_out([*py, "", "adapter", str(p), str(n), t, quant,
                                                           str(a.repeats)]))],  # fmt: skip
-                "its C loop, no numpy": lambda: [float(_out([sys.executable, "-c", _NO_NUMPY, gguf, str(p), str(n), t,
-                                                             str(a.repeats)]))],  # fmt: skip
+                "adapter after numpy": lambda: [float(_out([*py, "numpy", "adapter", str(p), str(n), t, quant,
+                                                            str(a.repeats)]))],  # fmt: skip
             }
             got = _rotated(sides, a.rounds)
             ref = got["llama-bench binary"]

@@ -46,6 +46,7 @@ def environment(run: dict[str, Any]) -> dict[str, str]:
         "llama.cpp threads": rt.get("n_threads"),
         "llama.cpp threadpool": rt.get("threadpool"),
         "llama.cpp decode loop": rt.get("decode_loop"),
+        "numpy in the llama.cpp worker": rt.get("numpy_in_worker"),  # 2-3 % of its decode speed on a CPU
         "torch threads": rt.get("torch_threads"),
     }
     libs = {**(host.get("libraries") or {}), **(rt.get("versions") or {})}  # the worker's own report wins

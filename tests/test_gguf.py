@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import mmap
 import shutil
 import subprocess
 import sys
@@ -228,3 +229,57 @@ def test_converter_imports_neither_torch_nor_llama_cpp():
         "assert 'torch' not in sys.modules and 'llama_cpp' not in sys.modules and 'transformers' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parent.parent)
+
+
+def test_header_reader_agrees_with_gguf_reader(tiny):
+    """inspect_gguf reads headers without numpy; gguf's own reader (numpy) must see the same file."""
+    from gguf import GGUFReader
+
+    for quant in ("f32", "f16", "q8_0", "q4_0"):
+        path = gc.convert(tiny, quant)
+        reader, meta = GGUFReader(path), gc.inspect_gguf(path)
+        assert meta["architecture"] == reader.get_field("general.architecture").contents()
+        assert meta["file_type"] == reader.get_field("general.file_type").contents()
+        assert meta["n_tensors"] == len(reader.tensors)
+        with path.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            fields, tensors, data_offset = gc._read_header(buf)
+        assert data_offset == reader.data_offset
+        assert [(o, t) for o, t, _ in tensors] == [(int(x.data_offset) - reader.data_offset, int(x.tensor_type))
+                                                  for x in reader.tensors]  # fmt: skip
+        assert [n for _, _, n in tensors] == [int(x.n_elements) for x in reader.tensors]
+
+
+def test_hostile_header_counts_fail_cleanly(tiny, tmp_path):
+    """Counts a header cannot hold (2^63 fields, a string of 2^40 bytes) are refused, not allocated or looped over."""
+    blob = gc.convert(tiny, "q4_0").read_bytes()
+    huge = tmp_path / "huge.gguf"
+    huge.write_bytes(blob[:16] + (2**63).to_bytes(8, "little") + blob[24:4096])
+    with pytest.raises(SpecError, match="truncated or corrupt"):
+        gc.inspect_gguf(huge)
+    long_key = tmp_path / "long.gguf"
+    long_key.write_bytes(blob[:24] + (2**40).to_bytes(8, "little") + blob[32:4096])
+    with pytest.raises(SpecError, match="truncated or corrupt"):
+        gc.inspect_gguf(long_key)
+
+
+def test_reading_a_gguf_and_the_cached_path_import_no_numpy(tiny):
+    """The llama.cpp worker keeps numpy out of its process (bindings.py): what it calls on a cached GGUF must too."""
+    gc.convert(tiny, "q4_0")
+    code = ("import sys; from engines.adapters.llamacpp import gguf as g; from engines.models.tiny import ensure_tiny; "
+            "p = g.convert_isolated(ensure_tiny(), 'q4_0'); g.inspect_gguf(p); print('numpy' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_convert_isolated_writes_in_a_child_and_passes_its_spec_errors(tiny, tmp_path):
+    model = tmp_path / "m"
+    shutil.copytree(tiny, model, ignore=shutil.ignore_patterns("gguf"))
+    got = gc.convert_isolated(model, "q4_0")
+    assert got == gc.gguf_path(model, "q4_0") and gc.inspect_gguf(got)["file_type"] == 2
+    assert gc.convert_isolated(model, "q4_0") == got  # cached: no child
+    cfg = json.loads((model / "config.json").read_text())
+    cfg["rope_parameters"] = {**(cfg.get("rope_parameters") or {}), "rope_type": "yarn", "factor": 4.0}
+    (model / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(SpecError, match="RoPE scaling 'yarn' is not supported"):
+        gc.convert_isolated(model, "f32")
+    assert not [p for p in (model / "gguf").iterdir() if p.name.endswith(".tmp")]

@@ -23,6 +23,30 @@ def test_propose_ngram(tokens, k, ngram_max, want):
     assert propose_ngram(tokens, k, ngram_max) == want
 
 
+def _numpy_ngram(tokens: list[int], k: int, ngram_max: int) -> list[int]:
+    """The earlier numpy proposer (sliding windows): the list search that replaced it must agree."""
+    import numpy as np
+
+    if k < 1 or len(tokens) < 2:
+        return []
+    arr = np.asarray(tokens)
+    for n in range(min(ngram_max, len(tokens) - 1), 0, -1):
+        hits = np.flatnonzero((np.lib.stride_tricks.sliding_window_view(arr[:-1], n) == arr[-n:]).all(axis=1))
+        if len(hits):
+            return arr[int(hits[0]) + n : int(hits[0]) + n + k].tolist()
+    return []
+
+
+def test_propose_ngram_agrees_with_the_numpy_search_on_random_contexts():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(3000):
+        tokens = [rng.randrange(rng.choice((2, 4, 16))) for _ in range(rng.randrange(0, 40))]
+        k, n = rng.randrange(0, 6), rng.randrange(1, 5)
+        assert propose_ngram(tokens, k, n) == _numpy_ngram(tokens, k, n), (tokens, k, n)
+
+
 def _engine(path, spec, quant="f32", **options):
     e = LlamaCppSpeculative({"engine": "llama.cpp", "precision": None, "attention": None, "quant": quant,
                              "options": {"n_threads": 1, **options}, "spec": spec})  # fmt: skip

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import subprocess
 import sys
@@ -18,10 +17,8 @@ from engines.models.workloads import synthetic_prompts
 
 
 def _argmax():
-    lib, why = steploop.library()
-    assert lib is not None, why  # this machine has a C compiler: the C loop must build here
-    fn = lib.codebench_argmax
-    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int64], ctypes.c_int64
+    fn = steploop.argmax()
+    assert fn is not None, steploop.library()[1]  # this machine has a C compiler: the C loop must build here
     return fn
 
 
@@ -111,3 +108,5 @@ def test_decode_loop_is_part_of_the_environment_compare_diffs():
     c, py = (environment({"runtime": {"n_threads": 2, "decode_loop": loop}}) for loop in ("c", "python"))
     assert c["llama.cpp decode loop"] == "c" and py["llama.cpp decode loop"] == "python"
     assert "llama.cpp decode loop" not in environment({"runtime": {"n_threads": 2}})  # runs stored before it
+    with_numpy, without = (environment({"runtime": {"numpy_in_worker": v}}) for v in (True, False))
+    assert with_numpy["numpy in the llama.cpp worker"] != without["numpy in the llama.cpp worker"]

@@ -21,6 +21,7 @@ from typing import Any, Iterator, TextIO
 
 from engines.base import Engine
 from engines.harness import tp
+from engines.harness.prompt_process import PromptProcess
 from engines.measure.contention import HostMeter, gpu_indices
 from engines.measure.hardware import speed_env
 from engines.measure.roofline import cell_efficiency
@@ -97,6 +98,7 @@ class Worker:
         self.tokenizer_file: str | None = None
         self.label = ""
         self.meter: HostMeter | None = None
+        self.side: PromptProcess | None = None  # prompts and scores for engines that keep numpy out of this process
 
     def emit(self, event: ev.Event) -> None:
         self.out.write(ev.encode(event) + "\n")
@@ -125,6 +127,8 @@ class Worker:
             tok = tokenizer_file(str(ensure_tiny()))
         self.tokenizer_file = str(tok)
         self.engine = load_engine(run)
+        if getattr(self.engine, "keeps_numpy_out", False) and "numpy" not in sys.modules:
+            self.side = PromptProcess()
         if self.group is None:
             info = self.engine.load(self.model_path, cmd.device)
         else:
@@ -141,6 +145,8 @@ class Worker:
             info.extra["tp"] = {"size": self.group.size, "backend": self.group.backend, "init_s": self.group.init_s}
         info.load_s = info.load_s or (time.perf_counter() - t0)
         info.extra["env"] = speed_env()  # what this worker really ran with: the environment diff reads it
+        if getattr(self.engine, "keeps_numpy_out", False):
+            info.extra["numpy_in_worker"] = "numpy" in sys.modules
         if "torch" in sys.modules:
             info.extra.setdefault("torch_threads", sys.modules["torch"].get_num_threads())
         root = os.getppid() if self.group is not None else os.getpid()  # torchrun: every rank is ours
@@ -160,11 +166,13 @@ class Worker:
 
     def prompts(self, batch: int, length: int, seed: int, workload: dict | None = None,
                 params: dict | None = None) -> list[list[int]]:  # fmt: skip
+        assert self.tokenizer_file is not None
+        if self.side is not None:
+            return self.side.call("prompts", self.tokenizer_file, workload, batch, length, seed, params)
         from pathlib import Path
 
         from engines.models.prompt_sources import prompts_for
 
-        assert self.tokenizer_file is not None
         return prompts_for(Path(self.tokenizer_file), workload, batch, length, seed, params)
 
     def _minibatch(self, prompts: list[list[int]], out_len: int) -> tuple[float, Any]:
@@ -235,8 +243,11 @@ class Worker:
             metrics.update(cell_metrics(extras, batch, out_len), tokens_sha256=digests[-1],
                            tokens_stable=len(set(digests)) == 1)  # fmt: skip
             # fim, needle: how right the last minibatch's answers are (engines/quality/workload_scores.py)
-            metrics.update(score_cell(self.tokenizer_file, cmd.workload, batch, in_len, cmd.seed, cmd.params,
-                                      res.tokens))  # fmt: skip
+            score = (self.side.call if self.side is not None else lambda _fn, *a: score_cell(*a))
+            metrics.update(score("score", self.tokenizer_file, cmd.workload, batch, in_len, cmd.seed, cmd.params,
+                                 res.tokens))  # fmt: skip
+            if getattr(self.engine, "keeps_numpy_out", False):  # llama.cpp: its speed depends on it (bindings.py)
+                metrics["numpy_in_worker"] = "numpy" in sys.modules
             ranks = getattr(self.engine, "rank_peaks", None)  # engines that start their own ranks (vllm)
             if ranks is not None and (per_rank := ranks()):
                 metrics["tp"] = per_rank
@@ -367,6 +378,8 @@ def main() -> int:
             return 1
     if worker.engine is not None:
         worker.engine.unload()
+    if worker.side is not None:
+        worker.side.close()
     if group is not None:
         group.close()
     return 0

@@ -27,24 +27,22 @@ whose quantized kernels crash llama.cpp 0.3.36's build on tiny, else on).
 from __future__ import annotations
 
 import ctypes
-import logging
 import time
+from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-import llama_cpp as ll
-import numpy as np
-from gguf import GGMLQuantizationType
-
 from engines.adapters.llamacpp import gguf as gguf_convert
 from engines.adapters.llamacpp import steploop
+from engines.adapters.llamacpp.bindings import __version__ as llama_cpp_version
+from engines.adapters.llamacpp.bindings import ll
 from engines.adapters.llamacpp.threadpool import Threadpools
 from engines.adapters.llamacpp.tools import default_threads
 from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory, SpecError
 
 # KV-cache types by ggml type number (gguf's enum mirrors ggml's; llama_cpp lacks some names, e.g. BF16).
 _KV_TYPES = {
-    n: int(GGMLQuantizationType[n.upper()])
+    n: int(gguf_convert.constants().GGMLQuantizationType[n.upper()])
     for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 }
 _FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
@@ -56,11 +54,20 @@ _CTX_MIN = 256  # per-sequence context the first cell gets before it grows
 _backend_ready = False
 # A second handle on llama_get_logits that returns the address as an int (llama-cpp-python's returns a new
 # POINTER object per call): the per-step check that the logits buffer has not moved costs one cheap call.
-_logits_addr = ll.llama_cpp._lib["llama_get_logits"]
+_logits_addr = ll._lib["llama_get_logits"]
 _logits_addr.argtypes, _logits_addr.restype = [ctypes.c_void_p], ctypes.c_void_p
-# llama-cpp-python routes llama.cpp's log through this logger; below ERROR it floods the worker's stderr tail
-# (this build logs the whole model-loader dump at WARN).
-logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
+
+
+def _numpy():
+    """numpy, for the Python decode loop and logprobs only: the C path keeps it out of the process (bindings.py)."""
+    import numpy
+
+    return numpy
+
+
+def _view(pointer: Any, ctype: Any, n: int) -> Any:
+    """A ctypes array over n items at a llama_batch field's pointer."""
+    return (ctype * n).from_address(ctypes.cast(pointer, ctypes.c_void_p).value)
 
 
 def _round_up(n: int, to: int = 256) -> int:
@@ -150,6 +157,7 @@ def _check_call(prompts: list[list[int]], max_new_tokens: int) -> None:
 
 class LlamaCpp(Engine):
     name = "llama.cpp"
+    keeps_numpy_out = True  # the worker draws prompts in a child process (engines/harness/prompt_process.py)
 
     def __init__(self, config: dict[str, Any]):
         super().__init__(config)
@@ -163,6 +171,7 @@ class LlamaCpp(Engine):
         self.gguf_path = ""
         self._pools: Threadpools | None = None
         self._cloop: Any = None  # the C decode loop (steploop.py), or None for the Python loop
+        self._cargmax: Any = None  # its greedy pick, used with it
 
     # --- load ---------------------------------------------------------------------------
 
@@ -176,7 +185,7 @@ class LlamaCpp(Engine):
             path, quant = src, _file_type_name(meta.get("file_type"))
         else:
             quant = gguf_convert.check_quant(self.config.get("quant"))
-            path = gguf_convert.convert(src, quant, n_threads=self.opts["n_threads"])
+            path = gguf_convert.convert_isolated(src, quant, n_threads=self.opts["n_threads"])
             meta = gguf_convert.inspect_gguf(path)
         convert_s = time.perf_counter() - t0
         if meta["architecture"] is None:
@@ -186,6 +195,7 @@ class LlamaCpp(Engine):
             _backend_ready = True
         self.opts["repack"] = resolve_repack(self.opts["repack"])
         self._cloop, loop_why = resolve_decode_loop(self.opts["decode_loop"])
+        self._cargmax = steploop.argmax() if self._cloop is not None else None
         mparams = model_params(self.opts["repack"])
         mparams.n_gpu_layers = self.opts["n_gpu_layers"]
         first = int(device.split(":")[1]) if device.startswith("cuda:") else 0
@@ -213,7 +223,7 @@ class LlamaCpp(Engine):
                     else (device if ":" in device else "cuda:0")) if on_gpu else "cpu",
             dtype=quant,
             weight_bytes=int(ll.llama_model_size(self.model)),
-            versions={"llama_cpp_python": ll.__version__},
+            versions={"llama_cpp_python": llama_cpp_version},
             extra={
                 "gguf": self.gguf_path,
                 "gguf_bytes": meta["bytes"],
@@ -256,11 +266,11 @@ class LlamaCpp(Engine):
         self.n_seq, self.n_ctx, self.n_batch = n_seq, ll.llama_n_ctx(self.ctx), ll.llama_n_batch(self.ctx)
         self.batch_cap = max(self.n_batch, n_seq)
         self.batch = ll.llama_batch_init(self.batch_cap, 0, 1)
-        self._tok = np.ctypeslib.as_array(self.batch.token, shape=(self.batch_cap,))
-        self._pos = np.ctypeslib.as_array(self.batch.pos, shape=(self.batch_cap,))
-        self._lgt = np.ctypeslib.as_array(self.batch.logits, shape=(self.batch_cap,))
-        np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.batch_cap,))[:] = 1
-        self._seq_of = [-1] * self.batch_cap  # what batch.seq_id[i][0] holds, to skip rewrites
+        cap = self.batch_cap
+        self._tok, self._pos = _view(self.batch.token, ctypes.c_int32, cap), _view(self.batch.pos, ctypes.c_int32, cap)
+        self._lgt = _view(self.batch.logits, ctypes.c_int8, cap)
+        _view(self.batch.n_seq_id, ctypes.c_int32, cap)[:] = [1] * cap
+        self._seq_of = [-1] * cap  # what batch.seq_id[i][0] holds, to skip rewrites
         self._lv, self._lv_key = None, None  # numpy view of the logits buffer and its (address, rows)
 
     def _room(self, n_seq: int, n_ctx: int, lens: list[int]) -> bool:
@@ -285,7 +295,8 @@ class LlamaCpp(Engine):
 
     # --- generate -------------------------------------------------------------------------
 
-    def _fill(self, start: int, tokens: np.ndarray, pos: np.ndarray, seqs: list[int], logits: np.ndarray) -> None:
+    def _fill(self, start: int, tokens: Any, pos: Any, seqs: Any, logits: Any) -> None:
+        """Batch rows start.. from sequences of ints (lists, ranges or numpy arrays)."""
         n = len(tokens)
         self._tok[start : start + n] = tokens
         self._pos[start : start + n] = pos
@@ -302,60 +313,81 @@ class LlamaCpp(Engine):
         if rc != 0:
             _decode_failed(rc)
 
-    def _logits(self, rows: int) -> np.ndarray:
+    def _logits(self, rows: int) -> Any:
         """The n_out requested rows of llama.cpp's logits, in batch order, as a numpy view kept while the
         buffer's address and the row count stay the same (llama.cpp reallocates it only to grow)."""
         key = (_logits_addr(self.ctx), rows)  # llama_get_logits also waits for the backend, as it must
         if key != self._lv_key:
+            np = _numpy()
             buf = (ctypes.c_float * (rows * self.n_vocab)).from_address(key[0])
             self._lv, self._lv_key = np.frombuffer(buf, dtype=np.float32).reshape(rows, self.n_vocab), key
         return self._lv
 
-    def _argmax(self, n_out: int) -> np.ndarray:
-        return self._logits(n_out).argmax(axis=1)
+    def _argmax(self, n_out: int) -> list[int]:
+        """Each requested row's greedy token: in C beside the C loop (numpy's semantics, no numpy), else numpy."""
+        if self._cargmax is None:
+            return self._logits(n_out).argmax(axis=1).tolist()
+        base, row = _logits_addr(self.ctx), 4 * self.n_vocab
+        return [self._cargmax(base + i * row, self.n_vocab) for i in range(n_out)]
 
-    def _prefill(self, prompts: list[list[int]]) -> np.ndarray:
+    def _prefill(self, prompts: list[list[int]]) -> list[int]:
         """All prompts (sequence i in seq id i) packed into n_batch-sized llama_batches; each one's next token."""
         lens = [len(p) for p in prompts]
-        flat = np.fromiter((t for p in prompts for t in p), dtype=np.int32, count=sum(lens))
-        pos = np.concatenate([np.arange(n, dtype=np.int32) for n in lens])
+        flat = [t for p in prompts for t in p]
+        pos = [i for n in lens for i in range(n)]
         seqs = [s for s, n in enumerate(lens) for _ in range(n)]
-        want = np.zeros(len(flat), dtype=np.int8)
-        want[np.cumsum(lens) - 1] = 1
-        nxt = np.empty(len(prompts), dtype=np.int64)
-        done = 0
+        want = [0] * len(flat)
+        for end in accumulate(lens):
+            want[end - 1] = 1
+        nxt: list[int] = []
         for start in range(0, len(flat), self.n_batch):
             stop = min(start + self.n_batch, len(flat))
             self._fill(0, flat[start:stop], pos[start:stop], seqs[start:stop], want[start:stop])
             self._decode(stop - start)
-            n_out = int(want[start:stop].sum())
+            n_out = sum(want[start:stop])
             if n_out:
-                nxt[done : done + n_out] = self._argmax(n_out)
-                done += n_out
+                nxt += self._argmax(n_out)
         return nxt
 
-    def _decode_steps(self, out: np.ndarray, lens: list[int], t_first: float) -> list[float]:
-        """Greedy decoding, one token per sequence per llama_decode: out[0] holds each sequence's first token
-        (from the prefill, which ended at t_first), the loop fills out[1:]. Returns t_first and the clock at the
-        end of each step.
+    def _decode_steps(self, first: list[int], lens: list[int], n: int, t_first: float) -> tuple[list[list[int]], list[float]]:
+        """Greedy decoding, one token per sequence per llama_decode, from each sequence's first token (from the
+        prefill, which ended at t_first) to n tokens. Returns each sequence's tokens, and t_first and the clock at
+        the end of each step.
 
-        The loop only writes into buffers that exist before it: the batch's token and position arrays,
-        and out's row (argmax's `out=`). Greedy selection is numpy's argmax over the kept logits view:
-        1.1 us a step at batch 1 on tiny's 4096-token vocabulary (2.0 at batch 4), against 7.2 (28) for
-        llama.cpp's greedy sampler, whose llama_sampler_sample copies each row into a candidate array
-        first; the old fresh view + argmax took 3.6 (4.4). Both pick the first maximum.
-        benchmarks/llamacpp_vs_llama_bench.py --steps measures them. The C loop (steploop.c) does the same
-        steps in one call and leaves the same tokens, positions and clock readings."""
-        n, b = out.shape
-        first = np.asarray(lens, dtype=np.int32)
-        self._fill(0, out[0], first, range(b), np.ones(b, dtype=np.int8))
+        The C loop (steploop.c) runs the steps in one call; the Python loop below leaves the same tokens,
+        positions and clock readings."""
+        b = len(first)
+        self._fill(0, first, lens, range(b), [1] * b)
+        self.batch.n_tokens = b
         if self._cloop is not None:
-            return self._c_steps(out, t_first)
+            return self._c_steps(first, n, t_first)
+        return self._python_steps(first, lens, n, t_first)
+
+    def _c_steps(self, first: list[int], n: int, t_first: float) -> tuple[list[list[int]], list[float]]:
+        b = len(first)
+        out, ends = (ctypes.c_int64 * (n * b))(), (ctypes.c_double * n)()  # out is step-major: a step is b tokens
+        out[:b], ends[0] = first, t_first
+        done = ctypes.c_int32(0)
+        rc = self._cloop(steploop.DECODE, steploop.GET_LOGITS, self.ctx, ctypes.addressof(self.batch), self.n_vocab,
+                         n, ctypes.addressof(out), ctypes.addressof(ends), ctypes.byref(done))  # fmt: skip
+        if rc != 0:
+            _decode_failed(rc)
+        return [out[s::b] for s in range(b)], ends[:]
+
+    def _python_steps(self, first: list[int], lens: list[int], n: int, t_first: float) -> tuple[list[list[int]], list[float]]:
+        """The loop only writes into buffers that exist before it: the batch's token and position arrays, and out's
+        row (argmax's `out=`). Greedy selection is numpy's argmax over the kept logits view: 1.1 us a step at batch
+        1 on tiny's 4096-token vocabulary (2.0 at batch 4), against 7.2 (28) for llama.cpp's greedy sampler, whose
+        llama_sampler_sample copies each row into a candidate array first. Both pick the first maximum.
+        benchmarks/llamacpp_vs_llama_bench.py --steps measures them."""
+        np = _numpy()
+        b = len(first)
+        out = np.empty((n, b), dtype=np.int64)  # step-major: a step's tokens are one row
+        out[0] = first
         # Positions after step s are row s - 1: a copy per step, cheaper than an in-place `pos += 1` (a ufunc
         # call, 1.5% of a batch-1 Q4_0 step on tiny with its cache side effects).
-        next_pos = first + np.arange(1, n, dtype=np.int32)[:, None]
-        tok, pos = self._tok[:b], self._pos[:b]
-        self.batch.n_tokens = b
+        next_pos = np.asarray(lens, dtype=np.int32) + np.arange(1, n, dtype=np.int32)[:, None]
+        tok, pos = np.frombuffer(self._tok, dtype=np.int32)[:b], np.frombuffer(self._pos, dtype=np.int32)[:b]
         decode, ctx, batch, logits, clock = ll.llama_decode, self.ctx, self.batch, self._logits, time.perf_counter
         ends = [t_first] * n
         for step in range(1, n):
@@ -367,18 +399,7 @@ class LlamaCpp(Engine):
             tok[:] = row
             pos[:] = next_pos[step - 1]
             ends[step] = clock()
-        return ends
-
-    def _c_steps(self, out: np.ndarray, t_first: float) -> list[float]:
-        self.batch.n_tokens = out.shape[1]
-        ends = np.empty(out.shape[0])
-        ends[0] = t_first
-        done = ctypes.c_int32(0)
-        rc = self._cloop(steploop.DECODE, steploop.GET_LOGITS, self.ctx, ctypes.addressof(self.batch), self.n_vocab,
-                         out.shape[0], out.ctypes.data, ends.ctypes.data, ctypes.byref(done))  # fmt: skip
-        if rc != 0:
-            _decode_failed(rc)
-        return ends.tolist()
+        return out.T.tolist(), ends
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
         t0 = time.perf_counter()  # TTFT and decode time share this clock with the runner's latency
@@ -388,20 +409,19 @@ class LlamaCpp(Engine):
         self._ensure_capacity([n + max_new_tokens for n in lens])
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
         ll.llama_perf_context_reset(self.ctx)
-        out = np.empty((max_new_tokens, b), dtype=np.int64)  # step-major: a step's tokens are one row
-        out[0] = self._prefill(prompts)
+        first = self._prefill(prompts)
         t_first = time.perf_counter()
         perf_prefill = ll.llama_perf_context(self.ctx)
-        ends = self._decode_steps(out, lens, t_first)
+        tokens, ends = self._decode_steps(first, lens, max_new_tokens, t_first)
         perf = ll.llama_perf_context(self.ctx)
         ttft, wall = t_first - t0, ends[-1] - t0
         decode_s = wall - ttft
         pre_ms = perf_prefill.t_p_eval_ms + perf_prefill.t_eval_ms
         dec_ms = perf.t_p_eval_ms + perf.t_eval_ms - pre_ms
         return GenerateResult(
-            tokens=out.T.tolist(),
+            tokens=tokens,
             ttft_s=ttft,
-            step_times_s=np.diff(ends).tolist(),
+            step_times_s=[b - a for a, b in zip(ends, ends[1:])],
             extra={
                 "prefill_s": ttft,
                 "decode_s": decode_s,
@@ -429,6 +449,7 @@ class LlamaCpp(Engine):
             raise ValueError(f"context_len must be in [1, {len(window) - 1}], got {context_len}")
         self._ensure_capacity([len(window)])
         ll.llama_memory_clear(ll.llama_get_memory(self.ctx), True)
+        np = _numpy()
         ids = np.asarray(window[:-1], dtype=np.int32)
         want = (np.arange(len(ids)) >= context_len - 1).astype(np.int8)
         rows = []
@@ -474,10 +495,7 @@ def _decode_failed(rc: int) -> None:
 
 def _file_type_name(code: Any) -> str:
     try:
-        from gguf import LlamaFileType
-
-        name = LlamaFileType(int(code[0] if isinstance(code, (list, tuple)) else code)).name
+        name = gguf_convert.constants().LlamaFileType(int(code[0] if isinstance(code, (list, tuple)) else code)).name
         return name.removeprefix("MOSTLY_").removeprefix("ALL_").lower()
     except (TypeError, ValueError):
         return "unknown"
-

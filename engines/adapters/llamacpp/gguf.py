@@ -1,23 +1,31 @@
 """Hugging Face Llama-family checkpoint -> GGUF (F32/F16 written here, K/legacy quants by llama.cpp).
 
-Needs numpy and gguf only; quantizing imports llama_cpp, so that step runs in workers only.
-Files are cached as `<model_dir>/gguf/<hash>-<quant>.gguf` (or under the user cache when the
+Writing needs numpy and gguf and quantizing needs llama_cpp's bindings, so conversion runs in workers only, and
+in a process of its own where the worker keeps numpy out (convert_isolated). Reading a GGUF's header needs
+neither (inspect_gguf). Files are cached as `<model_dir>/gguf/<hash>-<quant>.gguf` (or under the user cache when the
 model directory is read-only), keyed by a content hash of the source files and the converter.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import logging
+import mmap
 import os
 import struct
+import subprocess
+import sys
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Iterator
-
-import numpy as np
+from types import ModuleType
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 from engines.base import SpecError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 CONVERTER_VERSION = "1"  # bump when the output of write_gguf changes
 QUANTS = ("f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")
@@ -63,35 +71,113 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
     version = struct.unpack("<I", head[4:8])[0]
     if version not in (2, 3):
         raise SpecError(f"{p} is GGUF version {version}, which llama.cpp cannot read (need 2 or 3); re-convert it")
-    from gguf import GGUFReader
-
     try:
-        reader = GGUFReader(p)
+        with p.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            fields, tensors, data_offset = _read_header(buf)
+        sizes = constants().GGML_QUANT_SIZES
+        end = data_offset
+        for offset, ggml_type, n_elements in tensors:
+            block, type_bytes = sizes[constants().GGMLQuantizationType(ggml_type)]
+            end = max(end, data_offset + offset + n_elements // block * type_bytes)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged header
         why = f"{type(exc).__name__}: {exc}"
         raise SpecError(f"{p} is truncated or corrupt ({why}); re-download or re-convert it") from None
-    end = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
     if end > size:
         raise SpecError(f"{p} is truncated ({size} of {end} bytes); re-download or re-convert it")
-    if not reader.tensors:
+    if not tensors:
         raise SpecError(f"{p} holds no tensors; pass a model GGUF file")
-
-    def field(key: str) -> Any:
-        f = reader.get_field(key)
-        return None if f is None else f.contents()
-
     return {
-        "architecture": field("general.architecture"),
-        "file_type": field("general.file_type"),
-        "n_tensors": len(reader.tensors),
+        "architecture": fields.get("general.architecture"),
+        "file_type": fields.get("general.file_type"),
+        "n_tensors": len(tensors),
         "version": int(version),
         "bytes": size,
     }
 
 
+@lru_cache(maxsize=1)
+def constants() -> ModuleType:
+    """The gguf package's tables (ggml types, their block sizes, llama file types) without gguf's __init__,
+    which imports numpy: gguf/constants.py itself imports only the standard library."""
+    spec = importlib.util.find_spec("gguf")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("No module named 'gguf'", name="gguf")
+    path = Path(list(spec.submodule_search_locations)[0]) / "constants.py"
+    loader = importlib.util.spec_from_file_location("_codebench_gguf_constants", path)
+    assert loader is not None and loader.loader is not None
+    module = importlib.util.module_from_spec(loader)
+    loader.loader.exec_module(module)
+    return module
+
+
+# GGUF value types: 8 is a string, 9 an array; the rest are little-endian scalars.
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _read_header(buf: Any) -> tuple[dict[str, Any], list[tuple[int, int, int]], int]:
+    """(scalar and string metadata, (offset, ggml type, elements) per tensor, where tensor data starts) of a GGUF v2/v3
+    header. Every length is checked against the file, so a hostile header fails here, not in an allocation."""
+    size, pos = len(buf), 8
+
+    def take(fmt: str) -> Any:
+        nonlocal pos
+        value = struct.unpack_from(fmt, buf, pos)[0]
+        pos += struct.calcsize(fmt)
+        return value
+
+    def string() -> str:
+        nonlocal pos
+        n = take("<Q")
+        if n > size - pos:
+            raise ValueError(f"a string of {n} bytes at offset {pos}")
+        pos += n
+        return bytes(buf[pos - n : pos]).decode("utf-8", errors="replace")
+
+    def value(kind: int) -> Any:
+        nonlocal pos
+        if kind in _SCALARS:
+            return take(_SCALARS[kind])
+        if kind == 8:
+            return string()
+        if kind != 9:
+            raise ValueError(f"unknown value type {kind}")
+        item, count = take("<I"), take("<Q")
+        if count > size - pos:  # every item takes at least a byte
+            raise ValueError(f"an array of {count} items at offset {pos}")
+        if item in _SCALARS:
+            pos += count * struct.calcsize(_SCALARS[item])
+        else:
+            for _ in range(count):
+                value(item)
+        return None  # arrays (the vocabulary) are skipped
+
+    n_tensors, n_fields = take("<Q"), take("<Q")
+    if n_tensors > size or n_fields > size:
+        raise ValueError(f"{n_tensors} tensors and {n_fields} fields in {size} bytes")
+    fields = {}
+    for _ in range(n_fields):
+        key = string()
+        fields[key] = value(take("<I"))
+    tensors = []
+    for _ in range(n_tensors):
+        string()
+        n_dims = take("<I")
+        if n_dims > 8:
+            raise ValueError(f"a tensor of {n_dims} dimensions")
+        n_elements = 1
+        for _ in range(n_dims):
+            n_elements *= take("<Q")
+        ggml_type = take("<I")
+        tensors.append((take("<Q"), ggml_type, n_elements))
+    alignment = fields.get("general.alignment") or 32
+    if pos > size:
+        raise ValueError("the header runs past the end of the file")
+    return fields, tensors, -(-pos // alignment) * alignment
+
+
 # --- reading safetensors without torch (numpy cannot load bf16, so parse the header) --------
 
-_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "F64": np.float64}
+_ST_DTYPES = {"F32": "float32", "F16": "float16", "BF16": "uint16", "F64": "float64"}  # numpy dtype names
 
 
 def _safetensor_files(model_dir: Path) -> list[Path]:
@@ -118,6 +204,8 @@ def _iter_tensors(files: list[Path]) -> Iterator[tuple[str, tuple[int, ...], Cal
             start, stop = meta["data_offsets"]
 
             def load(path=path, start=start, stop=stop, dtype=dtype, shape=shape) -> np.ndarray:
+                import numpy as np
+
                 raw = np.memmap(path, dtype=np.uint8, mode="r", offset=base + start, shape=(stop - start,))
                 arr = raw.view(_ST_DTYPES[dtype]).reshape(shape)
                 if dtype == "BF16":  # bf16 is the top half of a float32
@@ -211,6 +299,8 @@ def _permute(w: np.ndarray, n_head: int) -> np.ndarray:
 def _llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
     import math
 
+    import numpy as np
+
     freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
     factor = rope.get("factor", 8.0)
     lo, hi = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
@@ -231,6 +321,7 @@ def _llama3_rope_factors(rope: dict[str, Any], head_dim: int) -> np.ndarray:
 def write_gguf(model_dir: str | Path, out_path: str | Path, quant: str = "f32") -> None:
     """Write an F32 or F16 GGUF of an HF Llama checkpoint, one tensor in memory at a time."""
     import gguf
+    import numpy as np
 
     model_dir, out_path = Path(model_dir), Path(out_path)
     quant = check_quant(quant)
@@ -352,9 +443,8 @@ def quantize(src: Path, dst: Path, quant: str, n_threads: int = 0) -> None:
     """llama.cpp's own quantizer (llama_model_quantize) from an F32 GGUF."""
     import ctypes
 
-    import llama_cpp
+    from engines.adapters.llamacpp.bindings import ll as llama_cpp  # its log keeps warnings only
 
-    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # a log line per tensor otherwise
     ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{quant.upper()}", None)
     if ftype is None:
         raise SpecError(f"this llama.cpp build does not know quant type '{quant}'; upgrade llama-cpp-python")
@@ -388,3 +478,35 @@ def _ensure(model_dir: Path, quant: str, digest: str, n_threads: int) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return out
+
+
+def convert_isolated(model_dir: str | Path, quant: str = "f32", n_threads: int = 0) -> Path:
+    """convert(), writing in a child process when the file is not cached yet: the caller keeps numpy out."""
+    model_dir = Path(model_dir)
+    quant = check_quant(quant)
+    load_config(model_dir)
+    out = gguf_path(model_dir, quant, source_hash(model_dir))
+    if out.is_file():
+        return out
+    argv = [sys.executable, "-m", "engines.adapters.llamacpp.gguf", str(model_dir), quant, str(n_threads)]
+    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # its log goes to this process's stderr
+    last = (proc.stdout.strip().splitlines() or [""])[-1]
+    if proc.returncode == 2:
+        raise SpecError(last)
+    if proc.returncode != 0 or not Path(last).is_file():
+        raise RuntimeError(f"GGUF conversion of {model_dir.name} to {quant} failed (exit {proc.returncode}); "
+                           "see the worker log")  # fmt: skip
+    return Path(last)
+
+
+def _main(argv: list[str]) -> int:
+    try:
+        print(convert(Path(argv[0]), argv[1], int(argv[2])))
+    except SpecError as exc:
+        print(exc)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

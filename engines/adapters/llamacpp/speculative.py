@@ -20,9 +20,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import llama_cpp as ll
-import numpy as np
-
+from engines.adapters.llamacpp.bindings import ll
 from engines.adapters.llamacpp.engine import LlamaCpp, _check_call
 from engines.base import GenerateResult, SpecError
 from engines.models.drafts import draft_path
@@ -33,13 +31,17 @@ def propose_ngram(tokens: list[int], k: int, ngram_max: int) -> list[int]:
     """Up to k tokens that followed the first earlier occurrence of the context's last n-gram (n = ngram_max..1)."""
     if k < 1 or len(tokens) < 2:
         return []
-    arr = np.asarray(tokens)
+    tokens = list(tokens)
     for n in range(min(ngram_max, len(tokens) - 1), 0, -1):
-        windows = np.lib.stride_tricks.sliding_window_view(arr[:-1], n)  # occurrences that have a next token
-        hits = np.flatnonzero((windows == arr[-n:]).all(axis=1))
-        if len(hits):
-            start = int(hits[0]) + n
-            return arr[start : start + k].tolist()
+        pattern, last = tokens[-n:], len(tokens) - 1 - n  # an occurrence must have a next token: start <= last
+        start = -1
+        while True:
+            try:
+                start = tokens.index(pattern[0], start + 1, last + 1)
+            except ValueError:
+                break
+            if tokens[start : start + n] == pattern:
+                return tokens[start + n : start + n + k]
     return []
 
 
@@ -72,14 +74,12 @@ class DraftModel:
             for i in rows:
                 s = active[i]
                 toks = feed[s] if step == 0 else [props[i][-1]]
-                want = np.zeros(len(toks), dtype=np.int8)
-                want[-1] = 1
-                e._fill(fed, np.asarray(toks, dtype=np.int32), np.arange(self.kv_len[s], self.kv_len[s] + len(toks),
-                        dtype=np.int32), [s] * len(toks), want)  # fmt: skip
+                want = [0] * (len(toks) - 1) + [1]
+                e._fill(fed, toks, range(self.kv_len[s], self.kv_len[s] + len(toks)), [s] * len(toks), want)
                 self.kv_len[s] += len(toks)
                 fed += len(toks)
             e._decode(fed)
-            for i, token in zip(rows, e._argmax(len(rows)).tolist()):
+            for i, token in zip(rows, e._argmax(len(rows))):
                 props[i].append(int(token))
         return props
 
@@ -163,13 +163,12 @@ class LlamaCppSpeculative(LlamaCpp):
             c["draft_s"] += time.perf_counter() - t
             fed = 0
             for s, pr in zip(active, props):
-                toks = np.asarray([ctx[s][-1], *pr], dtype=np.int32)
-                pos = np.arange(kv_len[s], kv_len[s] + len(toks), dtype=np.int32)
-                self._fill(fed, toks, pos, [s] * len(toks), np.ones(len(toks), dtype=np.int8))
+                toks = [ctx[s][-1], *pr]
+                self._fill(fed, toks, range(kv_len[s], kv_len[s] + len(toks)), [s] * len(toks), [1] * len(toks))
                 fed += len(toks)
             t = time.perf_counter()
             self._decode(fed)
-            preds = self._argmax(fed).tolist()
+            preds = self._argmax(fed)
             c["verify_s"] += time.perf_counter() - t
             c["steps"] += 1
             row = 0

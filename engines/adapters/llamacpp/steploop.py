@@ -21,12 +21,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-import llama_cpp as ll
+from engines.adapters.llamacpp.bindings import ll
 
 SOURCE = Path(__file__).with_name("steploop.c")
 # The addresses of the functions the C loop calls, as llama-cpp-python's libllama resolved them.
-DECODE = ctypes.cast(ll.llama_cpp._lib.llama_decode, ctypes.c_void_p).value
-GET_LOGITS = ctypes.cast(ll.llama_cpp._lib.llama_get_logits, ctypes.c_void_p).value
+DECODE = ctypes.cast(ll._lib.llama_decode, ctypes.c_void_p).value
+GET_LOGITS = ctypes.cast(ll._lib.llama_get_logits, ctypes.c_void_p).value
 
 
 def _cache() -> Path:
@@ -75,3 +75,14 @@ def load() -> tuple[Callable | None, str]:
                    ctypes.c_void_p, ctypes.c_void_p, ctypes.POINTER(ctypes.c_int32)]  # fmt: skip
     fn.restype = ctypes.c_int32
     return fn, ""
+
+
+@lru_cache(maxsize=1)
+def argmax() -> Callable | None:
+    """The C loop's greedy pick for one row, (address, n) -> index, or None where the library is not available."""
+    lib, _why = library()
+    if lib is None:
+        return None
+    fn = lib.codebench_argmax
+    fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_int64], ctypes.c_int64
+    return fn

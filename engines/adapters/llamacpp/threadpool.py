@@ -15,7 +15,7 @@ import ctypes
 import os
 from functools import lru_cache
 
-import llama_cpp as ll
+from engines.adapters.llamacpp.bindings import ll
 
 MAX_THREADS = 512  # GGML_MAX_N_THREADS: the length of ggml_threadpool_params.cpumask
 
@@ -32,7 +32,7 @@ def _api() -> tuple | None:
     try:
         cpu = ctypes.CDLL(path)  # already loaded by llama_cpp: the same handle
         default, new, free = cpu.ggml_threadpool_params_default, cpu.ggml_threadpool_new, cpu.ggml_threadpool_free
-        attach, detach = ll.llama_cpp._lib.llama_attach_threadpool, ll.llama_cpp._lib.llama_detach_threadpool
+        attach, detach = ll._lib.llama_attach_threadpool, ll._lib.llama_detach_threadpool
     except (OSError, AttributeError):
         return None
     default.argtypes, default.restype = [ctypes.c_int], ThreadpoolParams
