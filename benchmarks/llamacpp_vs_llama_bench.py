@@ -22,9 +22,10 @@ greedy sampler), the figures quoted in engines/adapters/llamacpp/engine.py.
 generate() with its C decode loop (the default) and with decode_loop=python, and a bare Python loop of
 llama_decode calls: what a Python-driven loop costs by itself.
 --process instead runs llama-bench's tg loop as the standalone binary, as its main() inside a Python process that
-imported nothing and one that imported llama_cpp (hence numpy), and the adapter in a fresh process, alternated:
-how much of the CLI's gap to the binary comes from being a Python process at all.
-Figures of 2026-12-06 on the 2-core dev VM: docs/results/2026-12-06-llama-bench/.
+imported nothing and one that imported llama_cpp (hence numpy), and the adapter in a fresh process as codebench's
+worker runs it (no numpy) and after `import numpy`, alternated: what being a Python process, and holding numpy, cost.
+Figures of 2026-12-06 on the 2-core dev VM: docs/results/2026-12-06-llama-bench-no-numpy/ (the worker without
+numpy) and docs/results/2026-12-06-llama-bench/ (before).
 """
 
 from __future__ import annotations
