@@ -16,6 +16,11 @@
 #             `hydragen_study.py bench` (one model load; noattention, hydragen, hydragen without CUDA graphs,
 #             interleaved) and the runner's study, both at N = 128,256 x P = 4096; BENCH_EXTRA / HYD_EXTRA
 #             append options to each.
+#   llama-bench: issue 15 on a second CPU, the GPU host's: benchmarks/llamacpp_vs_llama_bench.py (codebench's CLI
+#             against llama-bench and llama-batched-bench, LB_ROUNDS rounds, LB_EXTRA appended). The image has no
+#             llama.cpp: .whl/ then also holds a cp312 llama-cpp-python 0.3.36 wheel and gguf 0.19.0 built on the dev
+#             VM, and .devtools/ (carried) the tools built there from the same vendored source, copied to the path their
+#             RUNPATH names. Both builds are the dev VM's (AVX2), so both sides run the same kernels.
 #   memory: issue 19's evidence: seed 001's attention grid (eager vs sdpa-flash, batch 2,4,8 x input 4096-16384),
 #             sequential, then the memory model's predicted peaks and OOMs against the measured ones
 #             (benchmarks/memory_study.py); MEM_EXTRA appends `run` options (e.g. --skip-predicted-oom).
@@ -92,5 +97,19 @@ case "${1:-}" in
     python3 benchmarks/memory_study.py run --db "$OUT/memory.db" --timeout "${STUDY_TIMEOUT:-480}" -- ${MEM_EXTRA:-} 2>&1 | tee -a "$log"
     python3 benchmarks/memory_study.py report --db "$OUT/memory.db" -o "$OUT/memory.md" 2>&1 | tee -a "$log"
     ;;
-  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick|hydragen-agree|memory" >&2; exit 2 ;;
+  llama-bench)
+    log="$OUT/llama-bench.log"
+    env_info 2>&1 | tee "$log"
+    lscpu | grep -E "Model name|^CPU\(s\)|Thread|Core|Socket|L3" | tee -a "$log"
+    tools=/root/.cache/codebench-tui/llama-tools/0.3.36
+    # the tools, and the C decode loop built on the dev VM (its cache name hashes the source, `cc` and the machine)
+    mkdir -p "$tools" /root/.cache/codebench-tui/llama-steploop && cp -a .devtools/build .devtools/tools.json "$tools"/ \
+      && cp .devtools/steploop/*.so /root/.cache/codebench-tui/llama-steploop/ || exit 1
+    ldd "$tools/build/bin/llama-bench" | grep "not found" | tee -a "$log"
+    # shellcheck disable=SC2086  # LB_EXTRA is a list of options
+    # libgomp travels with the tools: the wheel's libraries and the tools then share the dev VM's OpenMP runtime
+    LD_LIBRARY_PATH="$tools/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CODEBENCH_CACHE=/root/.cache/codebench-tui timeout "${LB_TIMEOUT:-540}" python3 benchmarks/llamacpp_vs_llama_bench.py \
+      --rounds "${LB_ROUNDS:-10}" ${LB_EXTRA:-} 2>&1 | tee -a "$log"
+    ;;
+  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick|hydragen-agree|memory|llama-bench" >&2; exit 2 ;;
 esac

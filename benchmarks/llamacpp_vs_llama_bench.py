@@ -48,9 +48,11 @@ sys.path.insert(0, str(ROOT))
 def codebench(quant: str, threads: str, batches: list[int], p: int, n: int, repeats: int, db: Path,
               opts: tuple[str, ...] = (), model: str = "tiny") -> dict:  # fmt: skip
     """{batch: stored decode_tps} and the threads the run used, from one CLI run (`opts`: more --opt K=V)."""
+    # --device cpu: the tools run on the CPU, so codebench does too where a GPU is present
     cmd = [sys.executable, "-m", "tui.cli", "run", "--model", model, "--engine", "llama.cpp", "--quant", quant,
            "--batch", ",".join(map(str, batches)), "--input-len", str(p), "--output-len", str(n + 1),
-           "--warmup", "1", "--iters", "1", "--repeats", str(repeats), "--db", str(db), "--quiet"]  # fmt: skip
+           "--warmup", "1", "--iters", "1", "--repeats", str(repeats), "--db", str(db), "--quiet",
+           "--device", "cpu"]  # fmt: skip
     if threads != "default":
         cmd += ["--opt", f"n_threads={threads}"]
     for opt in opts:

@@ -35,11 +35,12 @@ GPU_CONSTANT = 0  # the allocator's peak holds no context or library code
 VLLM_GPU_FRACTION = 0.9  # vLLM's own default gpu_memory_utilization: it takes this share of the card up front
 # Resident memory of a loaded worker beyond its weights and KV cache: interpreter, libraries, buffers. Measured
 # on tiny (2026-12-06, 2-core x86 host, 23 GiB, torch 2.13 CPU; VmHWM of the worker at batch 1, input 32):
-# hf-generate 493 MiB - 20 MiB weights; llama.cpp 172 - 20; vLLM 657 (our worker) + 3329 (its engine core,
-# store.memfit.measured adds it) - 20 weights - 2048 KV pool. Fitted constants (store.memfit) refine them per host.
+# hf-generate 493 MiB - 20 MiB weights; llama.cpp 68 - 20 (its worker holds no numpy, tokenizer or corpus: a
+# child process draws the prompts); vLLM 657 (our worker) + 3329 (its engine core, store.memfit.measured adds it)
+# - 20 weights - 2048 KV pool. Fitted constants (store.memfit) refine them per host.
 CPU_CONSTANTS = {
     "hf-generate": 470 * 2**20,
-    "llama.cpp": 150 * 2**20,
+    "llama.cpp": 48 * 2**20,
     "vllm": 1900 * 2**20,
 }
 # llama.cpp: bits per weight of the GGUF it converts a checkpoint to, by quant (K-quants mix block types: the
