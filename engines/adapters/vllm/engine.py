@@ -175,6 +175,10 @@ def _spec_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, 
     }
 
 
+_DEAD = ("vLLM's engine core or model worker died (killed, or crashed: its traceback is in the worker log); "
+         "this engine cannot run further cells until it is loaded again")
+
+
 class VLLM(Engine):
     name = "vllm"
 
@@ -247,15 +251,31 @@ class VLLM(Engine):
         )
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        # A call sent before vLLM's core has noticed a dead model worker can wait forever (vLLM 0.32 fails only
+        # the calls it still tracks), so its processes are checked first: a few microseconds a call.
+        if self._gone():
+            raise RuntimeError(_DEAD)
         try:
             return self._generate(prompts, max_new_tokens)
         except Exception as exc:
             if type(exc).__name__ == "EngineDeadError":  # its own message only says "see above"
-                raise RuntimeError(
-                    "vLLM's engine core or model worker died (killed, or crashed: its traceback is in the worker "
-                    "log); this engine cannot run further cells until it is loaded again"
-                ) from exc
+                raise RuntimeError(_DEAD) from exc
             raise
+
+    def _gone(self) -> list[int]:
+        """vLLM's processes (engine core, model workers) that have exited since load."""
+        import psutil
+
+        gone = []
+        for pid in getattr(self, "_pids", ()):
+            try:
+                if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+                    gone.append(pid)
+            except psutil.NoSuchProcess:
+                gone.append(pid)
+            except psutil.Error:
+                pass
+        return gone
 
     def _generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
         extra: dict[str, Any] = {}
