@@ -283,3 +283,16 @@ def test_convert_isolated_writes_in_a_child_and_passes_its_spec_errors(tiny, tmp
     with pytest.raises(SpecError, match="RoPE scaling 'yarn' is not supported"):
         gc.convert_isolated(model, "f32")
     assert not [p for p in (model / "gguf").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_string_array_longer_than_the_file_fails_before_its_loop(tmp_path):
+    """A header's array count must fit the bytes left at 8 bytes a string: 4000 strings in 4 kB are refused at once."""
+    import struct
+
+    key = b"tokenizer.ggml.tokens"
+    blob = (b"GGUF" + struct.pack("<IQQ", 3, 1, 1) + struct.pack("<Q", len(key)) + key + struct.pack("<IIQ", 9, 8, 4000)
+            + b"\0" * 4096)  # fmt: skip
+    path = tmp_path / "vocab.gguf"
+    path.write_bytes(blob)
+    with pytest.raises(SpecError, match="truncated or corrupt .*an array of 4000 items"):
+        gc.inspect_gguf(path)

@@ -142,7 +142,8 @@ def _read_header(buf: Any) -> tuple[dict[str, Any], list[tuple[int, int, int]], 
         if kind != 9:
             raise ValueError(f"unknown value type {kind}")
         item, count = take("<I"), take("<Q")
-        if count > size - pos:  # every item takes at least a byte
+        least = struct.calcsize(_SCALARS[item]) if item in _SCALARS else 8 if item == 8 else 12  # bytes an item takes
+        if count * least > size - pos:
             raise ValueError(f"an array of {count} items at offset {pos}")
         if item in _SCALARS:
             pos += count * struct.calcsize(_SCALARS[item])
