@@ -1,8 +1,8 @@
 """A cell's prompts and workload scores, computed in a child process for workers that keep numpy out.
 
 Prompt drawing uses numpy's random generator, and a process that has imported numpy runs llama.cpp's decode 2-3 %
-slower (engines/adapters/llamacpp/bindings.py). The llama.cpp worker therefore asks this child, started at its
-first request and ended when the worker closes its stdin, for the same functions it would call itself.
+slower (engines/adapters/llamacpp/bindings.py). The llama.cpp worker therefore asks this child, started when the
+worker loads and ended when it closes the child's stdin, for the same functions it would call itself.
 Protocol: one JSON request per line on stdin, {"fn": name, "args": [...]}; one JSON reply per line on stdout,
 {"ok": result} or {"error": type name, "message": text}.
 """
@@ -37,11 +37,15 @@ class PromptProcess:
     def __init__(self) -> None:
         self.proc: subprocess.Popen | None = None
 
-    def call(self, fn: str, *args: Any) -> Any:
+    def start(self) -> None:
+        """Start the child now (the worker does so before it caps its own address space, which a child inherits)."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = subprocess.Popen([sys.executable, "-m", "engines.harness.prompt_process"], stdin=subprocess.PIPE,
                                          stdout=subprocess.PIPE, text=True, env=os.environ.copy())  # fmt: skip
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+
+    def call(self, fn: str, *args: Any) -> Any:
+        self.start()
+        assert self.proc is not None and self.proc.stdin is not None and self.proc.stdout is not None
         try:
             self.proc.stdin.write(json.dumps({"fn": fn, "args": args}) + "\n")
             self.proc.stdin.flush()

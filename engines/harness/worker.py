@@ -129,6 +129,7 @@ class Worker:
         self.engine = load_engine(run)
         if getattr(self.engine, "keeps_numpy_out", False) and "numpy" not in sys.modules:
             self.side = PromptProcess()
+            self.side.start()  # before RLIMIT_AS below: a child inherits the cap
         if self.group is None:
             info = self.engine.load(self.model_path, cmd.device)
         else:
