@@ -99,6 +99,7 @@ class Worker:
         self.label = ""
         self.meter: HostMeter | None = None
         self.side: PromptProcess | None = None  # prompts and scores for engines that keep numpy out of this process
+        self.keeps_numpy_out = False
 
     def emit(self, event: ev.Event) -> None:
         self.out.write(ev.encode(event) + "\n")
@@ -127,7 +128,8 @@ class Worker:
             tok = tokenizer_file(str(ensure_tiny()))
         self.tokenizer_file = str(tok)
         self.engine = load_engine(run)
-        if getattr(self.engine, "keeps_numpy_out", False) and "numpy" not in sys.modules:
+        self.keeps_numpy_out = bool(getattr(self.engine, "keeps_numpy_out", False))
+        if self.keeps_numpy_out and "numpy" not in sys.modules:
             self.side = PromptProcess()
             self.side.start()  # before RLIMIT_AS below: a child inherits the cap
         if self.group is None:
@@ -146,7 +148,7 @@ class Worker:
             info.extra["tp"] = {"size": self.group.size, "backend": self.group.backend, "init_s": self.group.init_s}
         info.load_s = info.load_s or (time.perf_counter() - t0)
         info.extra["env"] = speed_env()  # what this worker really ran with: the environment diff reads it
-        if getattr(self.engine, "keeps_numpy_out", False):
+        if self.keeps_numpy_out:
             info.extra["numpy_in_worker"] = "numpy" in sys.modules
         if "torch" in sys.modules:
             info.extra.setdefault("torch_threads", sys.modules["torch"].get_num_threads())
@@ -175,6 +177,12 @@ class Worker:
         from engines.models.prompt_sources import prompts_for
 
         return prompts_for(Path(self.tokenizer_file), workload, batch, length, seed, params)
+
+    def _score(self, *args: Any) -> dict[str, Any]:
+        """fim, needle: how right a cell's last answers are (engines/quality/workload_scores.py)."""
+        if self.side is not None:
+            return self.side.call("score", self.tokenizer_file, *args)
+        return score_cell(self.tokenizer_file, *args)
 
     def _minibatch(self, prompts: list[list[int]], out_len: int) -> tuple[float, Any]:
         assert self.engine is not None
@@ -244,10 +252,8 @@ class Worker:
             metrics.update(cell_metrics(extras, batch, out_len), tokens_sha256=digests[-1],
                            tokens_stable=len(set(digests)) == 1)  # fmt: skip
             # fim, needle: how right the last minibatch's answers are (engines/quality/workload_scores.py)
-            score = (self.side.call if self.side is not None else lambda _fn, *a: score_cell(*a))
-            metrics.update(score("score", self.tokenizer_file, cmd.workload, batch, in_len, cmd.seed, cmd.params,
-                                 res.tokens))  # fmt: skip
-            if getattr(self.engine, "keeps_numpy_out", False):  # llama.cpp: its speed depends on it (bindings.py)
+            metrics.update(self._score(cmd.workload, batch, in_len, cmd.seed, cmd.params, res.tokens))
+            if self.keeps_numpy_out:  # llama.cpp: its speed depends on it (bindings.py)
                 metrics["numpy_in_worker"] = "numpy" in sys.modules
             ranks = getattr(self.engine, "rank_peaks", None)  # engines that start their own ranks (vllm)
             if ranks is not None and (per_rank := ranks()):

@@ -421,7 +421,7 @@ class LlamaCpp(Engine):
         return GenerateResult(
             tokens=tokens,
             ttft_s=ttft,
-            step_times_s=[b - a for a, b in zip(ends, ends[1:])],
+            step_times_s=[t1 - t0_ for t0_, t1 in zip(ends, ends[1:])],
             extra={
                 "prefill_s": ttft,
                 "decode_s": decode_s,

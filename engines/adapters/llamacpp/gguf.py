@@ -74,10 +74,10 @@ def inspect_gguf(path: str | Path) -> dict[str, Any]:
     try:
         with p.open("rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
             fields, tensors, data_offset = _read_header(buf)
-        sizes = constants().GGML_QUANT_SIZES
+        tables = constants()
         end = data_offset
         for offset, ggml_type, n_elements in tensors:
-            block, type_bytes = sizes[constants().GGMLQuantizationType(ggml_type)]
+            block, type_bytes = tables.GGML_QUANT_SIZES[tables.GGMLQuantizationType(ggml_type)]
             end = max(end, data_offset + offset + n_elements // block * type_bytes)
     except Exception as exc:  # noqa: BLE001 - any parse failure means a damaged header
         why = f"{type(exc).__name__}: {exc}"
@@ -486,10 +486,11 @@ def convert_isolated(model_dir: str | Path, quant: str = "f32", n_threads: int =
     model_dir = Path(model_dir)
     quant = check_quant(quant)
     load_config(model_dir)
-    out = gguf_path(model_dir, quant, source_hash(model_dir))
+    digest = source_hash(model_dir)  # reads every weight file: computed once, and passed to the child
+    out = gguf_path(model_dir, quant, digest)
     if out.is_file():
         return out
-    argv = [sys.executable, "-m", "engines.adapters.llamacpp.gguf", str(model_dir), quant, str(n_threads)]
+    argv = [sys.executable, "-m", "engines.adapters.llamacpp.gguf", str(model_dir), quant, str(n_threads), digest]
     proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True)  # its log goes to this process's stderr
     last = (proc.stdout.strip().splitlines() or [""])[-1]
     if proc.returncode == 2:
@@ -501,8 +502,9 @@ def convert_isolated(model_dir: str | Path, quant: str = "f32", n_threads: int =
 
 
 def _main(argv: list[str]) -> int:
+    """MODEL_DIR QUANT N_THREADS DIGEST (convert_isolated's, already hashed): prints the GGUF's path."""
     try:
-        print(convert(Path(argv[0]), argv[1], int(argv[2])))
+        print(_ensure(Path(argv[0]), check_quant(argv[1]), argv[3], int(argv[2])))
     except SpecError as exc:
         print(exc)
         return 2
