@@ -53,6 +53,7 @@ class EngineInfo:
     builds_presets: bool = False  # loads random-weight presets (MODEL:random)
     reads_gguf: bool = False  # loads a .gguf file given as the model
     serves_url: bool = False  # the model is an OpenAI-compatible server's URL
+    takes_load: bool = False  # a server engine: the study's load (request rate, requests, SLOs) applies
     kv_cache: str = "per-sequence"  # "prefix-once": a shared prefix is cached once; "none": no KV cache at all
     reference: str = ""  # the engine whose tokens and speed this one is measured against (shared-prefix engines)
     lossy: bool = False  # its tokens differ from its reference's by design, so identity is not checked
@@ -119,6 +120,9 @@ class Engine:
         if temperature == 0:
             return self.generate(prompts, max_new_tokens).tokens
         raise NotImplementedError(f"{self.name} cannot sample with a temperature; use temperature 0 (pass@1)")
+
+    def before_cell(self) -> None:
+        """Called at the start of every cell, before its timing: a server engine restarts a dead server here."""
 
     # Memory accounting the runner calls around each cell; engines on a GPU override.
     def reset_peak_memory(self) -> None:

@@ -8,7 +8,7 @@ TORCH=${2:-torch==2.13.0}
 cd "$(dirname "$0")/.."
 declare -A TESTS=(
   [ray]="tests/test_ray_executor.py"
-  [llamacpp]="tests/test_llamacpp.py tests/test_llamacpp_steploop.py tests/test_gguf.py tests/test_llamacpp_spec.py"
+  [llamacpp]="tests/test_llamacpp.py tests/test_llamacpp_steploop.py tests/test_gguf.py tests/test_llamacpp_spec.py tests/test_serve_llamacpp.py"
   [quality]="tests/test_humaneval.py tests/test_quality_run.py"
   [quant]="tests/test_hf_engines.py::test_random_preset_end_to_end tests/test_presets.py::test_quantized_random_model_is_built_layer_by_layer"
   [vllm]="tests/test_vllm.py"

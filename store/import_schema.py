@@ -255,7 +255,8 @@ class Cell(TypedDict):
     batch: Int(1, 10**6)
     input_len: Int(1, 10**9)
     output_len: Int(1, 10**9)
-    params: Opt[Annotated[dict[str, Int(0, 10**9)], Field(max_length=64)] | None]  # extra axes: hashed and sorted
+    # extra axes: hashed and sorted; a serving cell's request_rate is requests/s or "inf" (unpaced)
+    params: Opt[Annotated[dict[str, Int(0, 10**9) | Real(0, 1e6) | Literal["inf"]], Field(max_length=64)] | None]
     status: Literal[CELL_STATUSES]  # type: ignore[valid-type]
     error: Opt[Prose]
     latency_s: Opt[Figure | None]

@@ -84,6 +84,13 @@ def repeat_means(repeats: list[dict[str, Any]]) -> list[float]:
     return [statistics.fmean(r["latencies_s"]) for r in repeats if r.get("latencies_s")]
 
 
+def _tokens_per_minibatch(repeats: list[dict[str, Any]]) -> float | None:
+    """What the minibatches really generated (a serving cell sends more requests than its concurrency, and a failed
+    request generates none); None for runs stored before the count was kept."""
+    counts = [t for r in repeats for t in (r.get("tokens") or []) if isinstance(t, (int, float))]
+    return statistics.fmean(counts) if counts else None
+
+
 def summarise(repeats: list[dict[str, Any]], batch: int, output_len: int) -> dict[str, float | None]:
     """Median latency over repeat means, spread, 95% CI, tokens/s, TTFT and decode tokens/s."""
     means = repeat_means(repeats)
@@ -93,12 +100,12 @@ def summarise(repeats: list[dict[str, Any]], batch: int, output_len: int) -> dic
     latency = statistics.median(means)
     spread = (max(means) - min(means)) / latency if latency > 0 else 0.0
     ci95 = t95(len(means) - 1) * statistics.stdev(means) / math.sqrt(len(means)) if len(means) > 1 else None
-    tokens = batch * output_len
+    tokens = _tokens_per_minibatch(repeats) or batch * output_len
     ttfts = [t for r in repeats for t in (r.get("ttft_s") or []) if t is not None]
     ttft = statistics.median(ttfts) if ttfts else None
     decode_tps = None
     if ttft is not None and output_len > 1 and latency > ttft:
-        decode_tps = batch * (output_len - 1) / (latency - ttft)
+        decode_tps = tokens / output_len * (output_len - 1) / (latency - ttft)
     return {
         "latency_s": latency,
         "latency_spread": spread,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlmodel import Session
 
 from store import queries
-from store.models import CellRow, Run, Telemetry
+from store.models import Run
 
 CELL_AXES = ("batch", "input_len", "output_len")
 CONFIG_KEYS = ("engine", "precision", "attention", "quant", "tp")
@@ -40,7 +41,8 @@ class RunResult:
         return (cfg.get("options") or {}).get(key)
 
     def cell_key(self, cell: dict[str, Any]) -> tuple:
-        return (cell["batch"], cell["input_len"], cell["output_len"], tuple(sorted((cell.get("params") or {}).items())))
+        params = ((k, math.inf if v == "inf" else v) for k, v in (cell.get("params") or {}).items())  # unpaced: "inf"
+        return (cell["batch"], cell["input_len"], cell["output_len"], tuple(sorted(params)))
 
     def status_counts(self) -> dict[str, int]:
         counts: dict[str, int] = {}

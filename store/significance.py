@@ -31,8 +31,10 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from store.metrics import peak_mem, t95
+from store.serving import SERVING_METRICS, cell_value
+from store.serving import repeat_value as serving_repeat_value
 
-REPEAT_METRICS = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps")
+REPEAT_METRICS = ("tokens_per_s", "latency_s", "ttft_s", "decode_tps", *SERVING_METRICS)
 PEAK_MEM_THRESHOLD = 0.05
 
 
@@ -52,10 +54,12 @@ def repeat_value(rep: dict[str, Any], metric: str, batch: int, output_len: int) 
     """One repeat's value of `metric`, as store.metrics.summarise computes the cell's over all repeats."""
     lats = [x for x in rep.get("latencies_s") or [] if x is not None]
     latency = statistics.fmean(lats) if lats else None
+    counts = [t for t in rep.get("tokens") or [] if isinstance(t, (int, float))]
+    seqs = statistics.fmean(counts) / output_len if counts else batch  # a serving pass sends more than `batch`
     if metric == "latency_s":
         return latency
     if metric == "tokens_per_s":
-        return batch * output_len / latency if latency else None
+        return seqs * output_len / latency if latency else None
     ttfts = [x for x in rep.get("ttft_s") or [] if x is not None]
     ttft = statistics.median(ttfts) if ttfts else None
     if metric == "ttft_s":
@@ -63,7 +67,7 @@ def repeat_value(rep: dict[str, Any], metric: str, batch: int, output_len: int) 
     if metric == "decode_tps":
         if latency is None or ttft is None or output_len <= 1 or latency <= ttft:
             return None
-        return batch * (output_len - 1) / (latency - ttft)
+        return seqs * (output_len - 1) / (latency - ttft)
     raise ValueError(f"no per-repeat values for '{metric}' (known: {', '.join(REPEAT_METRICS)})")
 
 
@@ -71,7 +75,10 @@ def repeat_values(cell: dict[str, Any], metric: str) -> list[tuple[Any, float]]:
     """(round, value) per repeat with a positive value; round is None where the repeat did not record it."""
     out = []
     for rep in cell.get("repeats") or []:
-        v = repeat_value(rep, metric, cell["batch"], cell["output_len"])
+        if metric in SERVING_METRICS:
+            v = serving_repeat_value(rep, cell, metric)
+        else:
+            v = repeat_value(rep, metric, cell["batch"], cell["output_len"])
         if v is not None and v > 0:
             out.append((rep.get("round"), v))
     return out
@@ -80,6 +87,8 @@ def repeat_values(cell: dict[str, Any], metric: str) -> list[tuple[Any, float]]:
 def point_value(cell: dict[str, Any], metric: str) -> float | None:
     if metric == "peak_mem":
         return peak_mem(cell)
+    if metric in SERVING_METRICS:
+        return cell_value(cell, metric)
     return cell.get(metric)
 
 

@@ -11,6 +11,8 @@ from store.metrics import peak_mem, ratio
 from store.payload import TPShares
 from store.results import CELL_AXES, RunResult, run_title, varying, varying_config_keys
 from store.safe import NAME, first_line, shown
+from store.serving import SERVING_METRICS
+from store.serving import cell_value as serving_value
 from store.significance import PEAK_MEM_THRESHOLD, log_halfwidth, ratio_text, repeat_values, run_comparisons
 from store.vocabulary import METRICS
 
@@ -69,6 +71,8 @@ def metric_value(cell: dict[str, Any], metric: str) -> float | None:
     if metric == "peak_mem":
         v = peak_mem(cell)
         return None if v is None else v / 2**20
+    if metric in SERVING_METRICS:
+        return serving_value(cell, metric)
     return cell.get(metric)
 
 
@@ -80,7 +84,7 @@ def tps_ci_text(cell: dict[str, Any]) -> str:
 
 def cell_table(result: RunResult) -> Table:
     headers = ["batch", "input", "output", "status", "tok/s", "latency s", "±95% CI", "flags", "TTFT s",
-               "decode tok/s", "× ref", "same tokens", "RSS MB", "GPU MB", "J/tok", "BW %"]  # fmt: skip
+               "decode tok/s", "× ref", "same tokens", *SERVING_HEADERS, "RSS MB", "GPU MB", "J/tok", "BW %"]  # fmt: skip
     extra_keys = sorted({k for c in result.cells for k in (c.get("params") or {})})
     headers[3:3] = [shown(k, NAME) for k in extra_keys]
     rows, styles = [], []
@@ -95,7 +99,7 @@ def cell_table(result: RunResult) -> Table:
         codes = annotate.flag_codes(c)
         row += [fmt(c.get("tokens_per_s")), fmt(c.get("latency_s")), tps_ci_text(c),
                 f"{annotate.FLAG_MARK} {', '.join(codes)}" if codes else "-", fmt(c.get("ttft_s")),
-                fmt(c.get("decode_tps")), *spec_columns(c), mb(c.get("peak_rss_bytes")),
+                fmt(c.get("decode_tps")), *spec_columns(c), *serving_columns(c), mb(c.get("peak_rss_bytes")),
                 mb(gpu) + (f" ({' + '.join(mb(g) for g in per_gpu)})" if len(per_gpu) > 1 else ""),
                 *efficiency_columns(c)]  # fmt: skip
         rows.append(row)
@@ -122,6 +126,28 @@ def cell_table(result: RunResult) -> Table:
     rows = [[row[i] for i in keep] for row in rows]
     styles = [[st[i] for i in keep] for st in styles]
     return Table(title_of(result), headers, rows, notes, styles)
+
+
+SERVING_HEADERS = ["requests ok/sent", "TTFT p50/p99 ms", "ITL p50/p99 ms", "SLO met", "goodput req/s"]
+
+
+def serving_columns(cell: dict[str, Any]) -> list[str]:
+    """A serving cell's requests, latency percentiles over every request, and with an SLO its attainment and
+    goodput (store/serving.py)."""
+    s = (cell.get("metrics") or {}).get("serving")
+    if not isinstance(s, dict):
+        return ["-"] * len(SERVING_HEADERS)
+
+    def ms(figures: Any) -> str:
+        f = figures if isinstance(figures, dict) else {}
+        return "/".join("-" if not isinstance(f.get(p), (int, float)) else fmt(f[p] * 1000) for p in ("p50", "p99"))
+
+    good = s.get("goodput") if isinstance(s.get("goodput"), dict) else {}
+    met = (good.get("attainment") or {}).get("all") if good else None
+    sent, failed = s.get("requests"), s.get("failed")
+    ok = sent - failed if isinstance(sent, int) and isinstance(failed, int) else None
+    return [f"{ok}/{sent}" if ok is not None else "-", ms(s.get("ttft_s")), ms(s.get("itl_s")),
+            "-" if not isinstance(met, (int, float)) else f"{met * 100:.1f}%", fmt(good.get("goodput_rps"))]
 
 
 def efficiency_columns(cell: dict[str, Any]) -> list[str]:

@@ -10,4 +10,9 @@ METRICS = {
     "ttft_s": ("TTFT s", False),
     "decode_tps": ("decode tok/s", True),
     "peak_mem": ("peak MB", False),
+    # serving cells (server engines; store/serving.py): goodput and attainment need --slo
+    "goodput_rps": ("goodput req/s", True),
+    "slo_attainment": ("SLO met", True),
+    "ttft_p99": ("TTFT p99 s", False),
+    "itl_p99": ("ITL p99 s", False),
 }

@@ -83,7 +83,7 @@ class RunWriter:
         flags = cell_flags(repeats, result.get("metrics")) if status == "done" else []
         row = CellRow(
             run_id=run_id, idx=index, batch=cell.batch, input_len=cell.input_len, output_len=cell.output_len,
-            params=dict(cell.extra), status=status, error=error, repeats=repeats,
+            params=cell.params(), status=status, error=error, repeats=repeats,
             peak_rss_bytes=result.get("peak_rss_bytes"), peak_gpu_bytes=result.get("peak_gpu_bytes"),
             peak_nvml_bytes=result.get("peak_nvml_bytes"), metrics=result.get("metrics") or {},
             started_at=result.get("started_at"), finished_at=finished_at or time.time(), flags=flags, **summary,

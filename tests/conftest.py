@@ -12,6 +12,10 @@ import pytest
 def codebench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """CODEBENCH_CACHE -> a session temp dir; worker processes inherit it."""
     old = os.environ.get("CODEBENCH_CACHE")
+    if not os.environ.get("CODEBENCH_TOOLS_CACHE"):  # llama.cpp's tools take minutes to build: the user's build
+        from engines.models.tiny import cache_dir
+
+        os.environ["CODEBENCH_TOOLS_CACHE"] = str(cache_dir())
     path = tmp_path_factory.mktemp("codebench-cache")
     os.environ["CODEBENCH_CACHE"] = str(path)
     yield path

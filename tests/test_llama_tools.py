@@ -51,6 +51,7 @@ def test_missing_toolchain_is_one_clear_line(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))  # no cmake, no compiler
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setenv("CODEBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("CODEBENCH_TOOLS_CACHE", raising=False)
     with pytest.raises(llama_tools.ToolsError) as err:
         llama_tools.build_tools()
     msg = str(err.value)

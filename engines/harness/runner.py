@@ -405,8 +405,8 @@ class Runner:
         spec = self.spec
         return cmds.RunCell(index, cell.batch, cell.input_len, cell.output_len, timing or spec.timing.model_dump(),
                             label=cell.label(), seed=spec.workload.cell_seed(cell.batch, cell.input_len),
-                            workload=spec.workload.model_dump(mode="json"), params=dict(cell.extra),
-                            slot=slot or None)  # fmt: skip
+                            workload=spec.workload.model_dump(mode="json"), params=cell.params(),
+                            slot=slot or None, load=spec.load.model_dump(mode="json") if spec.load else None)  # fmt: skip
 
     def _after_grid(self, engine_run: EngineRun, run_id: str, client: WorkerClient | None, device: str,
                     writer: RunWriter, sampler: Sampler, attempt: int) -> tuple[WorkerClient | None, str, str, int]:  # fmt: skip

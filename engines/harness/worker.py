@@ -30,6 +30,7 @@ from engines.study import commands as cmds
 from engines.study import events as ev
 from engines.study.schema import EngineRun
 from engines.study.speculation import cell_metrics, tokens_digest
+from store.serving import serving_metrics
 
 # Test hook: "kill:N" or "segv:N" dies in cell N; "kill:N@TEXT" only in runs whose label holds TEXT;
 # "oomload@TEXT" fails the load of such runs as out of memory.
@@ -184,6 +185,18 @@ class Worker:
             return self.side.call("score", self.tokenizer_file, *args)
         return score_cell(self.tokenizer_file, *args)
 
+    def _configure_load(self, cmd: cmds.RunCell) -> int:
+        """How many prompts a cell sends: a serving cell sets its engine's load (concurrency = the batch axis)."""
+        if cmd.load is None:
+            return cmd.batch
+        from engines.study.load import arrival_seed, loaded_rate
+
+        assert self.engine is not None
+        rate = loaded_rate(cmd.params.get("request_rate"))
+        seed = arrival_seed((cmd.workload or {}).get("seed", 0), cmd.batch, cmd.input_len, rate)
+        self.engine.configure_load(cmd.batch, rate, float(cmd.load.get("burstiness") or 1.0), seed)
+        return int(cmd.load.get("requests") or cmd.batch)
+
     def _minibatch(self, prompts: list[list[int]], out_len: int) -> tuple[float, Any]:
         assert self.engine is not None
         t0 = time.perf_counter()
@@ -206,7 +219,8 @@ class Worker:
         self.emit(ev.CellStarted(self.run_id, time.time(), index=index, label=cmd.label))
         started = time.time()
         try:
-            prompts = self.prompts(batch, in_len, cmd.seed, cmd.workload, cmd.params)
+            self.engine.before_cell()
+            prompts = self.prompts(self._configure_load(cmd), in_len, cmd.seed, cmd.workload, cmd.params)
             if not slot.get("keep_peak"):  # later slots of a cell keep the peak of the earlier ones
                 self.engine.reset_peak_memory()
                 _reset_peak_rss()
@@ -216,7 +230,7 @@ class Worker:
                 dt, _res = self._minibatch(prompts, out_len)
                 done += 1
                 self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="warmup", done=done,
-                                      total=total, tokens_per_s=batch * out_len / dt))  # fmt: skip
+                                      total=total, tokens_per_s=len(prompts) * out_len / dt))  # fmt: skip
             _maybe_fault(index, self.label)
             repeats = []
             extra: dict[str, Any] = {}
@@ -237,7 +251,7 @@ class Worker:
                     digests.append(tokens_digest(res.tokens))
                     done += 1
                     self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="timed", done=done,
-                                          total=total, tokens_per_s=batch * out_len / dt))  # fmt: skip
+                                          total=total, tokens_per_s=rep["tokens"][-1] / dt))  # fmt: skip
                 rep["t1"] = time.time()
                 rep["round"] = slot.get("round", r)
                 if self.meter and before:
@@ -251,6 +265,8 @@ class Worker:
                 metrics["efficiency"] = efficiency
             metrics.update(cell_metrics(extras, batch, out_len), tokens_sha256=digests[-1],
                            tokens_stable=len(set(digests)) == 1)  # fmt: skip
+            if cmd.load is not None:  # serving: latency percentiles, SLO attainment and goodput over every request
+                metrics["serving"] = serving_metrics(extras, cmd.load.get("slo"))
             # fim, needle: how right the last minibatch's answers are (engines/quality/workload_scores.py)
             metrics.update(self._score(cmd.workload, batch, in_len, cmd.seed, cmd.params, res.tokens))
             if self.keeps_numpy_out:  # llama.cpp: its speed depends on it (bindings.py)
@@ -274,7 +290,9 @@ class Worker:
             text = one_line(exc)
             if not oom:  # the traceback (with this machine's paths) goes to the live log, not into the store
                 self.log("".join(traceback.format_exception(exc)).rstrip(), level="error")
-            status, result = ("oom" if oom else "failed"), {"started_at": started}
+            # a server engine's server that died mid-cell: crashed (engines/adapters/serve/process.py)
+            status = "oom" if oom else "crashed" if getattr(exc, "crashed", False) else "failed"
+            result = {"started_at": started}
         if self.group is not None:  # per-rank peaks to rank 0, and one status for the cell
             peaks = (result.get("peak_gpu_bytes"), result.get("peak_rss_bytes") or _peak_rss())
             status, result, text = self.group.merge_cell(status, result, text, peaks)

@@ -39,6 +39,7 @@ class RunCell(Command):
     workload: dict[str, Any] | None = None  # Workload.model_dump(mode="json")
     params: dict[str, Any] = field(default_factory=dict)  # the cell's extra axes (shared_len, ...)
     slot: dict[str, Any] | None = None  # interleaving: which repeats of the cell this call measures
+    load: dict[str, Any] | None = None  # serving: Load.model_dump(mode="json"); the cell's rate is in params
 
 
 @dataclass

@@ -118,7 +118,7 @@ class Cell:
     batch: int
     input_len: int
     output_len: int
-    extra: tuple[tuple[str, int], ...] = ()
+    extra: tuple[tuple[str, float], ...] = ()  # int axes; request_rate a float or inf
 
     def dims(self) -> tuple[int, ...]:
         return (self.batch, self.input_len, self.output_len, *(v for _, v in self.extra))
@@ -129,8 +129,16 @@ class Cell:
         return len(a) == len(b) and all(x >= y for x, y in zip(a, b)) and a != b
 
     def label(self) -> str:
-        extra = "".join(f" {k}={v}" for k, v in self.extra)
+        extra = "".join(f" {k}={_value_text(v)}" for k, v in self.extra)
         return f"b={self.batch} in={self.input_len} out={self.output_len}{extra}"
+
+    def params(self) -> dict[str, int | float | str]:
+        """The extra axes as stored and sent: JSON has no infinity, so an unpaced request rate is "inf"."""
+        return {k: "inf" if v == float("inf") else v for k, v in self.extra}
+
+
+def _value_text(v: float) -> str:
+    return "inf" if v == float("inf") else f"{v:g}" if isinstance(v, float) else str(v)
 
 
 def cells(batch: list[int], input_len: list[int], output_len: list[int]) -> list[Cell]:

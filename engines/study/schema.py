@@ -7,11 +7,12 @@ import re
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serializer, field_validator, model_validator
 
 from engines.base import SpecError
 from engines.study.executor import parse_executor
 from engines.study.grid import Cell, GridError, cells, check_cells, parse_axis
+from engines.study.load import parse_isl_osl, parse_rates, parse_slo, stored_rate
 from engines.study.speculation import parse_spec
 
 
@@ -32,6 +33,13 @@ class Grid(BaseModel):
     suffix_len: list[int] | None = None
     # Workload needle: where the fact is planted, in % of the haystack's tokens (an extra axis of each cell).
     depth: list[int] | None = None
+    # Serving: (input, output) length pairs instead of the input x output product.
+    isl_osl: list[tuple[int, int]] | None = None
+
+    @field_validator("isl_osl", mode="before")
+    @classmethod
+    def _pairs(cls, value: Any) -> list[tuple[int, int]] | None:
+        return None if value is None else parse_isl_osl(value)
 
     @field_validator("depth", mode="before")
     @classmethod
@@ -55,12 +63,17 @@ class Grid(BaseModel):
 
     def count(self) -> int:
         """Cells in the grid, without building them."""
+        if self.isl_osl is not None:
+            return len(self.batch) * len(self.isl_osl)
         n = len(self.batch) * len(self.output_len) * len(self.depth or [0])
         if self.shared_len is None:
             return n * len(self.input_len)
         return n * len(self.shared_len) * len(self.suffix_len or [32])
 
     def cells(self) -> list[Cell]:
+        if self.isl_osl is not None:
+            check_cells(self.count())
+            return sorted(Cell(b, i, o) for b in self.batch for i, o in self.isl_osl)
         if self.depth is not None:  # needle: depth rides along as an extra axis
             check_cells(self.count())
             return [Cell(c.batch, c.input_len, c.output_len, (("depth", d),))
@@ -199,6 +212,49 @@ class CheckSpec(BaseModel):
     seed: int = Field(0, ge=0, le=2**32 - 1)
 
 
+SEARCHES = ("peak-goodput",)
+
+
+class Load(BaseModel):
+    """How a server engine's cells send requests (engines/study/load.py); the batch axis is the concurrency."""
+
+    model_config = ConfigDict(extra="forbid")
+    # requests/s per cell, an extra axis; None: every request at once (closed loop at the concurrency)
+    request_rate: list[float] | None = None
+    burstiness: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False, description="gamma shape; 1 = Poisson")
+    requests: int | None = Field(None, ge=1, le=100_000, strict=True, description="requests per pass; default the concurrency")
+    slo: dict[str, float] | None = None  # metric -> limit in seconds
+    attainment: float = Field(0.99, gt=0, le=1, allow_inf_nan=False, description="share of requests meeting every SLO")
+    search: str | None = None  # peak-goodput: the highest concurrency whose attainment holds
+
+    @field_validator("request_rate", mode="before")
+    @classmethod
+    def _rates(cls, value: Any) -> list[float] | None:
+        return None if value is None else parse_rates(value)
+
+    @field_serializer("request_rate")
+    def _json_rates(self, value: list[float] | None) -> list[Any] | None:
+        return None if value is None else [stored_rate(r) for r in value]
+
+    @field_validator("slo", mode="before")
+    @classmethod
+    def _slo(cls, value: Any) -> dict[str, float] | None:
+        return None if value is None else parse_slo(value)
+
+    @field_validator("search")
+    @classmethod
+    def _search(cls, value: str | None) -> str | None:
+        if value is not None and value not in SEARCHES:
+            raise ValueError(f"unknown search '{str(value)[:40]}' (known: {', '.join(SEARCHES)})")
+        return value
+
+    @model_validator(mode="after")
+    def _search_needs_slo(self) -> "Load":
+        if self.search and not self.slo:
+            raise ValueError("--search peak-goodput needs --slo (e.g. --slo ttft=200ms,itl=50ms)")
+        return self
+
+
 class StudySpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str | None = None
@@ -224,9 +280,16 @@ class StudySpec(BaseModel):
     # Environment variables for every worker, on top of the caller's: opt-in settings such as
     # OMP_WAIT_POLICY=PASSIVE. Engines otherwise run at their libraries' defaults.
     worker_env: dict[str, str] = {}
+    # Serving studies (openai, serve:*): arrivals, request counts, SLOs and the peak-goodput search.
+    load: Load | None = None
 
     def cells(self) -> list[Cell]:
-        return self.grid.cells() if self.grid is not None else []
+        grid = self.grid.cells() if self.grid is not None else []
+        if self.load is None or self.load.request_rate is None:
+            return grid
+        check_cells(len(grid) * len(self.load.request_rate))
+        return [Cell(c.batch, c.input_len, c.output_len, (*c.extra, ("request_rate", r)))
+                for c in grid for r in self.load.request_rate]  # fmt: skip
 
     @field_validator("runs")
     @classmethod

@@ -83,6 +83,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch", help="batch sizes, e.g. 1,2,4 or 1:65:x2")
     p.add_argument("--concurrency", help="requests in flight for --engine openai (its batch axis), e.g. 1,2,4")
     p.add_argument("--served-model", help="model name for --engine openai (default: the first of GET /v1/models)")
+    g = p.add_argument_group("serving load (server engines: openai, serve:llama.cpp; --concurrency is the batch axis)")
+    g.add_argument("--request-rate", help="requests/s per cell, an axis: e.g. 1,2,4,inf (inf: all at once; "
+                   "default inf)")
+    g.add_argument("--burstiness", type=float, help="gamma shape of the arrival gaps: 1 = Poisson (default), "
+                   "below 1 burstier, above 1 steadier")
+    g.add_argument("--requests", type=int, help="requests per pass of a cell (default: the concurrency)")
+    g.add_argument("--isl-osl", help="input/output token pairs instead of --input-len x --output-len, "
+                   "e.g. 128/128,512/256")
+    g.add_argument("--slo", help="per-request limits, e.g. ttft=200ms,itl=50ms,tpot=40ms,e2e=5s: attainment "
+                   "and goodput per cell (itl: every gap between two streamed tokens)")
+    g.add_argument("--attainment", type=float, help="share of requests that must meet every SLO, e.g. 0.99 "
+                   "(default)")
     p.add_argument("--input-len", help="prompt lengths in tokens, e.g. 32,128 or 32:129:x2")
     p.add_argument("--output-len", help="generated tokens per sequence, e.g. 32")
     p.add_argument("--warmup", type=int, help="untimed minibatches per cell (default 1)")
@@ -178,6 +190,7 @@ def spec_from_args(args: argparse.Namespace):
         if getattr(args, key) is not None:
             grid[key] = getattr(args, key)
     base["grid"] = grid
+    _load_args(args, base, grid)
     _workload_args(args, base, grid)
     timing = dict(base.get("timing") or {})
     for key in ("warmup", "iters", "repeats"):
@@ -200,6 +213,22 @@ def spec_from_args(args: argparse.Namespace):
     if args.check:
         base["check"] = base.get("check") or {}
     return build_spec(base)
+
+
+def _load_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
+    """Serving: the load section (checked by the study), and ISL/OSL pairs as the grid's length axes."""
+    from engines.base import SpecError as UsageError
+
+    fields = {"request_rate": args.request_rate, "burstiness": args.burstiness, "requests": args.requests,
+              "slo": args.slo, "attainment": args.attainment}  # fmt: skip
+    given = {k: v for k, v in fields.items() if v is not None}
+    if given:
+        base["load"] = {**(base.get("load") or {}), **given}
+    if args.isl_osl is not None:
+        if args.input_len is not None or args.output_len is not None:
+            raise UsageError("--isl-osl gives the input and output lengths together: leave out --input-len and "
+                             "--output-len")  # fmt: skip
+        grid["isl_osl"] = args.isl_osl
 
 
 def _workload_args(args: argparse.Namespace, base: dict, grid: dict) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 from engines.base import Availability, EngineInfo
@@ -33,6 +34,16 @@ def _rules(run, device: str) -> Availability:
     return Availability.yes()
 
 
+def _llama_server_rules(run, device: str) -> Availability:
+    if not shutil.which("cmake") or not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
+        from engines.adapters.llamacpp import tools  # light: no llama_cpp import
+
+        root = tools.tools_dir()
+        if not (root / "build" / "bin" / "llama-server").exists():
+            return Availability.no("building llama-server needs cmake and a C++ compiler", "apt-get install cmake g++")
+    return Availability.yes()
+
+
 ENGINES = (
     EngineInfo(
         "llama.cpp",
@@ -47,5 +58,18 @@ ENGINES = (
         speculation_target="engines.adapters.llamacpp.speculative:LlamaCppSpeculative",
         tensor_parallel="gpu-rows",
         reads_gguf=True,
+    ),
+    EngineInfo(
+        "serve:llama.cpp",
+        "engines.adapters.llamacpp.serve:LlamaServer",
+        "llama.cpp's own llama-server, started by codebench on 127.0.0.1: TTFT, TPOT, ITL, E2E, goodput",
+        ("llama_cpp",),
+        "llamacpp",
+        {"quant": ("f32", "f16", "q8_0", "q4_0", "q4_k_m", "q5_k_m")},
+        devices=("cpu",),
+        rules=_llama_server_rules,
+        install_note="builds llama.cpp, then llama-server on first use: minutes",
+        reads_gguf=True,
+        takes_load=True,
     ),
 )

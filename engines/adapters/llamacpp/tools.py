@@ -1,4 +1,4 @@
-"""llama.cpp's own tools (llama-bench, llama-batched-bench), built from the llama.cpp source vendored in the
+"""llama.cpp's own tools (llama-bench, llama-batched-bench, llama-server), built from the llama.cpp source vendored in the
 installed llama-cpp-python's sdist, and llama.cpp's default thread count.
 
 Used to check codebench's llama.cpp figures against llama.cpp's: `build_tools()` returns the binaries'
@@ -32,7 +32,9 @@ MANIFEST = "tools.json"
 # The options llama-cpp-python's CMakeLists.txt forces, then only the targets we want.
 BASE_ARGS = ("-DCMAKE_BUILD_TYPE=Release", "-DBUILD_SHARED_LIBS=ON", "-DLLAMA_BUILD_COMMON=ON", "-DLLAMA_CURL=OFF",
              "-DLLAMA_BUILD_TOOLS=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF",
-             "-DLLAMA_BUILD_SERVER=OFF", "-DLLAMA_BUILD_APP=OFF")  # fmt: skip
+             "-DLLAMA_BUILD_SERVER=ON", "-DLLAMA_BUILD_APP=OFF",
+             # llama-server without its web UI: the assets come from npm or a download, neither of which we want
+             "-DLLAMA_BUILD_UI=OFF", "-DLLAMA_USE_PREBUILT_UI=OFF")  # fmt: skip
 _SKIP = ("models/", "docs/")  # vendored vocab files and docs: 113 MB the tools do not need
 
 
@@ -161,12 +163,14 @@ def cmake_args() -> list[str]:
 
 
 def tools_dir(version: str | None = None) -> Path:
+    """<cache>/llama-tools/<key>; $CODEBENCH_TOOLS_CACHE replaces <cache> (the tests share the user's build)."""
     from engines.models.tiny import cache_dir
 
     version = version or installed_version()
     extra = os.environ.get("CMAKE_ARGS", "").strip()
     key = version + (f"-{hashlib.sha256(extra.encode()).hexdigest()[:8]}" if extra else "")
-    return cache_dir() / "llama-tools" / key
+    root = Path(os.environ["CODEBENCH_TOOLS_CACHE"]) if os.environ.get("CODEBENCH_TOOLS_CACHE") else cache_dir()
+    return root / "llama-tools" / key
 
 
 def manifest(version: str | None = None) -> dict:

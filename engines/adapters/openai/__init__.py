@@ -12,5 +12,6 @@ ENGINES = (
         (),
         "",
         serves_url=True,
+        takes_load=True,
     ),
 )

@@ -24,6 +24,7 @@ import numpy as np
 
 from engines.base import Engine, GenerateResult, LoadInfo, SpecError
 from engines.measure.procmem import peak_rss
+from engines.study.load import INF, arrivals, stored_rate
 
 OPTIONS = {
     "served_model": "model name sent to the server (default: the first of GET /models)",
@@ -326,24 +327,39 @@ class OpenAIEngine(Engine):
 
     # --- generate -------------------------------------------------------------------------
 
+    def configure_load(self, concurrency: int, rate: float, burstiness: float, seed: int) -> None:
+        """A serving cell's load (the worker calls it before the cell): at most `concurrency` requests in
+        flight, sent at gamma-distributed arrival times (engines/study/load.py); rate inf sends at once."""
+        self.load_shape = {"concurrency": concurrency, "rate": rate, "burstiness": burstiness, "seed": seed}
+
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
         o = self.opts
         timeout = float(o["timeout_s"])
         outs = [Outcome(i) for i in range(len(prompts))]
         bodies = [self._body(p, max_new_tokens, self.features) for p in prompts]
-        offsets = self._arrivals(len(prompts))
+        load = getattr(self, "load_shape", None) or {}
+        rate = load.get("rate", o.get("request_rate") or INF)
+        due = arrivals(len(prompts), rate, load.get("burstiness", 1.0), load.get("seed", 0))
+        slots = max(1, min(load.get("concurrency") or len(prompts), len(prompts)))
+        queue = iter(range(len(prompts)))
+        take = threading.Lock()
         go = threading.Event()
         t0 = 0.0
 
-        def send(i: int) -> None:
+        def user() -> None:  # one simulated user: the next request in order, at its arrival time or when free
             go.wait()
-            delay = t0 + offsets[i] - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            outs[i].start = time.perf_counter()
-            self.client.stream(bodies[i], outs[i], timeout)
+            while True:
+                with take:
+                    i = next(queue, None)
+                if i is None:
+                    return
+                delay = t0 + due[i] - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                outs[i].start = time.perf_counter()
+                self.client.stream(bodies[i], outs[i], timeout)
 
-        threads = [threading.Thread(target=send, args=(i,), daemon=True) for i in range(len(prompts))]
+        threads = [threading.Thread(target=user, daemon=True) for _ in range(slots)]
         for th in threads:
             th.start()
         t0 = time.perf_counter()
@@ -351,21 +367,26 @@ class OpenAIEngine(Engine):
         for th in threads:
             th.join()
         wall = time.perf_counter() - t0
-        return self._result(outs, max_new_tokens, wall, t0)
-
-    def _arrivals(self, n: int) -> list[float]:
-        rate = self.opts.get("request_rate")
-        if not rate:
-            return [0.0] * n
-        gaps = np.random.default_rng(0).exponential(1.0 / rate, n)
-        return [0.0] + list(np.cumsum(gaps[:-1]))
+        result = self._result(outs, max_new_tokens, wall, t0)
+        result.extra["requests_log"] = _records(outs, due, t0, result.extra["completion_tokens"], prompts)
+        result.extra["concurrency"] = slots
+        result.extra["request_rate"] = stored_rate(rate)
+        if load:  # a serving cell: the pass's first-token time would include arrival gaps; TTFT is per request
+            result.ttft_s = None
+        return result
 
     def _ids(self, out: Outcome) -> list[int]:
         if out.token_ids is not None:
             return out.token_ids
         # Text only: encode chunk by chunk. Servers stream about one token a chunk; encoding the
         # joined text would merge across token boundaries and miscount.
-        return [t for piece in out.pieces for t in self.tokenizer.encode(piece, add_special_tokens=False).ids]
+        ids = [t for piece in out.pieces for t in self.tokenizer.encode(piece, add_special_tokens=False).ids]
+        if out.usage_tokens is not None and len(ids) != out.usage_tokens:
+            # The chunks' text does not map back to the tokens the server counted (llama-server may stream two
+            # tokens in one chunk, and " '{" may be one token streamed and two re-encoded): the count is the
+            # server's, the ids are unknown (-1)
+            return [-1] * out.usage_tokens
+        return ids
 
     def _check(self, out: Outcome, n: int) -> None:
         """Turn a clean stream that ended short without a reason into a failure (e.g. an interrupted one)."""
@@ -397,7 +418,8 @@ class OpenAIEngine(Engine):
                       for o, c in zip(outs, counts) if o.ok and c < n],  # fmt: skip
             "completion_tokens": counts,
             "token_count_source": sorted({"usage" if o.usage_tokens is not None else "token ids" for o in good}),
-            "token_ids_source": sorted({"server" if o.token_ids is not None else "chunk text" for o in good}),
+            "token_ids_source": sorted({"server" if o.token_ids is not None else "unknown" if -1 in ids else "chunk text"
+                                        for o, ids in zip(outs, tokens) if o.ok}),
             "finish_reasons": [out.finish_reason for out in outs],
             "wall_s": wall,
             "request_throughput": len(good) / wall,
@@ -410,8 +432,6 @@ class OpenAIEngine(Engine):
             "e2e_per_request_s": [out.e2e_s if out.ok else None for out in outs],
             "chunks_per_request": [len(out.chunk_times) for out in outs],
         }
-        if self.opts.get("request_rate"):
-            extra["request_rate"] = self.opts["request_rate"]
         if self.server_pids:
             extra["server_peak_rss_bytes"] = peak_rss(self.server_pids)
         # the batch's TTFT as the other engines mean it: until every good request has its first token
@@ -428,6 +448,24 @@ class OpenAIEngine(Engine):
 
     def is_oom(self, exc: BaseException) -> bool:
         return False  # the server's memory is not ours; its refusals are recorded per request
+
+
+def _records(outs: list[Outcome], due: list[float], t0: float, counts: list[int],
+             prompts: list[list[int]]) -> list[dict[str, Any]]:  # fmt: skip
+    """Every request's timings, stored with the cell so any percentile or SLO can be recomputed: its arrival
+    (`due`) and send offsets from the pass's start, TTFT, E2E, the gaps between streamed chunks, and a digest of
+    its prompt (two runs with one seed send the same requests)."""
+    import hashlib
+
+    def us(t: float | None) -> float | None:
+        return None if t is None else round(t, 6)
+
+    return [{"i": out.index, "due": us(due[out.index]), "send": us(out.start - t0), "ok": out.ok,
+             "prompt": hashlib.sha256(json.dumps(prompts[out.index]).encode()).hexdigest()[:12],
+             "ttft": us(out.chunk_times[0]) if out.chunk_times else None, "e2e": us(out.e2e_s),
+             "itl": [us(b - a) for a, b in zip(out.chunk_times, out.chunk_times[1:])],
+             "tokens": count, **({"error": out.error[:300]} if out.error else {})}
+            for out, count in zip(outs, counts)]  # fmt: skip
 
 
 def _process_tree(pid: Any, warnings: list[str]) -> list[int]:

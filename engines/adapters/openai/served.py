@@ -1,0 +1,112 @@
+"""Servers codebench starts: an engine's own OpenAI-compatible server on 127.0.0.1, measured through the openai
+engine's load generator (TTFT, TPOT, ITL, E2E, SLOs). Each family declares its server engine beside its
+in-process one (llamacpp/serve.py) and subclasses ServedEngine with how to start the server. The run's options split into the server's (its command
+line) and the client's (openai's options). A server that exits mid-cell makes the cell `crashed`; the next cell
+starts a fresh one. Its log is kept with the run."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from engines.adapters.openai.engine import OPTIONS as CLIENT_OPTIONS
+from engines.adapters.openai.engine import AllRequestsFailed, Client, OpenAIEngine, _process_tree
+from engines.adapters.openai.server_process import ServerDied, ServerProcess
+from engines.base import GenerateResult, LoadInfo, SpecError
+
+SERVER_OPTIONS = {
+    "port": "TCP port on 127.0.0.1 (default: a free one)",
+    "ready_timeout_s": "seconds the server may take to load before the run fails (default 600)",
+    "server_args": "extra command-line flags for the server, a list, e.g. '[\"--no-cont-batching\"]'",
+}
+
+
+def _split(options: dict[str, Any], server_keys: dict[str, str], name: str) -> tuple[dict, dict]:
+    server = {k: v for k, v in options.items() if k in server_keys}
+    client = {k: v for k, v in options.items() if k not in server_keys}
+    for key in ("server_pid",):
+        if key in client:
+            raise SpecError(f"{name} starts its own server, so --opt {key} does not apply; leave it out")
+    unknown = [k for k in client if k not in CLIENT_OPTIONS]
+    if unknown:
+        known = ", ".join([*server_keys, *(k for k in CLIENT_OPTIONS if k != "server_pid")])
+        raise SpecError(f"unknown {name} option {unknown[0][:40]!r} (known: {known})")
+    for key in ("n_threads", "n_ctx", "parallel", "port"):
+        v = server.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= (65535 if key == "port" else 1 << 24)):
+            raise SpecError(f"{name} option {key} must be a positive whole number, got {str(v)[:40]!r}")
+    v = server.get("n_gpu_layers")
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):
+        raise SpecError(f"{name} option n_gpu_layers must be a whole number >= -1, got {str(v)[:40]!r}")
+    args = server.get("server_args", [])
+    if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a and len(a) < 4096 for a in args):
+        raise SpecError(f"{name} option server_args must be a list of strings, e.g. '[\"--no-cont-batching\"]'")
+    t = server.get("ready_timeout_s", 600)
+    if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 86400:
+        raise SpecError(f"{name} option ready_timeout_s must be seconds from 0 to 86400, got {str(t)[:40]!r}")
+    return server, client
+
+
+class ServedEngine(OpenAIEngine):
+    """Subclasses say how to start their server (`_server`) and what it runs (`_describe`)."""
+
+    server_options: dict[str, str] = {}
+
+    def load(self, model_dir: str, device: str) -> LoadInfo:
+        t0 = time.perf_counter()
+        self.server_opts, client = _split(self.config.get("options") or {}, {**SERVER_OPTIONS, **self.server_options},
+                                          self.name)  # fmt: skip
+        tok = Path(model_dir) / "tokenizer.json"
+        if "tokenizer" not in client and tok.is_file():
+            client["tokenizer"] = str(tok)
+        self.server = self._server(model_dir, device)
+        prepare_s = time.perf_counter() - t0
+        ready_s = self.server.start()
+        self.config = {**self.config, "options": {**client, "server_pid": self.server.pid}}
+        try:
+            info = super().load(self.server.url, device)
+        except BaseException:
+            self.server.stop()
+            raise
+        info.load_s = time.perf_counter() - t0
+        info.device = device
+        info.extra["server"] = {"engine": self.name, "argv": self.server.argv, "prepare_s": round(prepare_s, 3),
+                                "ready_s": round(ready_s, 3), **self._describe()}  # fmt: skip
+        info.extra["server_log"] = self.server.log_tail()
+        return info
+
+    def before_cell(self) -> None:
+        """A server that died in the last cell is started again before this one (outside its timing)."""
+        if not self.server.alive():
+            self.server.start()  # on a fresh free port unless --opt port fixed one
+            self.url = self.server.url
+            self.client = Client(self.url, float(self.opts["connect_timeout_s"]), self.opts.get("api_key"))
+            self.server_pids = _process_tree(self.server.pid, [])
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
+        if not self.server.alive():
+            self.before_cell()
+        try:
+            res = super().generate(prompts, max_new_tokens)
+        except AllRequestsFailed as exc:
+            self._check_alive(exc)
+            raise
+        self._check_alive(None)
+        return res
+
+    def _check_alive(self, exc: BaseException | None) -> None:
+        time.sleep(0.05) if exc is not None else None  # a dying server's failed requests come before its exit
+        if not self.server.alive():
+            raise ServerDied(f"{self.name} {self.server.how_it_ended()} during the cell") from exc
+
+    def unload(self) -> None:
+        server = getattr(self, "server", None)
+        if server is not None:
+            server.stop()
+
+    def _server(self, model_dir: str, device: str) -> ServerProcess:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def _describe(self) -> dict[str, Any]:
+        return {}

@@ -1,0 +1,100 @@
+"""serve:llama.cpp: codebench starts llama.cpp's own llama-server on tiny, drives a concurrency x request-rate
+grid through it, and survives the server being killed mid-cell. Needs the llamacpp extra; llama-server is built
+from the installed llama-cpp-python's sdist on first use (minutes; cached with llama.cpp's other tools)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from tests.helpers import cell_statuses, cli  # noqa: E402
+
+LOAD = ["--warmup", "0", "--iters", "1", "--repeats", "2"]
+
+
+def _export(db) -> dict:
+    proc = cli("export", "last", "--format", "json", db=db, check=True)
+    return json.loads(proc.stdout)["runs"][0]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_concurrency_by_rate_grid_through_llama_server(tmp_path):
+    db = tmp_path / "runs.db"
+    proc = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", "--concurrency", "1,4",
+               "--request-rate", "50,inf", "--requests", "12", "--isl-osl", "32/16", "--seed", "3",
+               "--slo", "ttft=20s,itl=10s", *LOAD, "--quiet", db=db, timeout=1400)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _export(db)
+    server = run["runtime"]["server"]
+    assert server["argv"][0].endswith("llama-server") and "--port" in server["argv"] and server["quant"] == "f32"
+    assert "listening" in run["runtime"]["server_log"] or "HTTP server" in run["runtime"]["server_log"]
+    cells = run["cells"]
+    assert [(c["batch"], c["params"]["request_rate"], c["status"]) for c in cells] == [
+        (1, 50.0, "done"), (1, "inf", "done"), (4, 50.0, "done"), (4, "inf", "done")]
+    for c in cells:
+        s = c["metrics"]["serving"]
+        assert s["requests"] == 24 and s["failed"] == 0 and s["passes"] == 2  # 12 requests x 2 repeats
+        assert s["concurrency"] == c["batch"] and s["goodput"]["attainment"]["all"] == 1.0  # a generous SLO
+        assert 0 < s["ttft_s"]["p50"] <= s["ttft_s"]["p99"] and s["itl_s"]["p50"] > 0
+        logs = [r for rep in c["repeats"] for extra in rep["extra"] for r in extra["requests_log"]]
+        assert len(logs) == 24 and all(r["ok"] and r["tokens"] == 16 and len(r["itl"]) >= 1 for r in logs)
+        # every request's send time is stored; a paced cell sends at its arrival times or later (a busy slot)
+        assert all(r["send"] >= r["due"] - 0.005 for r in logs)
+    paced = cells[0]["repeats"][0]["extra"][0]["requests_log"]
+    assert paced[-1]["due"] > 0.05  # 11 gaps at 50/s: about 0.2 s
+    # the same seed sends the same requests at the same times: the first repeat of both runs of the cell agree
+    again = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", "--concurrency", "1",
+                "--request-rate", "50", "--requests", "12", "--isl-osl", "32/16", "--seed", "3", *LOAD, "--quiet",
+                db=db, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    second = _export(db)["cells"][0]["repeats"][0]["extra"][0]["requests_log"]
+    assert [(r["due"], r["prompt"]) for r in second] == [(r["due"], r["prompt"]) for r in paced]
+    assert len({r["prompt"] for r in paced}) == 12  # twelve different prompts
+
+
+def _kill_llama_server_when_busy(stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first llama-server of this test once it has been serving for a second."""
+    seen: dict[int, float] = {}
+    while not stop.is_set() and not killed:
+        for p in psutil.process_iter(["name", "cmdline"]):
+            if p.info["name"] == "llama-server" and "--no-webui" in (p.info["cmdline"] or []):
+                first = seen.setdefault(p.pid, time.monotonic())
+                if time.monotonic() - first > 1.0:
+                    p.send_signal(signal.SIGKILL)
+                    killed.append(p.pid)
+        time.sleep(0.05)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_server_killed_mid_cell_crashes_that_cell_and_the_next_restarts_it(tmp_path):
+    db = tmp_path / "runs.db"
+    stop, killed = threading.Event(), []
+    watcher = threading.Thread(target=_kill_llama_server_when_busy, args=(stop, killed), daemon=True)
+    watcher.start()
+    try:
+        # the first cell sends 400 requests one at a time: seconds of work, so the kill lands inside it
+        proc = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", "--concurrency", "1,2",
+                   "--requests", "400", "--isl-osl", "32/32", "--warmup", "0", "--iters", "1", "--repeats", "1",
+                   "--quiet", db=db, timeout=1400)  # fmt: skip
+    finally:
+        stop.set()
+        watcher.join()
+    assert killed, "the watcher never saw llama-server"
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    statuses = [s[-1] for s in cell_statuses(db)]
+    assert statuses == ["crashed", "done"], statuses
+    run = _export(db)
+    assert "serve:llama.cpp was killed by SIGKILL during the cell" in run["cells"][0]["error"]
+    assert run["cells"][1]["metrics"]["serving"]["failed"] == 0
+    assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
+    # no server outlives the study
+    assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"]

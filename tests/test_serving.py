@@ -1,0 +1,167 @@
+"""Serving load without a server: arrivals, the load's parsing, SLO attainment and goodput on known timings, and
+the CLI's refusals. The real servers are in tests/test_serve_llamacpp.py."""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+
+import numpy as np
+import pytest
+
+from engines.base import SpecError
+from engines.study.load import arrival_seed, arrivals, parse_isl_osl, parse_rates, parse_slo
+from engines.study.schema import build_spec
+from store.serving import goodput, percentile, request_meets, serving_metrics
+from tests.helpers import cli
+
+
+def _ks_exponential(gaps: list[float], rate: float) -> float:
+    """Kolmogorov-Smirnov distance of the gaps from the exponential distribution of mean 1/rate."""
+    xs = sorted(gaps)
+    n = len(xs)
+    return max(max((i + 1) / n - (1 - math.exp(-rate * x)), (1 - math.exp(-rate * x)) - i / n)
+               for i, x in enumerate(xs))  # fmt: skip
+
+
+def test_poisson_arrivals_fit_the_requested_rate():
+    rate, n = 40.0, 4000
+    offsets = arrivals(n, rate, 1.0, seed=7)
+    gaps = [b - a for a, b in zip(offsets, offsets[1:])]
+    assert offsets[0] == 0.0 and all(g >= 0 for g in gaps)
+    # the rate within 5 % and the gaps exponential: KS distance under the 1 % critical value 1.63 / sqrt(n)
+    assert abs((n - 1) / offsets[-1] / rate - 1) < 0.05
+    assert _ks_exponential(gaps, rate) < 1.63 / math.sqrt(len(gaps))
+    # the check can fail: gaps of twice the rate are far from this rate's distribution
+    assert _ks_exponential([g / 2 for g in gaps], rate) > 1.63 / math.sqrt(len(gaps))
+
+
+def test_burstiness_is_the_gamma_shape_and_keeps_the_mean():
+    rate = 10.0
+    for shape in (0.25, 1.0, 4.0):
+        gaps = np.diff(arrivals(8000, rate, shape, seed=3))
+        assert gaps.mean() == pytest.approx(1 / rate, rel=0.06)
+        assert gaps.std() / gaps.mean() == pytest.approx(1 / math.sqrt(shape), rel=0.08)  # gamma's cv
+
+
+def test_one_seed_sends_identical_requests_and_inf_sends_at_once():
+    assert arrivals(50, 5.0, 1.0, 11) == arrivals(50, 5.0, 1.0, 11)
+    assert arrivals(50, 5.0, 1.0, 11) != arrivals(50, 5.0, 1.0, 12)
+    assert arrivals(5, math.inf, 1.0, 11) == [0.0] * 5
+    # the seed depends on the cell's shape, not on the run or its position
+    assert arrival_seed(0, 4, 128, 2.0) == arrival_seed(0, 4, 128, 2.0) != arrival_seed(0, 8, 128, 2.0)
+
+
+def test_load_parsing_and_its_one_line_errors():
+    assert parse_rates("4, 1,inf,0.5") == [0.5, 1.0, 4.0, math.inf]
+    assert parse_isl_osl("128/128,512/256,128/128") == [(128, 128), (512, 256)]
+    assert parse_slo("ttft=200ms,itl=50ms,e2e=5s,tpot=0.04") == {"ttft": 0.2, "itl": 0.05, "e2e": 5.0, "tpot": 0.04}
+    for bad, fn, words in [("0", parse_rates, "above 0"), ("-1", parse_rates, "above 0"), ("nan", parse_rates, "above 0"),
+                           ("fast", parse_rates, "not a number"), ("\x1b[2J", parse_rates, "not a number"),
+                           ("128", parse_isl_osl, "INPUT/OUTPUT"), ("0/5", parse_isl_osl, "from 1"),
+                           ("ttfb=1s", parse_slo, "unknown metric"), ("ttft=soon", parse_slo, "not a duration"),
+                           ("ttft=0ms", parse_slo, "above 0"), ("ttft=", parse_slo, "needs a limit")]:  # fmt: skip
+        with pytest.raises(SpecError) as err:
+            fn(bad)
+        msg = str(err.value)
+        assert words in msg and "\n" not in msg and "\x1b" not in msg, msg
+
+
+def test_a_serving_study_is_concurrency_by_pairs_by_rate_and_saves_inf():
+    spec = build_spec({"runs": [{"engine": "openai"}], "model": "http://127.0.0.1:1/v1",
+                       "grid": {"batch": [1, 4], "isl_osl": "128/64,512/32"},
+                       "load": {"request_rate": "inf,2", "slo": "ttft=1s", "requests": 16}})  # fmt: skip
+    cells = spec.cells()
+    assert [c.label() for c in cells[:2]] == ["b=1 in=128 out=64 request_rate=2", "b=1 in=128 out=64 request_rate=inf"]
+    assert len(cells) == 8 and cells[1].params() == {"request_rate": "inf"}
+    saved = json.loads(spec.to_json())
+    assert saved["load"]["request_rate"] == [2.0, "inf"]  # JSON has no infinity
+    assert build_spec(saved).cells() == cells
+
+
+def _rec(ok=True, ttft=0.1, e2e=1.0, itl=(0.05, 0.05), tokens=10) -> dict:
+    return {"ok": ok, "ttft": ttft, "e2e": e2e, "itl": list(itl), "tokens": tokens}
+
+
+def test_attainment_and_goodput_on_known_timings():
+    slo = {"ttft": 0.2, "itl": 0.1, "tpot": 0.1, "e2e": 2.0}
+    records = [
+        _rec(),  # meets every SLO: tpot = 0.9 / 9 = 0.1
+        _rec(ttft=0.3),  # late first token
+        _rec(itl=(0.05, 0.5)),  # one stall
+        _rec(e2e=2.5, ttft=0.1),  # tpot 0.267, e2e over
+        _rec(ok=False),  # a failed request meets nothing
+    ]
+    assert request_meets(records[0], slo) == {"ttft": True, "itl": True, "tpot": True, "e2e": True}
+    assert request_meets(records[3], slo) == {"ttft": True, "itl": True, "tpot": False, "e2e": False}
+    g = goodput(records, slo, wall_s=2.0)
+    assert g["attainment"] == {"ttft": 0.6, "itl": 0.6, "tpot": 0.6, "e2e": 0.6, "all": 0.2}
+    assert g["good_requests"] == 1 and g["goodput_rps"] == 0.5 and g["goodput_tps"] == 5.0
+
+
+def test_serving_metrics_pool_every_pass_and_match_numpy():
+    rng = np.random.default_rng(0)
+    passes = []
+    for _ in range(3):
+        recs = [_rec(ttft=float(t), e2e=float(t) + 1.0, itl=list(map(float, rng.uniform(0, 0.2, 9))))
+                for t in rng.uniform(0.01, 0.5, 20)]  # fmt: skip
+        passes.append({"requests_log": recs, "wall_s": 4.0, "concurrency": 4, "request_rate": "inf"})
+    m = serving_metrics(passes, {"ttft": 0.25})
+    ttfts = [r["ttft"] for p in passes for r in p["requests_log"]]
+    itls = [g for p in passes for r in p["requests_log"] for g in r["itl"]]
+    assert m["requests"] == 60 and m["failed"] == 0 and m["wall_s"] == 12.0
+    for p in (50, 90, 99):
+        assert m["ttft_s"][f"p{p}"] == pytest.approx(np.percentile(ttfts, p))
+        assert m["itl_s"][f"p{p}"] == pytest.approx(np.percentile(itls, p))
+    assert m["goodput"]["attainment"]["all"] == pytest.approx(sum(t <= 0.25 for t in ttfts) / 60)
+    assert percentile([3.0], 99) == 3.0 and statistics.median([1.0, 2.0]) == percentile([2.0, 1.0], 50)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--engine", "hf-generate", "--request-rate", "1"], "not a server engine"),
+    (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--slo", "ttft=\x1b]0;pwned\x07"], "not a duration"),
+    (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--isl-osl", "128/64", "--input-len", "32"],
+     "--isl-osl gives"),
+    (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--request-rate", "0"], "above 0"),
+])  # fmt: skip
+def test_cli_refuses_bad_load_in_one_line(tmp_path, args, words):
+    proc = cli("run", *args, "--dry-run", db=tmp_path / "runs.db")
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and words in err and "\n" not in err and "Traceback" not in err, proc.stderr
+    assert "\x1b" not in err and "\x07" not in err
+    assert not (tmp_path / "runs.db").exists()
+
+
+def test_a_server_that_never_answers_exits_early_or_lacks_its_binary_is_one_clear_line(tmp_path):
+    import socket
+
+    from engines.adapters.openai.server_process import ServerProcess
+
+    with pytest.raises(RuntimeError, match=r"^srv was not ready after 0.5 s \(raise --opt ready_timeout_s\)"):
+        ServerProcess("srv", ["/bin/sleep", "30", "{port}"], ready_timeout_s=0.5).start()
+    with pytest.raises(RuntimeError, match=r"^srv exited with code 1: .*before it was ready$"):
+        ServerProcess("srv", ["/bin/false", "{port}"]).start()
+    with pytest.raises(SpecError, match="server binary .*/nope does not exist"):
+        ServerProcess("srv", [str(tmp_path / "nope")])
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        with pytest.raises(SpecError, match=f"port {port} on 127.0.0.1 is in use"):
+            ServerProcess("srv", ["/bin/sleep", "1"], port=port)
+
+
+def test_serve_options_are_checked_before_anything_starts():
+    from engines.adapters.llamacpp.serve import LLAMA_SERVER_OPTIONS
+    from engines.adapters.openai.served import SERVER_OPTIONS, _split
+
+    keys = {**SERVER_OPTIONS, **LLAMA_SERVER_OPTIONS}
+    server, client = _split({"parallel": 4, "n_ctx": 2048, "timeout_s": 30, "server_args": ["--no-cont-batching"]},
+                            keys, "serve:llama.cpp")  # fmt: skip
+    assert server == {"parallel": 4, "n_ctx": 2048, "server_args": ["--no-cont-batching"]} and client == {"timeout_s": 30}
+    for bad, words in [({"parallel": 0}, "positive whole number"), ({"port": 70000}, "positive whole number"),
+                       ({"server_args": "--x"}, "list of strings"), ({"server_pid": 1}, "does not apply"),
+                       ({"n_gpu_layers": -2}, ">= -1"), ({"bogus\x1b[2J": 1}, "unknown serve:llama.cpp option")]:  # fmt: skip
+        with pytest.raises(SpecError) as err:
+            _split(bad, keys, "serve:llama.cpp")
+        assert words in str(err.value) and "\x1b" not in str(err.value)
