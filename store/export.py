@@ -142,7 +142,17 @@ def to_markdown(results: list[RunResult], baseline: int = 0, metric: str = "toke
         out += [x for t in boundary_tables(r) for x in (markdown_table(t), "")]
     for r in results:  # needle heat map, FIM scores (store.workload_tables)
         out += [x for t in workload_tables(r) for x in (markdown_table(t), "")]
+    out += [x for t in pareto_tables(results) for x in (markdown_table(t), "")]
     return "\n".join(out).rstrip() + "\n"
+
+
+def pareto_tables(results: list[RunResult]) -> list[Table]:
+    """Serving runs' Pareto frontiers (store/pareto.py): throughput, and goodput where an SLO was set."""
+    from store.pareto import pareto_table
+
+    if not any(isinstance((c.get("metrics") or {}).get("serving"), dict) for r in results for c in r.cells):
+        return []
+    return [t for t in (pareto_table(results), pareto_table(results, goodput=True)) if t is not None]
 
 
 def _esc(value: Any) -> str:
@@ -182,6 +192,7 @@ def to_html(results: list[RunResult], baseline: int = 0, metric: str = "tokens_p
     tables += [cell_table(r) for r in results]
     tables += [t for r in results for t in boundary_tables(r)]
     tables += [t for r in results for t in workload_tables(r)]
+    tables += pareto_tables(results)
     body = "".join(_html_table(t) for t in tables)
     return (f"<!doctype html><html><head><meta charset=utf-8><title>codebench-tui results</title><style>{_CSS}</style>"
             f"</head><body><h1>codebench-tui results</h1><ul>{items}</ul>{body}</body></html>\n")  # fmt: skip

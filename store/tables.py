@@ -119,6 +119,7 @@ def cell_table(result: RunResult) -> Table:
         notes.append("±95% CI: half-width of the 95% confidence interval of tok/s from the cell's repeats "
                      "(t interval on log values: tok/s ×/÷ (1 + x))")  # fmt: skip
     notes += annotate.code_lines(list(dict.fromkeys(code for c in result.cells for code in annotate.flag_codes(c))))
+    notes += search_lines(result.run)
     notes += annotate.run_note_lines([title_of(result)], [result.run])
     # Columns with nothing in them (GPU memory on a CPU run) only take space.
     keep = [i for i in range(len(headers)) if i < 4 or any(row[i] != "-" for row in rows)]
@@ -126,6 +127,28 @@ def cell_table(result: RunResult) -> Table:
     rows = [[row[i] for i in keep] for row in rows]
     styles = [[st[i] for i in keep] for st in styles]
     return Table(title_of(result), headers, rows, notes, styles)
+
+
+def search_lines(run: dict[str, Any]) -> list[str]:
+    """A peak-goodput search's outcome per configuration, and the concurrencies it measured on the way."""
+    search = (run.get("runtime") or {}).get("search")
+    if not isinstance(search, dict) or not isinstance(search.get("searches"), list):
+        return []
+    target = search.get("target")
+    target = f"{target * 100:g}%" if isinstance(target, (int, float)) else "?"
+    lines = []
+    for s in search["searches"][:50]:
+        if not isinstance(s, dict):
+            continue
+        where = " ".join(f"{k}={shown(v, NAME)}" for k, v in s.items() if k in ("input_len", "output_len", "request_rate"))
+        steps = " ".join(f"{p.get('concurrency')}{'✓' if p.get('met') else '✗'}" for p in s.get("path") or []
+                         if isinstance(p, dict))  # fmt: skip
+        peak = s.get("peak_concurrency")
+        found = "none meets it" if peak is None else f"{peak}" + ("" if s.get("bounded") else " (the largest tried)")
+        good = f", goodput {fmt(s.get('goodput_rps'))} req/s" if peak is not None else ""
+        lines.append(f"peak concurrency at ≥{target} SLO attainment, {where}: {found}{good}; "
+                     f"measured {steps}")  # fmt: skip
+    return lines
 
 
 SERVING_HEADERS = ["requests ok/sent", "TTFT p50/p99 ms", "ITL p50/p99 ms", "SLO met", "goodput req/s"]

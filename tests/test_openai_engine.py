@@ -20,6 +20,7 @@ import pytest
 
 from engines.adapters.openai.engine import AllRequestsFailed, OpenAIEngine, base_url, parse_options, percentiles
 from engines.base import SpecError
+from engines.study.load import arrivals
 from engines.models.workloads import synthetic_prompts
 from engines.quality.agreement import format_line, summary
 from tests.helpers import FAST, cell_statuses, cli
@@ -356,7 +357,7 @@ def test_percentiles():
 def test_request_rate_spreads_arrivals(fake):
     srv = fake("ok")
     eng = engine(srv.url, request_rate=20.0)
-    offsets = eng._arrivals(4)
+    offsets = arrivals(4, 20.0, 1.0, 0)  # the request_rate option: Poisson, the load's arrivals with seed 0
     assert offsets[0] == 0 and offsets == sorted(offsets) and offsets[-1] > 0.05  # Poisson, mean gap 50 ms
     res = eng.generate([[1]] * 4, 2)
     assert res.extra["requests_ok"] == 4 and res.extra["request_rate"] == 20.0

@@ -98,3 +98,25 @@ def test_a_server_killed_mid_cell_crashes_that_cell_and_the_next_restarts_it(tmp
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
     # no server outlives the study
     assert not [p for p in psutil.process_iter(["name"]) if p.info["name"] == "llama-server"]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_the_peak_goodput_search_on_llama_server_is_a_consistent_bisection(tmp_path):
+    db = tmp_path / "runs.db"
+    proc = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", "--concurrency", "1,2,4,8,16",
+               "--requests", "16", "--isl-osl", "64/16", "--slo", "ttft=30ms", "--attainment", "0.9",
+               "--search", "peak-goodput", *LOAD, "--quiet", db=db, timeout=1400)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = _export(db)
+    (search,) = run["runtime"]["search"]["searches"]
+    path = search["path"]
+    assert 2 <= len(path) <= 3 and path[0]["concurrency"] == 4  # the middle of five, then one side
+    met = [p["concurrency"] for p in path if p["met"]]
+    missed = [p["concurrency"] for p in path if not p["met"]]
+    assert all(m < x for m in met for x in missed)  # what the bisection assumes, and what it found
+    assert search["peak_concurrency"] == (max(met) if met else None)
+    assert all(p["met"] == (p["attainment"] >= 0.9) for p in path)
+    done = sorted(c["batch"] for c in run["cells"] if c["status"] == "done")
+    assert done == sorted(p["concurrency"] for p in path)
+    assert all(c["status"] == "skipped" for c in run["cells"] if c["batch"] not in done)

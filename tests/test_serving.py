@@ -165,3 +165,98 @@ def test_serve_options_are_checked_before_anything_starts():
         with pytest.raises(SpecError) as err:
             _split(bad, keys, "serve:llama.cpp")
         assert words in str(err.value) and "\x1b" not in str(err.value)
+
+
+class _QueueingServer:
+    """A test double: each request's first token comes 20 ms x (requests in flight when it arrived), then a token
+    every 2 ms, so TTFT rises with concurrency in a known way and concurrency 5 is the last under 110 ms."""
+
+    def __init__(self):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        lock, state = threading.Lock(), {"in_flight": 0}
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # quiet
+                pass
+
+            def do_GET(self):
+                body = json.dumps({"data": [{"id": "queue"}]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self):
+                import time
+
+                req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with lock:
+                    state["in_flight"] += 1
+                    ahead = state["in_flight"]
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.send_header("Connection", "close")
+                    self.end_headers()
+                    time.sleep(0.02 * ahead)
+                    for _ in range(req.get("max_tokens", 4)):
+                        chunk = {"choices": [{"text": " a", "index": 0, "finish_reason": None}]}
+                        self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+                        self.wfile.flush()
+                        time.sleep(0.002)
+                    last = {"choices": [{"text": "", "finish_reason": "length"}],
+                            "usage": {"completion_tokens": req.get("max_tokens", 4)}}
+                    self.wfile.write(b"data: " + json.dumps(last).encode() + b"\n\ndata: [DONE]\n\n")
+                    self.wfile.flush()
+                finally:
+                    with lock:
+                        state["in_flight"] -= 1
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+def test_the_peak_goodput_search_bisects_to_the_known_peak(tmp_path):
+    srv = _QueueingServer()
+    db = tmp_path / "runs.db"
+    proc = cli("run", "--engine", "openai", "--model", srv.url, "--concurrency", "1:17", "--input-len", "8",
+               "--output-len", "4", "--slo", "ttft=110ms", "--attainment", "1", "--search", "peak-goodput",
+               "--warmup", "0", "--iters", "1", "--repeats", "1", "--quiet", db=db, timeout=300)  # fmt: skip
+    srv.httpd.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(cli("export", "last", "--format", "json", db=db, check=True).stdout)["runs"][0]
+    (search,) = run["runtime"]["search"]["searches"]
+    assert search["peak_concurrency"] == 5 and search["bounded"]
+    path = [(p["concurrency"], p["met"]) for p in search["path"]]
+    assert path == [(8, False), (4, True), (6, False), (5, True)], path  # bisection over 1..16, then done
+    measured = {c["batch"] for c in run["cells"] if c["status"] == "done"}
+    assert measured == {4, 5, 6, 8}
+    skipped = [c for c in run["cells"] if c["status"] == "skipped"]
+    assert len(skipped) == 12 and all("peak-goodput search did not need it" in c["error"] for c in skipped)
+    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    assert "peak concurrency at ≥100% SLO attainment, input_len=8 output_len=4: 5, goodput" in table
+    assert "measured 8✗ 4✓ 6✗ 5✓" in table
+
+
+def test_compare_shows_serving_metrics_and_the_pareto_frontier(tmp_path):
+    """The CLI's side; the Compare screen's Pareto view is in tests/test_tui_snapshots.py."""
+    srv = _QueueingServer()
+    db = tmp_path / "runs.db"
+    proc = cli("run", "--engine", "openai", "--model", srv.url, "--concurrency", "1,2,4", "--input-len", "8",
+               "--output-len", "4", "--slo", "ttft=70ms", "--warmup", "0", "--iters", "1", "--repeats", "2",
+               "--quiet", db=db, timeout=300)  # fmt: skip
+    srv.httpd.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # the CLI: serving metrics compare, and the frontier lists its points
+    out = cli("compare", "last", "--metric", "slo_attainment", "--pareto", "goodput", "--no-chart", db=db,
+              env={"COLUMNS": "200"}, check=True).stdout  # fmt: skip
+    assert "SLO met" in out and "Pareto frontier: goodput tok/s per host against tok/s per user" in out
+    md = cli("export", "last", "--format", "md", db=db, check=True).stdout
+    assert "Pareto frontier: tok/s per host" in md and "requests ok/sent" in md
+
+

@@ -130,6 +130,16 @@ def test_replay_screen(snap_compare, store, size):
     assert snap_compare(app_for(path, replay=ids[1]), terminal_size=size, run_before=run_before)
 
 
+@pytest.mark.parametrize("keys", [("6",), ("6", "g"), ("m", "m", "m", "m", "m", "m")], ids=["pareto", "pareto-goodput",
+                                                                                      "slo-attainment"])
+def test_compare_serving_runs(snap_compare, tmp_path, utc, keys):  # noqa: F811
+    from tests.tui_support import fill_serving_store
+
+    path = tmp_path / "serving.db"
+    ids = fill_serving_store(path)
+    assert snap_compare(app_for(path), terminal_size=(100, 30), run_before=compare_before(ids, keys))
+
+
 def test_export_dialog(snap_compare, store):
     path, ids = store
     assert snap_compare(app_for(path), terminal_size=(80, 24), run_before=compare_before(ids, ("e",)))

@@ -352,3 +352,56 @@ def screen_output(app) -> str:
                       legacy_windows=False, safe_box=False)  # fmt: skip
     console.print(app.screen._compositor.render_update(full=True, screen_stack=app._background_screens))
     return console.file.getvalue()
+
+
+def fill_serving_store(path: Path) -> list[str]:
+    """Two serving runs (llama-server f32 and q4_0) over concurrency 1-8 with fixed per-request timings: every
+    request's TTFT and ITL grow with concurrency, so the runs trade interactivity for throughput. Returns ids."""
+    from store.db import open_db
+    from store.serving import serving_metrics
+    from store.writer import RunWriter
+
+    db = open_db(path, create=True)
+    writer = RunWriter(db)
+    slo = {"ttft": 0.05, "itl": 0.02}
+    spec = {"model": "tiny", "grid": {"batch": [1, 2, 4, 8], "input_len": [64], "output_len": [16]},
+            "load": {"slo": slo, "requests": 8}}  # fmt: skip
+    group = writer.begin_group(spec, "serving fixture")
+    ids, t = [], T0
+    for n, (quant, speed) in enumerate((("f32", 1.0), ("q4_0", 1.7))):
+        config = EngineRun(engine="serve:llama.cpp", quant=quant)
+        cells = [Cell(b, 64, 16) for b in (1, 2, 4, 8)]
+        run_id = writer.begin_run(group_id=group, model="tiny", engine="serve:llama.cpp", label=config.label(),
+                                  config=config.model_dump(mode="json"), spec=spec, host=HOST,
+                                  cells_total=len(cells), name=None)  # fmt: skip
+        writer.set_runtime(run_id, {"load_s": 0.5, "dtype": quant, "schedule": "sequential"}, "cpu")
+        for idx, cell in enumerate(cells):
+            c = cell.batch
+            itl = (0.004 + 0.003 * c) / speed
+            ttft = (0.010 + 0.008 * c) / speed
+            log = [{"i": i, "due": 0.0, "send": 0.001 * i, "ok": True, "ttft": ttft * (1 + 0.1 * (i % 3)),
+                    "e2e": ttft + 15 * itl, "itl": [itl * (1 + 0.2 * ((i + k) % 4 == 0)) for k in range(15)],
+                    "tokens": 16} for i in range(8)]  # fmt: skip
+            wall = (ttft + 15 * itl) * 8 / c
+            extra = {"requests_log": log, "wall_s": wall, "concurrency": c, "request_rate": "inf"}
+            reps = [{"latencies_s": [wall], "ttft_s": [None], "tokens": [128], "extra": [extra], "round": r}
+                    for r in range(2)]  # fmt: skip
+            t += 2 * wall
+            writer.add_cell(run_id, idx, cell, "done", finished_at=t, result={
+                "repeats": reps, "started_at": t - 2 * wall, "peak_rss_bytes": 90 * 2**20,
+                "metrics": {"serving": serving_metrics([extra, extra], slo)}})  # fmt: skip
+        writer.finish_run(run_id, "done")
+        ids.append(run_id)
+        t += 60.0
+    writer.close()
+    db.close()
+    fixed = [f"{n:x}" * 4 for n in (0x5E2FE001, 0x5E2FE002)]
+    con = sqlite3.connect(path)
+    with con:
+        for run_id, new in zip(ids, fixed):
+            con.execute("update run set id=?, created_at=?, finished_at=? where id=?", (new, T0, T0 + 30, run_id))
+            con.execute("update cell set run_id=? where run_id=?", (new, run_id))
+        con.execute("update run set group_id=?", ("1" * 32,))
+        con.execute("update run_group set id=?, created_at=?", ("1" * 32, T0))
+    con.close()
+    return fixed

@@ -153,7 +153,8 @@ class Runner:
         if spec.check:
             self._reference_tokens(resolve_device(spec.device))
         try:
-            if spec.schedule == "interleaved" and len(spec.runs) > 1:
+            searching = spec.load is not None and spec.load.search is not None  # each run bisects on its own
+            if spec.schedule == "interleaved" and len(spec.runs) > 1 and not searching:
                 from engines.harness.interleave import Interleaved
 
                 Interleaved(self, device, host, writer, sampler, result).run()
@@ -462,6 +463,15 @@ class Runner:
         self._active.discard(run_id)
         self._local_run = "" if self._local_run == run_id else self._local_run
 
+    def _search(self, cells: list[Cell]):
+        """The peak-goodput search of a serving study (engines/harness/search.py), or None."""
+        load = self.spec.load
+        if load is None or load.search != "peak-goodput":
+            return None
+        from engines.harness.search import PeakSearch
+
+        return PeakSearch(cells, load.attainment)
+
     def _run_one(self, engine_run: EngineRun, device: str, host: dict, writer: RunWriter, sampler: Sampler,
                  group_id: str, run_id: str | None = None, start: int = 0,
                  ooms: list[Cell] | None = None) -> tuple[str, str]:  # fmt: skip
@@ -469,8 +479,16 @@ class Runner:
         spec = self.spec
         cells = spec.cells()
         run_id = run_id or self._begin_run(engine_run, host, writer, group_id, "sequential")
-        pending = list(range(start, len(cells)))
+        search = self._search(cells)
+        pending = list(range(start, len(cells))) if search is None else [i for i in [search.next()] if i is not None]
         ooms = list(ooms or [])
+
+        def settled(index: int, status: str, result: dict | None = None) -> None:
+            """A cell is stored; a search picks the next one from it."""
+            if search is not None:
+                search.record(index, status, (result or {}).get("metrics"))
+                pending[:] = [i for i in [search.next()] if i is not None]
+
         status, error, attempt = "done", "", 0
         client: WorkerClient | None = None
         current: int | None = None
@@ -487,6 +505,7 @@ class Runner:
                     why = self._skip_reason(run_id, index, cell, ooms)
                     if why:
                         self._finish_cell(writer, run_id, index, cell, "skipped", error=why)
+                        settled(index, "skipped")
                         continue
                     current = index
                     client.send(self._cell_command(index, cell))
@@ -503,6 +522,7 @@ class Runner:
                         self._finish_cell(writer, run_id, index, cell, out.status, result, out.error)
                         if out.status == "oom":
                             ooms.append(cell)
+                        settled(index, out.status, result)
                         continue
                     if out is None:
                         client.kill()
@@ -513,9 +533,15 @@ class Runner:
                     self._finish_cell(writer, run_id, index, cell, died, error=why)
                     if died == "oom":
                         ooms.append(cell)
+                    settled(index, died)
                     client.close()
                     client = None  # a fresh worker resumes the remaining cells
                     break
+            if search is not None and status == "done":
+                for index in search.unmeasured():
+                    self._finish_cell(writer, run_id, index, cells[index], "skipped",
+                                      error="not measured: the peak-goodput search did not need it")  # fmt: skip
+                writer.update_runtime(run_id, {"search": search.summary()})
             if status == "done":
                 client, status, error, attempt = self._after_grid(engine_run, run_id, client, device, writer, sampler,
                                                                   attempt)  # fmt: skip

@@ -33,6 +33,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", metavar="RUN", help="the run the ratios divide by (default: the first)")
     p.add_argument("--metric", default="tokens_per_s", choices=list(METRICS))
     p.add_argument("--no-chart", action="store_true")
+    p.add_argument("--pareto", choices=("throughput", "goodput"),
+                   help="also the Pareto frontier of tok/s per device against tok/s per user (goodput: only the "
+                   "tokens of requests that met every SLO)")
     p.set_defaults(func=compare)
 
     p = sub.add_parser("export", help="write runs as CSV, Markdown, JSON or HTML")
@@ -181,6 +184,20 @@ def compare(args: argparse.Namespace) -> int:
         chart = tokens_chart(results, width=min(console.width, 100))
         if chart:
             console.print(chart)
+    if args.pareto:
+        from store.pareto import pareto_table
+        from tui.widgets.charts import pareto_chart
+
+        goodput = args.pareto == "goodput"
+        table = pareto_table(results, goodput)
+        if table is None:
+            console.print("no cell has " + ("a serving SLO (run with --slo)" if goodput else "a per-user speed"))
+        else:
+            console.print(rich_table(table))
+            if not args.no_chart:
+                chart = pareto_chart(results, min(console.width, 100), 20, goodput)
+                if chart:
+                    console.print(chart)
     return 0
 
 

@@ -95,6 +95,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "and goodput per cell (itl: every gap between two streamed tokens)")
     g.add_argument("--attainment", type=float, help="share of requests that must meet every SLO, e.g. 0.99 "
                    "(default)")
+    g.add_argument("--search", choices=("peak-goodput",), help="peak-goodput: per configuration, bisect the "
+                   "--concurrency values for the highest one whose SLO attainment holds (needs --slo)")
     p.add_argument("--input-len", help="prompt lengths in tokens, e.g. 32,128 or 32:129:x2")
     p.add_argument("--output-len", help="generated tokens per sequence, e.g. 32")
     p.add_argument("--warmup", type=int, help="untimed minibatches per cell (default 1)")
@@ -220,7 +222,7 @@ def _load_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
     from engines.base import SpecError as UsageError
 
     fields = {"request_rate": args.request_rate, "burstiness": args.burstiness, "requests": args.requests,
-              "slo": args.slo, "attainment": args.attainment}  # fmt: skip
+              "slo": args.slo, "attainment": args.attainment, "search": args.search}  # fmt: skip
     given = {k: v for k, v in fields.items() if v is not None}
     if given:
         base["load"] = {**(base.get("load") or {}), **given}

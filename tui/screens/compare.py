@@ -26,7 +26,7 @@ from tui.widgets.footer import Footer
 from tui.widgets.needle_map import NeedleMap
 from tui.widgets.plot import Plot
 
-TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem", "tab-fit")
+TABS = ("tab-table", "tab-tps", "tab-heat", "tab-mem", "tab-fit", "tab-pareto")
 
 
 def note_style(line: str) -> str:
@@ -49,6 +49,9 @@ class CompareScreen(Screen):
         Binding("4", "tab(3)", "Memory plot", show=False, tooltip="Peak memory against batch size"),
         Binding("5", "tab(4)", "Memory fit", show=False,
                 tooltip="Measured OK / OOM over batch x input, the predicted memory boundary and a projection"),
+        Binding("6", "tab(5)", "Pareto", show=False,
+                tooltip="Throughput per device against tokens/s per user, every cell, and the frontier"),
+        Binding("g", "goodput", "Goodput", show=False, tooltip="Pareto view: all tokens, or only goodput"),
         Binding("p", "projection", "Card size", show=False,
                 tooltip="Memory fit: project onto the next card size (24, 40, 48, 80, 141 GiB, off)"),
         Binding("e", "export", "Export", tooltip="Write CSV, Markdown, JSON or HTML"),
@@ -75,6 +78,7 @@ class CompareScreen(Screen):
         self.floor_note = ""
         self.metric = "tokens_per_s"
         self.baseline = 0
+        self.goodput = False  # the Pareto view: every output token, or only those of requests meeting the SLO
         self.last_export: Path | None = None
 
     def compose(self):
@@ -95,6 +99,10 @@ class CompareScreen(Screen):
             with TabPane("5 Memory fit", id="tab-fit"):
                 with VerticalScroll(id="fit-scroll"):
                     yield BoundaryMap(id="fit-map")
+            with TabPane("6 Pareto", id="tab-pareto"):
+                yield Plot(id="plot-pareto", empty="no cell has a tokens/s per user (serving or decode figures)")
+                with VerticalScroll(id="pareto-scroll"):
+                    yield Static(id="pareto-list")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -142,11 +150,43 @@ class CompareScreen(Screen):
         self.query_one("#plot-tps", Plot).set_builder(lambda w, h: tokens_chart(results, w, h))
         self.query_one("#plot-mem", Plot).set_builder(lambda w, h: memory_chart(results, w, h))
         self._render_heat()
+        self._render_pareto()
+
+    def _render_pareto(self) -> None:
+        from store.pareto import pareto_table
+        from tui.widgets.charts import pareto_chart
+
+        results, goodput = self.results, self.goodput
+        self.query_one("#plot-pareto", Plot).set_builder(lambda w, h: pareto_chart(results, w, h, goodput))
+        t = pareto_table(results, goodput)
+        text = Text()
+        if t is not None:
+            text.append(t.title + "\n", style="bold")
+            widths = [max(len(x) for x in col) for col in zip(t.headers, *t.rows)]
+            for i, row in enumerate([t.headers, *t.rows]):
+                cells = [v.ljust(w) if j < 2 else v.rjust(w) for j, (v, w) in enumerate(zip(row, widths))]
+                text.append("  ".join(cells) + "\n", style="underline" if i == 0 else "")
+            for note in t.notes:
+                text.append(note + "\n", style="dim")
+        text.append("g: " + ("every output token" if goodput else "goodput only (needs --slo)"), style="dim")
+        self.query_one("#pareto-list", Static).update(text)
+
+    def action_goodput(self) -> None:
+        self.goodput = not self.goodput
+        self._render_pareto()
+        self.action_tab(TABS.index("tab-pareto"))
+
+    def metrics(self) -> list[str]:
+        """The metrics `m` cycles through: serving ones only where a run has serving cells."""
+        from store.serving import SERVING_METRICS
+
+        serving = any(isinstance((c.get("metrics") or {}).get("serving"), dict) for r in self.results for c in r.cells)
+        return [m for m in METRICS if serving or m not in SERVING_METRICS]
 
     def _render_head(self, metrics: dict) -> None:
         head = Text()
         head.append("metric ", style="bold")
-        for key in METRICS:
+        for key in self.metrics():
             label = metrics[key][0]
             head.append(f" {label} ", style="reverse bold" if key == self.metric else "dim")
         head.append("   base ", style="bold")
@@ -181,14 +221,15 @@ class CompareScreen(Screen):
     # --- actions -----------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("metric", "baseline", "export", "copy", "projection") and not self.results:
+        if action in ("metric", "baseline", "export", "copy", "projection", "goodput") and not self.results:
             return None  # shown, greyed, until the runs are loaded
         if action == "back":
             return len(self.app.screen_stack) > 1
         return True
 
     def action_metric(self, step: int) -> None:
-        self.set_metric(list(METRICS)[(list(METRICS).index(self.metric) + int(step)) % len(METRICS)])
+        keys = self.metrics()
+        self.set_metric(keys[(keys.index(self.metric) + int(step)) % len(keys)] if self.metric in keys else keys[0])
 
     def set_metric(self, metric: str) -> None:
         self.metric = metric

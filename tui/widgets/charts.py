@@ -138,3 +138,24 @@ def speedup_grids(results: list[Any], baseline: int, metric: str = "tokens_per_s
 
 def r_key(c: dict[str, Any]) -> tuple[int, int, int]:
     return (c["batch"], c["input_len"], c["output_len"])
+
+
+def pareto_chart(results: list[Any], width: int, height: int, goodput: bool = False) -> Text | None:
+    """Throughput per device against tokens/s per user: a point per cell, a marker per run, the frontier a line."""
+    from store.pareto import frontier, points
+
+    pts = points(results, goodput)
+    if not pts:
+        return None
+    fig = figure(width, height)
+    for i, r in enumerate(results):
+        mine = [p for p in pts if p.run_index == i]
+        if mine:
+            name = shown(r.short_id) if len(results) > 1 else "cells"
+            fig.scatter([p.per_user for p in mine], [p.per_device for p in mine], label=name, marker="hd")
+    best = frontier(pts)
+    fig.plot([p.per_user for p in best], [p.per_device for p in best], label="frontier", marker="dot")
+    fig.xlabel("tokens/s per user")
+    fig.ylabel("goodput tokens/s per device" if goodput else "tokens/s per device")
+    fig.title("Pareto: throughput per device against interactivity" + (" (goodput)" if goodput else ""))
+    return Text.from_ansi(fig.build())

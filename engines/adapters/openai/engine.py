@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from engines.adapters.openai.timed_http import open_stream
 from engines.base import Engine, GenerateResult, LoadInfo, SpecError
 from engines.measure.procmem import peak_rss
 from engines.study.load import INF, arrivals, stored_rate
@@ -60,6 +61,8 @@ class Outcome:
     usage_tokens: int | None = None
     finish_reason: str | None = None
     start: float = 0.0  # perf_counter at send
+    kernel_stamped: bool = False  # chunk times are the kernel's receive times (timed_http.py)
+    connect_s: float | None = None  # TCP connect, before `start` (plain HTTP)
 
 
 def parse_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -146,8 +149,59 @@ class Client:
             conn.close()
 
     def stream(self, body: dict[str, Any], out: Outcome, timeout: float) -> None:
-        """POST /completions with stream=true; fills `out`. Never raises."""
+        """POST /completions with stream=true; fills `out`. Never raises. Plain HTTP is read with the kernel's
+        receive times (timed_http.py); HTTPS through http.client, timed when read."""
         deadline = out.start + timeout
+        sock = None
+        try:
+            if self.https:
+                return self._stream_tls(body, out, deadline, timeout)
+            payload = json.dumps(body).encode()
+            asked = out.start
+
+            def sent(at: float) -> None:  # the clock starts when the request is written; the connect is apart
+                out.start = at
+                out.connect_s = at - asked
+
+            status, _, resp, raw, sock = open_stream(self.host, self.port, self.prefix + "/completions", payload,
+                                                     self.headers, self.connect_timeout, deadline, sent)  # fmt: skip
+            if status >= 400:
+                text = b"".join(resp.readline()[0] for _ in range(20)).decode(errors="replace")
+                out.error = f"HTTP {status}: {text.strip().replace(chr(10), ' ')[:300]}"
+                return
+            done, last = False, None
+            while True:
+                line, at = resp.readline()
+                if not line:
+                    break
+                line = line.strip()
+                if not line.startswith(b"data:"):
+                    continue
+                last = at
+                data = line[5:].strip()
+                if data == b"[DONE]":
+                    done = True
+                    break
+                self._chunk(json.loads(data), out, at)
+            out.kernel_stamped = raw.kernel_times > 0 and raw.transmit_stamped
+            out.e2e_s = (last if last is not None else time.perf_counter()) - out.start
+            if not done:
+                out.error = f"stream cut after {len(out.chunk_times)} chunks (no [DONE])"
+                return
+            out.ok = True
+        except Exception as exc:  # noqa: BLE001 - every failure becomes the request's reason
+            self._failed(out, exc, timeout)
+        finally:
+            if sock is not None:
+                sock.close()
+
+    @staticmethod
+    def _failed(out: Outcome, exc: BaseException, timeout: float) -> None:
+        out.error = _reason(exc, timeout)
+        if out.chunk_times and "stream cut" not in out.error and "timeout" not in out.error:
+            out.error = f"stream cut after {len(out.chunk_times)} chunks ({out.error})"
+
+    def _stream_tls(self, body: dict[str, Any], out: Outcome, deadline: float, timeout: float) -> None:
         conn = None
         try:
             conn = self.connect()
@@ -175,23 +229,21 @@ class Client:
                 if data == b"[DONE]":
                     done = True
                     break
-                self._chunk(json.loads(data), out)
+                self._chunk(json.loads(data), out, time.perf_counter())
             out.e2e_s = time.perf_counter() - out.start
             if not done:
                 out.error = f"stream cut after {len(out.chunk_times)} chunks (no [DONE])"
                 return
             out.ok = True
-        except Exception as exc:  # noqa: BLE001 - every failure becomes the request's reason
-            out.error = _reason(exc, timeout)
-            if out.chunk_times and "stream cut" not in out.error and "timeout" not in out.error:
-                out.error = f"stream cut after {len(out.chunk_times)} chunks ({out.error})"
+        except Exception as exc:  # noqa: BLE001
+            self._failed(out, exc, timeout)
         finally:
             if conn is not None:
                 conn.close()
 
     @staticmethod
-    def _chunk(msg: dict[str, Any], out: Outcome) -> None:
-        now = time.perf_counter() - out.start
+    def _chunk(msg: dict[str, Any], out: Outcome, at: float | None) -> None:
+        now = (at if at is not None else time.perf_counter()) - out.start
         if "error" in msg:
             raise RuntimeError(f"server error in stream: {str(msg['error'])[:300]}")
         usage = msg.get("usage") or {}
@@ -369,6 +421,8 @@ class OpenAIEngine(Engine):
         wall = time.perf_counter() - t0
         result = self._result(outs, max_new_tokens, wall, t0)
         result.extra["requests_log"] = _records(outs, due, t0, result.extra["completion_tokens"], prompts)
+        stamped = [o.kernel_stamped for o in outs if o.ok]
+        result.extra["clock"] = "kernel receive time" if stamped and all(stamped) else "read time"
         result.extra["concurrency"] = slots
         result.extra["request_rate"] = stored_rate(rate)
         if load:  # a serving cell: the pass's first-token time would include arrival gaps; TTFT is per request
@@ -462,6 +516,7 @@ def _records(outs: list[Outcome], due: list[float], t0: float, counts: list[int]
 
     return [{"i": out.index, "due": us(due[out.index]), "send": us(out.start - t0), "ok": out.ok,
              "prompt": hashlib.sha256(json.dumps(prompts[out.index]).encode()).hexdigest()[:12],
+             "connect": us(out.connect_s),
              "ttft": us(out.chunk_times[0]) if out.chunk_times else None, "e2e": us(out.e2e_s),
              "itl": [us(b - a) for a, b in zip(out.chunk_times, out.chunk_times[1:])],
              "tokens": count, **({"error": out.error[:300]} if out.error else {})}
