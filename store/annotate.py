@@ -19,6 +19,8 @@ FLAG_CODES = {
     "clock": "the CPU or GPU clock moved while the cell was timed",
     "throttle": "the GPU throttled (power, temperature or clocks)",
     "gpu-shared": "other processes used the GPU while the cell was timed",
+    "failed-requests": "some requests of a serving cell failed; its latencies cover the others",
+    "merged": "streamed tokens of a serving cell arrived merged (a busy client): its ITL is shaky",
 }
 
 

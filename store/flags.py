@@ -54,9 +54,29 @@ def cell_flags(repeats: list[dict[str, Any]], metrics: dict[str, Any] | None = N
         if cpu:
             flags.append(_flag("clock", f"CPU clock moved between {cpu[0]:.0f} and {cpu[1]:.0f} MHz"))
         flags += _gpu_flags(hosts)
+    flags += _serving_flags((metrics or {}).get("serving"))
     throttle = ((metrics or {}).get("efficiency") or {}).get("throttle") or []
     if throttle and not any(f["code"] == "throttle" for f in flags):
         flags.append(_flag("throttle", f"GPU throttled ({', '.join(throttle)})"))
+    return flags
+
+
+MERGED_LIMIT = 0.05  # share of token gaps that arrived merged before ITL is called shaky
+
+
+def _serving_flags(s: Any) -> list[dict[str, str]]:
+    """A serving cell: requests that failed, and token gaps that arrived merged (the client read late)."""
+    if not isinstance(s, dict):
+        return []
+    flags = []
+    failed, sent = s.get("failed"), s.get("requests")
+    if isinstance(failed, int) and failed > 0 and isinstance(sent, int):
+        flags.append(_flag("failed-requests", f"{failed} of {sent} requests failed; latencies cover the rest"))
+    merged = s.get("merged_gap_share")
+    if isinstance(merged, (int, float)) and merged > MERGED_LIMIT:
+        flags.append(_flag("merged", f"{merged * 100:.0f}% of the gaps between streamed tokens came in one read: "
+                                     "the client or its host was too busy to read each chunk as it came; ITL is "
+                                     "shaky"))  # fmt: skip
     return flags
 
 

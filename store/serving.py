@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+MERGED_GAP_S = 20e-6  # two chunks this close came in one read: the client (or host) was too busy to read each
 SLO_METRICS = {
     "ttft": "time to the first streamed token",
     "tpot": "mean time per output token after the first: (E2E - TTFT) / (tokens - 1)",
@@ -96,6 +97,8 @@ def serving_metrics(extras: list[dict[str, Any] | None], slo: dict[str, float] |
         "itl_s": summary([g for r in ok for g in r.get("itl") or []]),
         "e2e_s": summary([r.get("e2e") for r in ok]),
     }
+    gaps = [g for r in ok for g in r.get("itl") or [] if isinstance(g, (int, float))]
+    out["merged_gap_share"] = sum(g < MERGED_GAP_S for g in gaps) / len(gaps) if gaps else None
     if out["tpot_s"]["p50"]:
         out["tokens_per_s_per_user"] = 1.0 / out["tpot_s"]["p50"]  # interactivity, the Pareto view's x axis
     if slo:

@@ -260,3 +260,29 @@ def test_compare_shows_serving_metrics_and_the_pareto_frontier(tmp_path):
     assert "Pareto frontier: tok/s per host" in md and "requests ok/sent" in md
 
 
+
+
+def test_failed_requests_and_merged_token_gaps_flag_the_cell():
+    from store.flags import cell_flags
+
+    recs = [_rec(itl=(0.01, 0.000005, 0.01, 0.000001)), _rec(ok=False)]  # half the gaps under 20 us
+    m = serving_metrics([{"requests_log": recs, "wall_s": 1.0}], None)
+    assert m["merged_gap_share"] == 0.5
+    codes = {f["code"]: f["reason"] for f in cell_flags([], {"serving": m})}
+    assert codes["failed-requests"].startswith("1 of 2 requests failed") and "50% of the gaps" in codes["merged"]
+    clean = serving_metrics([{"requests_log": [_rec()], "wall_s": 1.0}], None)
+    assert cell_flags([], {"serving": clean}) == []
+
+
+def test_setup_fields_give_the_clis_load_and_read_it_back():
+    from engines.study.schema import Load
+    from tui.planning import load_texts, parse_load
+
+    assert parse_load("", "", "", "none") == (None, "")
+    load, err = parse_load("1,inf", "16", "ttft=200ms,itl=50ms", "peak-goodput")
+    assert err == "" and load["request_rate"] == [1.0, math.inf] and load["requests"] == 16
+    assert load_texts(Load(**load)) == ("1,inf", "16", "ttft=200ms,itl=50ms", "peak-goodput")
+    for args, words in [(("0", "", "", "none"), "above 0"), (("", "x", "", "none"), "whole number"),
+                        (("", "", "", "peak-goodput"), "needs an SLO"), (("", "", "ttft=\x1b[2J", "none"), "duration")]:  # fmt: skip
+        load, err = parse_load(*args)
+        assert load is None and words in err and "\x1b" not in err

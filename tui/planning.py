@@ -257,15 +257,54 @@ def clock(seconds: float | None) -> str:
 def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict[str, list[int]],
                 timing: dict[str, int], name: str, device: str, executor: str = "local",
                 schedule: str = "interleaved", worker_env: dict[str, str] | None = None,
-                skip_predicted_oom: bool = False) -> Any:  # fmt: skip
+                skip_predicted_oom: bool = False, load: dict[str, Any] | None = None) -> Any:  # fmt: skip
     """The StudySpec the CLI would build: the same pydantic model, the same validation."""
     from engines.study.schema import build_spec
 
     data = dict(base)
+    data["load"] = load
     data.update(model=model.strip(), runs=[r.model_dump() for r in runs], grid=grid, timing=timing,
                 name=name.strip() or None, device=device, executor=executor, schedule=schedule,
                 worker_env=worker_env or {}, skip_predicted_oom=skip_predicted_oom)  # fmt: skip
     return build_spec(data)
+
+
+def parse_load(rate: str, requests: str, slo: str, search: str, burstiness: float = 1.0,
+               attainment: float = 0.99) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
+    """Setup's serving fields as the CLI's --request-rate/--requests/--slo/--search: the study's load section
+    (None when every field is empty), or the first problem."""
+    from engines.base import SpecError
+    from engines.study.load import parse_rates, parse_slo
+
+    if not (rate.strip() or requests.strip() or slo.strip() or search != "none"):
+        return None, ""
+    load: dict[str, Any] = {"burstiness": burstiness, "attainment": attainment}
+    try:
+        if rate.strip():
+            load["request_rate"] = parse_rates(rate)
+        if requests.strip():
+            if not (requests.strip().isascii() and requests.strip().isdigit()) or not 1 <= int(requests) <= 100_000:
+                return None, f"requests: '{requests.strip()[:20]}' must be a whole number from 1 to 100000"
+            load["requests"] = int(requests)
+        if slo.strip():
+            load["slo"] = parse_slo(slo)
+    except SpecError as exc:
+        return None, str(exc)
+    if search != "none":
+        if "slo" not in load:
+            return None, "search peak-goodput needs an SLO, e.g. ttft=200ms,itl=50ms"
+        load["search"] = search
+    return load, ""
+
+
+def load_texts(load: Any) -> tuple[str, str, str, str]:
+    """A study's load section back into Setup's four fields."""
+    from engines.study.load import rate_text, slo_text
+
+    if load is None:
+        return "", "", "", "none"
+    return (",".join(rate_text(r) for r in load.request_rate or []), str(load.requests or ""),
+            slo_text(load.slo) if load.slo else "", load.search or "none")  # fmt: skip
 
 
 def parse_worker_env(text: str) -> tuple[dict[str, str] | None, str]:

@@ -22,7 +22,7 @@ from textual.widgets import Button, Input, Label, Select, SelectionList, Static
 from textual.widgets.selection_list import Selection
 
 from store.safe import LINE, shown
-from tui.planning import axis_text, human_duration, parse_worker_env, worker_env_text
+from tui.planning import axis_text, human_duration, load_texts, parse_load, parse_worker_env, worker_env_text
 from tui.widgets.field import Field
 from tui.widgets.footer import Footer
 from tui.widgets.picker import AxisPicker
@@ -32,6 +32,9 @@ PREDICTED_OOM = [("run them", "run"), ("skip them", "skip")]  # cells the memory
 SCHEDULES = [("interleaved", "interleaved"), ("sequential", "sequential")]  # runs take turns per repeat, or one after another
 GRID_FIELDS = (("batch", "batch sizes"), ("input_len", "input lengths"), ("output_len", "output lengths"))
 TIMING_FIELDS = (("warmup", "warm-up", 0), ("iters", "iters", 1), ("repeats", "repeats", 1))
+SEARCHES = [("none", "none"), ("peak goodput", "peak-goodput")]
+LOAD_FIELDS = (("rate", "req/s", "inf, or 1,2,4,inf"), ("requests", "requests", "default: the batch"),
+               ("slo", "SLO", "ttft=200ms,itl=50ms"))  # fmt: skip
 DEFAULTS = {"batch": "1,2,4", "input_len": "32,128", "output_len": "32", "warmup": "1", "iters": "2", "repeats": "3"}
 
 
@@ -66,6 +69,7 @@ class SetupScreen(Screen):
         self.rates: dict = {}
         self.device = "cpu"
         self.base: dict[str, Any] = {}  # spec fields the form does not edit (kept from a loaded study)
+        self.kept_load: dict[str, Any] | None = None  # a loaded study's load: burstiness and attainment are kept
         self.pending_runs: list | None = None  # runs of a study loaded before the engines were
         self.picks: dict[str, dict[str, list[str]]] = {}  # engine -> axis -> values ticked
         self.spec_text: dict[str, str] = {}  # engine -> what was typed in its spec field
@@ -105,6 +109,14 @@ class SetupScreen(Screen):
                         with Horizontal(classes="field"):
                             yield Label(label, classes="field-label")
                             yield Field(DEFAULTS[key], id=f"timing-{key}", compact=True, type="integer")
+                    yield Static("Serving  (batch = concurrency)", classes="section")
+                    for key, label, hint in LOAD_FIELDS:
+                        with Horizontal(classes="field"):
+                            yield Label(label, classes="field-label")
+                            yield Field("", id=f"load-{key}", compact=True, placeholder=hint)
+                    with Horizontal(classes="field"):
+                        yield Label("search", classes="field-label")
+                        yield Select(SEARCHES, value="none", id="load-search", compact=True, allow_blank=False)
                     yield Static("Study", classes="section")
                     with Horizontal(classes="field"):
                         yield Label("name", classes="field-label")
@@ -434,9 +446,17 @@ class SetupScreen(Screen):
         worker_env, err = parse_worker_env(env_field.value)
         env_field.set_class(worker_env is None, "-invalid")
         errors += [err] if err else []
+        fields = [self.query_one(f"#load-{key}", Input) for key, _, _ in LOAD_FIELDS]
+        kept = self.kept_load or {}
+        load, err = parse_load(*(f.value for f in fields), str(self.query_one("#load-search", Select).value),
+                               kept.get("burstiness", 1.0), kept.get("attainment", 0.99))  # fmt: skip
+        for f in fields:
+            f.set_class(bool(err) and f.value.strip() != "", "-invalid")
+        errors += [err] if err else []
         if errors:
             return None, errors
-        return {"grid": grid, "timing": timing, "tp": tp, "executor": executor, "worker_env": worker_env}, []
+        return {"grid": grid, "timing": timing, "tp": tp, "executor": executor, "worker_env": worker_env,
+                "load": load}, []  # fmt: skip
 
     def _refresh_plan(self) -> None:
         from tui.planning import estimate_seconds
@@ -504,7 +524,7 @@ class SetupScreen(Screen):
         return build_study(self.base, model=self.query_one("#model", Input).value, runs=runs, grid=form["grid"],
                            timing=form["timing"], name=self.query_one("#name", Input).value, device=device,
                            executor=form["executor"], schedule=str(self.query_one("#schedule", Select).value),
-                           worker_env=form["worker_env"],
+                           worker_env=form["worker_env"], load=form["load"],
                            skip_predicted_oom=self.query_one("#predicted-oom", Select).value == "skip")  # fmt: skip
 
     async def _validated(self) -> tuple[Any, Any] | None:
@@ -596,7 +616,11 @@ class SetupScreen(Screen):
         data = spec.model_dump()
         self.base = {k: v for k, v in data.items()
                      if k not in ("model", "runs", "grid", "timing", "name", "device", "executor", "schedule",
-                                  "worker_env", "skip_predicted_oom")}  # fmt: skip
+                                  "worker_env", "skip_predicted_oom", "load")}  # fmt: skip
+        self.kept_load = spec.load.model_dump() if spec.load else None  # burstiness, attainment: not in the form
+        for (key, _, _), text in zip(LOAD_FIELDS, load_texts(spec.load)):
+            self.query_one(f"#load-{key}", Input).value = text
+        self.query_one("#load-search", Select).value = load_texts(spec.load)[3]
         self.query_one("#schedule", Select).value = spec.schedule
         self.query_one("#predicted-oom", Select).value = "skip" if spec.skip_predicted_oom else "run"
         self.query_one("#worker-env", Input).value = worker_env_text(spec.worker_env)
@@ -663,6 +687,10 @@ class SetupScreen(Screen):
         self.query_one("#schedule", Select).value = "interleaved"
         self.query_one("#predicted-oom", Select).value = "run"
         self.query_one("#worker-env", Input).value = ""
+        self.kept_load = None
+        for key, _, _ in LOAD_FIELDS:
+            self.query_one(f"#load-{key}", Input).value = ""
+        self.query_one("#load-search", Select).value = "none"
         for key, _ in GRID_FIELDS:
             self.query_one(f"#grid-{key}", Input).value = DEFAULTS[key]
         for key, _, _ in TIMING_FIELDS:

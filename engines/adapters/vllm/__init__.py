@@ -49,4 +49,16 @@ ENGINES = (
         speculation_options=speculation_options,
         tensor_parallel="library",
     ),
+    EngineInfo(
+        "serve:vllm",
+        "engines.adapters.vllm.serve:VLLMServer",
+        "vLLM's own OpenAI-compatible server (vllm serve), started by codebench: TTFT, TPOT, ITL, E2E, goodput",
+        ("vllm",),
+        "vllm",
+        {"precision": ("fp32", "bf16", "fp16")},
+        rules=_rules,
+        install_note="as vllm",
+        tensor_parallel="library",
+        takes_load=True,
+    ),
 )
