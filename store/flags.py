@@ -62,6 +62,7 @@ def cell_flags(repeats: list[dict[str, Any]], metrics: dict[str, Any] | None = N
 
 
 MERGED_LIMIT = 0.05  # share of token gaps that arrived merged before ITL is called shaky
+TTFT_MERGED_LIMIT = 0.01  # share of requests whose first token arrived merged: their TTFT sits in the p99
 
 
 def _serving_flags(s: Any) -> list[dict[str, str]]:
@@ -72,11 +73,16 @@ def _serving_flags(s: Any) -> list[dict[str, str]]:
     failed, sent = s.get("failed"), s.get("requests")
     if isinstance(failed, int) and failed > 0 and isinstance(sent, int):
         flags.append(_flag("failed-requests", f"{failed} of {sent} requests failed; latencies cover the rest"))
-    merged = s.get("merged_gap_share")
-    if isinstance(merged, (int, float)) and merged > MERGED_LIMIT:
-        flags.append(_flag("merged", f"{merged * 100:.0f}% of the gaps between streamed tokens came in one read: "
-                                     "the client or its host was too busy to read each chunk as it came; ITL is "
-                                     "shaky"))  # fmt: skip
+    merged, first = s.get("merged_gap_share"), s.get("ttft_merged_share")
+    gaps_shaky = isinstance(merged, (int, float)) and merged > MERGED_LIMIT
+    ttft_shaky = isinstance(first, (int, float)) and first > TTFT_MERGED_LIMIT
+    if gaps_shaky or ttft_shaky:
+        parts = ([f"{merged * 100:.0f}% of the gaps between streamed tokens"] if gaps_shaky else []) + \
+                ([f"the first token of {first * 100:.0f}% of requests"] if ttft_shaky else [])  # fmt: skip
+        flags.append(_flag("merged", f"{' and '.join(parts)} came merged with the next (the kernel joins segments "
+                                     "a busy client has not read yet, and stamps them with the later arrival): "
+                                     f"{'ITL' if gaps_shaky else ''}{' and ' if gaps_shaky and ttft_shaky else ''}"
+                                     f"{'TTFT tails' if ttft_shaky else ''} are shaky"))  # fmt: skip
     return flags
 
 

@@ -99,6 +99,10 @@ def serving_metrics(extras: list[dict[str, Any] | None], slo: dict[str, float] |
     }
     gaps = [g for r in ok for g in r.get("itl") or [] if isinstance(g, (int, float))]
     out["merged_gap_share"] = sum(g < MERGED_GAP_S for g in gaps) / len(gaps) if gaps else None
+    # a first chunk merged with the next reads the later one's arrival: that request's TTFT is late
+    firsts = [(r.get("itl") or [1.0])[0] for r in ok if r.get("itl")]
+    out["ttft_merged_share"] = sum(isinstance(g, (int, float)) and g < MERGED_GAP_S for g in firsts) / len(firsts) \
+        if firsts else None  # fmt: skip
     if out["tpot_s"]["p50"]:
         out["tokens_per_s_per_user"] = 1.0 / out["tpot_s"]["p50"]  # interactivity, the Pareto view's x axis
     if slo:

@@ -267,9 +267,13 @@ def test_failed_requests_and_merged_token_gaps_flag_the_cell():
 
     recs = [_rec(itl=(0.01, 0.000005, 0.01, 0.000001)), _rec(ok=False)]  # half the gaps under 20 us
     m = serving_metrics([{"requests_log": recs, "wall_s": 1.0}], None)
-    assert m["merged_gap_share"] == 0.5
+    assert m["merged_gap_share"] == 0.5 and m["ttft_merged_share"] == 0.0
     codes = {f["code"]: f["reason"] for f in cell_flags([], {"serving": m})}
     assert codes["failed-requests"].startswith("1 of 2 requests failed") and "50% of the gaps" in codes["merged"]
+    first = serving_metrics([{"requests_log": [_rec(itl=(0.0, 0.01))] + [_rec()] * 9, "wall_s": 1.0}], None)
+    assert first["ttft_merged_share"] == 0.1
+    (flag,) = cell_flags([], {"serving": first})
+    assert "the first token of 10% of requests" in flag["reason"] and "TTFT tails are shaky" in flag["reason"]
     clean = serving_metrics([{"requests_log": [_rec()], "wall_s": 1.0}], None)
     assert cell_flags([], {"serving": clean}) == []
 

@@ -516,7 +516,7 @@ def _records(outs: list[Outcome], due: list[float], t0: float, counts: list[int]
 
     return [{"i": out.index, "due": us(due[out.index]), "send": us(out.start - t0), "ok": out.ok,
              "prompt": hashlib.sha256(json.dumps(prompts[out.index]).encode()).hexdigest()[:12],
-             "connect": us(out.connect_s),
+             "connect": us(out.connect_s), "kernel_clock": out.kernel_stamped,
              "ttft": us(out.chunk_times[0]) if out.chunk_times else None, "e2e": us(out.e2e_s),
              "itl": [us(b - a) for a, b in zip(out.chunk_times, out.chunk_times[1:])],
              "tokens": count, **({"error": out.error[:300]} if out.error else {})}
