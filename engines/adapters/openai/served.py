@@ -79,6 +79,7 @@ class ServedEngine(OpenAIEngine):
     def before_cell(self) -> None:
         """A server that died in the last cell is started again before this one (outside its timing)."""
         if not self.server.alive():
+            self.server.stop()  # what the dead server started (vLLM's engine core and workers) goes first
             self.server.start()  # on a fresh free port unless --opt port fixed one
             self.url = self.server.url
             self.client = Client(self.url, float(self.opts["connect_timeout_s"]), self.opts.get("api_key"))
@@ -98,7 +99,9 @@ class ServedEngine(OpenAIEngine):
     def _check_alive(self, exc: BaseException | None) -> None:
         time.sleep(0.05) if exc is not None else None  # a dying server's failed requests come before its exit
         if not self.server.alive():
-            raise ServerDied(f"{self.name} {self.server.how_it_ended()} during the cell") from exc
+            why = self.server.how_it_ended()
+            self.server.stop()  # its children, now, not at the next cell
+            raise ServerDied(f"{self.name} {why} during the cell") from exc
 
     def unload(self) -> None:
         server = getattr(self, "server", None)

@@ -48,6 +48,14 @@ def _die_with_parent() -> None:
         pass
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except (ProcessLookupError, PermissionError):
+        return False
+
+
 class ServerProcess:
     """`argv` with {port} in it; `health` is the path that answers 200 once the model is loaded."""
 
@@ -126,19 +134,24 @@ class ServerProcess:
         return f"exited with code {code}: {self.last_line()}"
 
     def stop(self) -> None:
+        """The server and everything it started (its process group): TERM, then KILL. A server that already died
+        may have left children behind (vLLM's engine core and workers): they go too."""
         if self.proc is None:
             return
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-            if self.proc.poll() is not None:
-                break
+        for sig in (signal.SIGTERM, signal.SIGKILL):
             try:
-                os.killpg(self.proc.pid, sig)  # its children too (vLLM's engine core)
+                os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
+                break  # nobody left in the group
+            except PermissionError:
                 break
-            try:
-                self.proc.wait(wait)
-            except subprocess.TimeoutExpired:
-                continue
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and _group_alive(self.proc.pid):
+                self.proc.poll()  # reap the leader, so it does not count as alive
+                time.sleep(0.05)
+            if not _group_alive(self.proc.pid):
+                break
+        self.proc.poll()
 
     def log_tail(self, limit: int = LOG_TAIL) -> str:
         try:
