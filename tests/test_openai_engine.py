@@ -20,9 +20,9 @@ import pytest
 
 from engines.adapters.openai.engine import AllRequestsFailed, OpenAIEngine, base_url, parse_options, percentiles
 from engines.base import SpecError
-from engines.study.load import arrivals
 from engines.models.workloads import synthetic_prompts
 from engines.quality.agreement import format_line, summary
+from engines.study.load import arrivals
 from tests.helpers import FAST, cell_statuses, cli
 
 

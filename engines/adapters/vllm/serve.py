@@ -8,8 +8,8 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from engines.adapters.openai.server_process import ServerProcess
 from engines.adapters.openai.served import ServedEngine
+from engines.adapters.openai.server_process import ServerProcess
 from engines.adapters.vllm.engine import DTYPES, OPTIONS, parse_options
 from engines.base import SpecError
 
