@@ -1,8 +1,8 @@
 """Servers codebench starts: an engine's own OpenAI-compatible server on 127.0.0.1, measured through the openai
 engine's load generator (TTFT, TPOT, ITL, E2E, SLOs). Each family declares its server engine beside its
-in-process one (llamacpp/serve.py) and subclasses ServedEngine with how to start the server. The run's options split into the server's (its command
-line) and the client's (openai's options). A server that exits mid-cell makes the cell `crashed`; the next cell
-starts a fresh one. Its log is kept with the run."""
+in-process one (llamacpp/serve.py, vllm/serve.py) and subclasses ServedEngine with how to start the server.
+The run's options split into the server's (its command line) and the client's (openai's options). A server
+that exits mid-cell makes the cell `crashed`; the next cell starts a fresh one. Its log is kept with the run."""
 
 from __future__ import annotations
 
@@ -97,7 +97,8 @@ class ServedEngine(OpenAIEngine):
         return res
 
     def _check_alive(self, exc: BaseException | None) -> None:
-        time.sleep(0.05) if exc is not None else None  # a dying server's failed requests come before its exit
+        if exc is not None:
+            time.sleep(0.05)  # a dying server's requests fail a moment before its exit shows
         if not self.server.alive():
             why = self.server.how_it_ended()
             self.server.stop()  # its children, now, not at the next cell
