@@ -136,17 +136,20 @@ def search_lines(run: dict[str, Any]) -> list[str]:
         return []
     target = search.get("target")
     target = f"{target * 100:g}%" if isinstance(target, (int, float)) else "?"
+    axis = "request_rate" if search.get("axis") == "request_rate" else "concurrency"
     lines = []
     for s in search["searches"][:50]:
         if not isinstance(s, dict):
             continue
-        where = " ".join(f"{k}={shown(v, NAME)}" for k, v in s.items() if k in ("input_len", "output_len", "request_rate"))
-        steps = " ".join(f"{p.get('concurrency')}{'✓' if p.get('met') else '✗'}" for p in s.get("path") or []
+        keys = ("input_len", "output_len", "concurrency" if axis == "request_rate" else "request_rate")
+        where = " ".join(f"{k}={shown(v, NAME)}" for k, v in s.items() if k in keys)
+        steps = " ".join(f"{shown(p.get(axis), NAME)}{'✓' if p.get('met') else '✗'}" for p in s.get("path") or []
                          if isinstance(p, dict))  # fmt: skip
-        peak = s.get("peak_concurrency")
+        peak = s.get(f"peak_{axis}")
         found = "none meets it" if peak is None else f"{peak}" + ("" if s.get("bounded") else " (the largest tried)")
         good = f", goodput {fmt(s.get('goodput_rps'))} req/s" if peak is not None else ""
-        lines.append(f"peak concurrency at ≥{target} SLO attainment, {where}: {found}{good}; "
+        what = "request rate" if axis == "request_rate" else "concurrency"
+        lines.append(f"peak {what} at ≥{target} SLO attainment, {where}: {shown(found, NAME)}{good}; "
                      f"measured {steps}")  # fmt: skip
     return lines
 

@@ -290,3 +290,61 @@ def test_setup_fields_give_the_clis_load_and_read_it_back():
                         (("", "", "", "peak-goodput"), "needs an SLO"), (("", "", "ttft=\x1b[2J", "none"), "duration")]:  # fmt: skip
         load, err = parse_load(*args)
         assert load is None and words in err and "\x1b" not in err
+
+
+def test_live_shows_a_serving_cells_requests_and_its_latency_strip(tmp_path):
+    """The worker's Requests events through the real runner, folded by Live's state and drawn as Live draws them."""
+    from engines.harness.runner import Runner
+    from engines.study import events as ev
+    from store.db import open_db
+    from tui.live_state import LiveState
+    from tui.screens.live import requests_line
+
+    srv = _QueueingServer()
+    spec = build_spec({"model": srv.url, "runs": [{"engine": "openai"}],
+                       "grid": {"batch": [2], "input_len": [8], "output_len": [40]},
+                       "timing": {"warmup": 0, "iters": 1, "repeats": 1}, "load": {"requests": 12}})  # fmt: skip
+    seen: list = []
+    db = open_db(tmp_path / "runs.db", create=True)
+    try:
+        Runner(spec, db, subscribers=[seen.append]).run()
+    finally:
+        db.close()
+        srv.httpd.shutdown()
+    reqs = [e for e in seen if isinstance(e, ev.Requests)]
+    assert len(reqs) >= 2, "a pass of 12 requests at 2 in flight lasts seconds: several reports"
+    assert all(0 <= e.in_flight <= 2 and e.total == 12 for e in reqs)
+    assert reqs[-1].done == 12 and reqs[-1].failed == 0 and reqs[-1].in_flight == 0
+    assert sum(len(e.ttft_ms) for e in reqs) == 12  # each finished request's TTFT reported once
+    state = LiveState({0: (2, 8, 40)}, ["openai"])
+    for e in seen:
+        state.apply(e)
+    state.apply(reqs[-1])  # the last report after the cell, as it reaches Live
+    line = requests_line(state.current["requests"], state.ttft_ms, state.itl_ms).plain
+    assert "0 in flight · 12/12 done · 0 failed" in line and "TTFT " in line and "ITL " in line
+
+
+def test_the_search_can_bisect_the_request_rate_axis(tmp_path):
+    srv = _QueueingServer()
+    db = tmp_path / "runs.db"
+    proc = cli("run", "--engine", "openai", "--model", srv.url, "--concurrency", "8", "--requests", "8",
+               "--request-rate", "1,2,4,8,16,32,64,inf", "--input-len", "8", "--output-len", "4",
+               "--slo", "ttft=50ms", "--attainment", "1", "--search", "peak-goodput", "--search-axis", "rate",
+               "--warmup", "0", "--iters", "1", "--repeats", "1", "--quiet", db=db, timeout=300)  # fmt: skip
+    srv.httpd.shutdown()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    run = json.loads(cli("export", "last", "--format", "json", db=db, check=True).stdout)["runs"][0]
+    search = run["runtime"]["search"]
+    assert search["axis"] == "request_rate"
+    (line,) = search["searches"]
+    assert line["concurrency"] == 8 and line["candidates"] == [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, "inf"]
+    path = line["path"]
+    assert 1 <= len(path) <= 4 and path[0]["request_rate"] == 8.0  # the middle of eight, then one side
+    rank = {v: i for i, v in enumerate(line["candidates"])}
+    met = [rank[p["request_rate"]] for p in path if p["met"]]
+    missed = [rank[p["request_rate"]] for p in path if not p["met"]]
+    assert all(m < x for m in met for x in missed)
+    assert line["peak_request_rate"] == (line["candidates"][max(met)] if met else None)
+    # everything at once: all eight in flight, the last TTFT 160 ms: inf misses, low rates meet it
+    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    assert "peak request rate at ≥100% SLO attainment, input_len=8 output_len=4 concurrency=8:" in table

@@ -15,6 +15,7 @@ from store.safe import LOG, NAME, shown
 from store.tables import STATUS_MARK
 
 SERIES = 240  # points kept per time series
+STRIP = 40  # latest requests in Live's rolling TTFT / ITL strip
 LOG_LINES = 2000
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)")  # colours, titles, links
 
@@ -87,6 +88,8 @@ class LiveState:
         self.status = "waiting"
         self.current: dict[str, Any] | None = None
         self.tokens: deque[float] = deque(maxlen=SERIES)
+        self.ttft_ms: deque[float] = deque(maxlen=STRIP)  # a serving cell's latest requests (ev.Requests)
+        self.itl_ms: deque[float] = deque(maxlen=STRIP)
         self.cpu: deque[float] = deque(maxlen=SERIES)
         self.rss: deque[float] = deque(maxlen=SERIES)
         self.cpu_now = 0.0
@@ -143,6 +146,12 @@ class LiveState:
                 self.tokens.append(e.tokens_per_s)
                 self.tokens_seen += 1
                 self._progress_seen = True
+        elif isinstance(e, ev.Requests):
+            if self.current is None or self.current["index"] != e.index:
+                self.current = {"run": run.label if run else "", "index": e.index, "label": self._cell_label(e.index)}
+            self.current["requests"] = (e.in_flight, e.done, e.failed, e.total)
+            self.ttft_ms.extend(v for v in e.ttft_ms if isinstance(v, (int, float)) and v >= 0)
+            self.itl_ms.extend(v for v in e.itl_ms if isinstance(v, (int, float)) and v >= 0)
         elif isinstance(e, ev.CellFinished):
             self._cell_finished(e, run)
         elif isinstance(e, ev.TelemetrySample):

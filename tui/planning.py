@@ -269,8 +269,8 @@ def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict
     return build_spec(data)
 
 
-def parse_load(rate: str, requests: str, slo: str, search: str, burstiness: float = 1.0,
-               attainment: float = 0.99) -> tuple[dict[str, Any] | None, str]:  # fmt: skip
+def parse_load(rate: str, requests: str, slo: str, search: str, burstiness: float = 1.0, attainment: float = 0.99,
+               search_axis: str = "concurrency") -> tuple[dict[str, Any] | None, str]:  # fmt: skip
     """Setup's serving fields as the CLI's --request-rate/--requests/--slo/--search: the study's load section
     (None when every field is empty), or the first problem."""
     from engines.base import SpecError
@@ -278,7 +278,7 @@ def parse_load(rate: str, requests: str, slo: str, search: str, burstiness: floa
 
     if not (rate.strip() or requests.strip() or slo.strip() or search != "none"):
         return None, ""
-    load: dict[str, Any] = {"burstiness": burstiness, "attainment": attainment}
+    load: dict[str, Any] = {"burstiness": burstiness, "attainment": attainment, "search_axis": search_axis}
     try:
         if rate.strip():
             load["request_rate"] = parse_rates(rate)

@@ -470,7 +470,7 @@ class Runner:
             return None
         from engines.harness.search import PeakSearch
 
-        return PeakSearch(cells, load.attainment)
+        return PeakSearch(cells, load.attainment, load.search_axis)
 
     def _run_one(self, engine_run: EngineRun, device: str, host: dict, writer: RunWriter, sampler: Sampler,
                  group_id: str, run_id: str | None = None, start: int = 0,

@@ -92,6 +92,7 @@ def _maybe_fault(index: int, label: str = "") -> None:
 class Worker:
     def __init__(self, out: TextIO, group: tp.Group | None = None):
         self.out = out
+        self._emit_lock = threading.Lock()
         self.group = group  # tensor-parallel ranks: every rank runs the same calls, rank 0 reports
         self.run_id = ""
         self.engine: Engine | None = None
@@ -103,8 +104,10 @@ class Worker:
         self.keeps_numpy_out = False
 
     def emit(self, event: ev.Event) -> None:
-        self.out.write(ev.encode(event) + "\n")
-        self.out.flush()
+        line = ev.encode(event) + "\n"
+        with self._emit_lock:  # a server engine reports its requests from a thread of its own
+            self.out.write(line)
+            self.out.flush()
 
     def log(self, message: str, level: str = "info") -> None:
         self.emit(ev.Log(self.run_id, time.time(), level=level, message=message))
@@ -221,6 +224,9 @@ class Worker:
         try:
             self.engine.before_cell()
             prompts = self.prompts(self._configure_load(cmd), in_len, cmd.seed, cmd.workload, cmd.params)
+            if cmd.load is not None:  # Live's requests in flight, done and failed, and its TTFT/ITL strip
+                self.engine.progress = lambda snap, i=index: self.emit(ev.Requests(self.run_id, time.time(), index=i,
+                                                                                   **snap))  # fmt: skip
             if not slot.get("keep_peak"):  # later slots of a cell keep the peak of the earlier ones
                 self.engine.reset_peak_memory()
                 _reset_peak_rss()

@@ -60,6 +60,23 @@ class Progress(Event):
 
 
 @dataclass
+class Requests(Event):
+    """A serving cell's requests while a pass runs (every ~0.5 s): counts, and the TTFT and ITL of the requests
+    that finished since the last one, in ms (a sample, at most REQUEST_SAMPLES of each)."""
+
+    index: int = 0
+    in_flight: int = 0
+    done: int = 0
+    failed: int = 0
+    total: int = 0
+    ttft_ms: list[float] = field(default_factory=list)
+    itl_ms: list[float] = field(default_factory=list)
+
+
+REQUEST_SAMPLES = 64
+
+
+@dataclass
 class CellFinished(Event):
     """A cell reached a final state: done, oom, skipped, crashed, failed or cancelled."""
 
@@ -119,6 +136,7 @@ _KINDS: dict[str, type[Event]] = {
     "loaded": Loaded,
     "cell_started": CellStarted,
     "progress": Progress,
+    "requests": Requests,
     "cell_finished": CellFinished,
     "log": Log,
     "telemetry": TelemetrySample,

@@ -225,7 +225,8 @@ class Load(BaseModel):
     requests: int | None = Field(None, ge=1, le=100_000, strict=True, description="requests per pass; default the concurrency")
     slo: dict[str, float] | None = None  # metric -> limit in seconds
     attainment: float = Field(0.99, gt=0, le=1, allow_inf_nan=False, description="share of requests meeting every SLO")
-    search: str | None = None  # peak-goodput: the highest concurrency whose attainment holds
+    search: str | None = None  # peak-goodput: the highest concurrency (or rate) whose attainment holds
+    search_axis: str = "concurrency"  # or "rate": the request-rate axis, per concurrency
 
     @field_validator("request_rate", mode="before")
     @classmethod
@@ -252,6 +253,10 @@ class Load(BaseModel):
     def _search_needs_slo(self) -> "Load":
         if self.search and not self.slo:
             raise ValueError("--search peak-goodput needs --slo (e.g. --slo ttft=200ms,itl=50ms)")
+        if self.search_axis not in ("concurrency", "rate"):
+            raise ValueError(f"unknown search axis '{str(self.search_axis)[:40]}' (use concurrency or rate)")
+        if self.search and self.search_axis == "rate" and not self.request_rate:
+            raise ValueError("--search-axis rate needs --request-rate values to search, e.g. 1,2,4,8,16")
         return self
 
 

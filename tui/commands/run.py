@@ -97,6 +97,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(default)")
     g.add_argument("--search", choices=("peak-goodput",), help="peak-goodput: per configuration, bisect the "
                    "--concurrency values for the highest one whose SLO attainment holds (needs --slo)")
+    g.add_argument("--search-axis", choices=("concurrency", "rate"), help="what --search bisects: the concurrency "
+                   "(default) or the --request-rate values, per concurrency")
     p.add_argument("--input-len", help="prompt lengths in tokens, e.g. 32,128 or 32:129:x2")
     p.add_argument("--output-len", help="generated tokens per sequence, e.g. 32")
     p.add_argument("--warmup", type=int, help="untimed minibatches per cell (default 1)")
@@ -222,7 +224,8 @@ def _load_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
     from engines.base import SpecError as UsageError
 
     fields = {"request_rate": args.request_rate, "burstiness": args.burstiness, "requests": args.requests,
-              "slo": args.slo, "attainment": args.attainment, "search": args.search}  # fmt: skip
+              "slo": args.slo, "attainment": args.attainment, "search": args.search,
+              "search_axis": args.search_axis}  # fmt: skip
     given = {k: v for k, v in fields.items() if v is not None}
     if given:
         base["load"] = {**(base.get("load") or {}), **given}

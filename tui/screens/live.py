@@ -35,6 +35,30 @@ COLUMNS = [("#", 2, True), ("batch", 5, True), ("in", 5, True), ("out", 4, True)
 LOG_STYLE = {"stderr": "grey62", "warn": "yellow", "error": "bold red", "info": ""}
 
 
+def strip(values: Any, width: int = 20) -> str:
+    """The latest values as bars from the lowest to the highest of them."""
+    vals = list(values)[-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    bars = "▁▂▃▄▅▆▇█"
+    return "".join(bars[int((v - lo) / (hi - lo) * 7) if hi > lo else 0] for v in vals)
+
+
+def requests_line(counts: tuple, ttft_ms: Any, itl_ms: Any) -> Text:
+    """A serving cell: requests in flight, done and failed, and a rolling strip of the latest TTFT and ITL."""
+    in_flight, done, failed, total = counts
+    out = Text(f"\n  requests {in_flight} in flight · {done}/{total} done")
+    out.append(f" · {failed} failed", style="red" if failed else "")
+    for name, values in (("TTFT", ttft_ms), ("ITL", itl_ms)):
+        if values:
+            last = list(values)[-1]
+            out.append(f"   {name} ")
+            out.append(strip(values), style="cyan")
+            out.append(f" {last:,.1f} ms")
+    return out
+
+
 def _fmt(v: float | None, digits: int = 1) -> str:
     return "-" if v is None else f"{v:,.{digits}f}"
 
@@ -85,6 +109,7 @@ class LiveScreen(Screen):
         self._last_text: dict[str, Text] = {}
         self._painted_series: tuple[int, int] = (-1, -1)
         self._runs_lines = -1
+        self._current_lines = 0
         self.run_ids: list[str] = []
         self._widgets: dict[str, Any] = {}  # selector -> widget: a DOM query per widget per frame adds up
         self._gpu_widgets: dict[Any, tuple[Gauge, Static, Spark]] = {}  # by (node, index)
@@ -230,7 +255,10 @@ class LiveScreen(Screen):
         lines = runs.plain.count("\n")
         self._update("#live-runs", runs, layout=lines != self._runs_lines)
         self._runs_lines = lines
-        self._update("#live-current", self._current())
+        current = self._current()
+        lines = current.plain.count("\n")  # a serving cell adds its requests line
+        self._update("#live-current", current, layout=lines != self._current_lines)
+        self._current_lines = lines
         tok = list(s.tokens)
         if self._painted_series != (s.tokens_seen, s.samples_seen):  # sparklines only when a point came
             self._painted_series = (s.tokens_seen, s.samples_seen)
@@ -339,6 +367,8 @@ class LiveScreen(Screen):
             out.append(f"  {c.get('phase')} {c.get('done')}/{c.get('total')}")
         if c.get("tps"):
             out.append(f"  {c['tps']:,.1f} tok/s", style="green")
+        if c.get("requests"):
+            out.append_text(requests_line(c["requests"], self.state.ttft_ms, self.state.itl_ms))
         return out
 
     def _paint_gpus(self) -> None:

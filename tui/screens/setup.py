@@ -449,7 +449,8 @@ class SetupScreen(Screen):
         fields = [self.query_one(f"#load-{key}", Input) for key, _, _ in LOAD_FIELDS]
         kept = self.kept_load or {}
         load, err = parse_load(*(f.value for f in fields), str(self.query_one("#load-search", Select).value),
-                               kept.get("burstiness", 1.0), kept.get("attainment", 0.99))  # fmt: skip
+                               kept.get("burstiness", 1.0), kept.get("attainment", 0.99),
+                               kept.get("search_axis", "concurrency"))  # fmt: skip
         for f in fields:
             f.set_class(bool(err) and f.value.strip() != "", "-invalid")
         errors += [err] if err else []
@@ -617,7 +618,7 @@ class SetupScreen(Screen):
         self.base = {k: v for k, v in data.items()
                      if k not in ("model", "runs", "grid", "timing", "name", "device", "executor", "schedule",
                                   "worker_env", "skip_predicted_oom", "load")}  # fmt: skip
-        self.kept_load = spec.load.model_dump() if spec.load else None  # burstiness, attainment: not in the form
+        self.kept_load = spec.load.model_dump() if spec.load else None  # burstiness, attainment, axis: not shown
         for (key, _, _), text in zip(LOAD_FIELDS, load_texts(spec.load)):
             self.query_one(f"#load-{key}", Input).value = text
         self.query_one("#load-search", Select).value = load_texts(spec.load)[3]

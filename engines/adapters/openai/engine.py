@@ -25,6 +25,7 @@ import numpy as np
 from engines.adapters.openai.timed_http import open_stream
 from engines.base import Engine, GenerateResult, LoadInfo, SpecError
 from engines.measure.procmem import peak_rss
+from engines.study.events import REQUEST_SAMPLES
 from engines.study.load import INF, arrivals, stored_rate
 
 OPTIONS = {
@@ -63,6 +64,7 @@ class Outcome:
     start: float = 0.0  # perf_counter at send
     kernel_stamped: bool = False  # chunk times are the kernel's receive times (timed_http.py)
     connect_s: float | None = None  # TCP connect, before `start` (plain HTTP)
+    finished: bool = False  # set by its user thread once stream() returned: the reporter reads only then
 
 
 def parse_options(options: dict[str, Any]) -> dict[str, Any]:
@@ -410,14 +412,14 @@ class OpenAIEngine(Engine):
                     time.sleep(delay)
                 outs[i].start = time.perf_counter()
                 self.client.stream(bodies[i], outs[i], timeout)
+                outs[i].finished = True
 
         threads = [threading.Thread(target=user, daemon=True) for _ in range(slots)]
         for th in threads:
             th.start()
         t0 = time.perf_counter()
         go.set()
-        for th in threads:
-            th.join()
+        self._report(outs, threads)
         wall = time.perf_counter() - t0
         result = self._result(outs, max_new_tokens, wall, t0)
         result.extra["requests_log"] = _records(outs, due, t0, result.extra["completion_tokens"], prompts)
@@ -428,6 +430,31 @@ class OpenAIEngine(Engine):
         if load:  # a serving cell: the pass's first-token time would include arrival gaps; TTFT is per request
             result.ttft_s = None
         return result
+
+    def _report(self, outs: list[Outcome], threads: list[threading.Thread], every: float = 0.5) -> None:
+        """Wait for the users; meanwhile hand `self.progress` (set by the worker) the requests in flight, done and
+        failed, and the TTFT and ITL of those finished since the last call. Reads only what the users publish:
+        a request's start before it is sent, and the rest once its user marked it finished."""
+        report = getattr(self, "progress", None)
+        seen: set[int] = set()
+        while True:
+            for th in threads:
+                th.join(every if report else None)
+                if report is None or th.is_alive():
+                    break
+            alive = any(th.is_alive() for th in threads)
+            if report is not None:
+                finished = [o for o in outs if o.finished]
+                fresh = [o for o in finished if o.index not in seen and o.ok]
+                seen.update(o.index for o in finished)
+                report({"in_flight": sum(1 for o in outs if o.start and not o.finished),
+                        "done": sum(1 for o in finished if o.ok), "failed": sum(1 for o in finished if not o.ok),
+                        "total": len(outs),
+                        "ttft_ms": [o.chunk_times[0] * 1000 for o in fresh if o.chunk_times][-REQUEST_SAMPLES:],
+                        "itl_ms": [(b - a) * 1000 for o in fresh for a, b in zip(o.chunk_times, o.chunk_times[1:])]
+                        [-REQUEST_SAMPLES:]})  # fmt: skip
+            if not alive:
+                return
 
     def _ids(self, out: Outcome) -> list[int]:
         if out.token_ids is not None:
