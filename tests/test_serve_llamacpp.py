@@ -24,15 +24,19 @@ def _export(db) -> dict:
     return json.loads(proc.stdout)["runs"][0]
 
 
+def _serve(db, *args: str) -> dict:
+    """A serve:llama.cpp study on tiny through the real CLI; the stored run, as exported."""
+    proc = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", *args, *LOAD, "--quiet", db=db, timeout=1400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return _export(db)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1500)
 def test_a_concurrency_by_rate_grid_through_llama_server(tmp_path):
     db = tmp_path / "runs.db"
-    proc = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", "--concurrency", "1,4",
-               "--request-rate", "50,inf", "--requests", "12", "--isl-osl", "32/16", "--seed", "3",
-               "--slo", "ttft=20s,itl=10s", *LOAD, "--quiet", db=db, timeout=1400)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = _export(db)
+    run = _serve(db, "--concurrency", "1,4", "--request-rate", "50,inf", "--requests", "12", "--isl-osl", "32/16",
+                 "--seed", "3", "--slo", "ttft=20s,itl=10s")  # fmt: skip
     server = run["runtime"]["server"]
     assert server["argv"][0].endswith("llama-server") and "--port" in server["argv"] and server["quant"] == "f32"
     assert "listening" in run["runtime"]["server_log"] or "HTTP server" in run["runtime"]["server_log"]
@@ -41,7 +45,8 @@ def test_a_concurrency_by_rate_grid_through_llama_server(tmp_path):
         (1, 50.0, "done"), (1, "inf", "done"), (4, 50.0, "done"), (4, "inf", "done")]
     for c in cells:
         s = c["metrics"]["serving"]
-        assert s["requests"] == 24 and s["failed"] == 0 and s["passes"] == 2  # 12 requests x 2 repeats
+        why = [f for rep in c["repeats"] for extra in rep["extra"] for f in extra["failed"]]
+        assert s["requests"] == 24 and s["failed"] == 0 and s["passes"] == 2, why  # 12 requests x 2 repeats
         assert s["concurrency"] == c["batch"] and s["goodput"]["attainment"]["all"] == 1.0  # a generous SLO
         assert 0 < s["ttft_s"]["p50"] <= s["ttft_s"]["p99"] and s["itl_s"]["p50"] > 0
         logs = [r for rep in c["repeats"] for extra in rep["extra"] for r in extra["requests_log"]]
@@ -51,11 +56,9 @@ def test_a_concurrency_by_rate_grid_through_llama_server(tmp_path):
     paced = cells[0]["repeats"][0]["extra"][0]["requests_log"]
     assert paced[-1]["due"] > 0.05  # 11 gaps at 50/s: about 0.2 s
     # the same seed sends the same requests at the same times: the first repeat of both runs of the cell agree
-    again = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", "--concurrency", "1",
-                "--request-rate", "50", "--requests", "12", "--isl-osl", "32/16", "--seed", "3", *LOAD, "--quiet",
-                db=db, timeout=600)  # fmt: skip
-    assert again.returncode == 0, again.stderr[-3000:]
-    second = _export(db)["cells"][0]["repeats"][0]["extra"][0]["requests_log"]
+    again = _serve(db, "--concurrency", "1", "--request-rate", "50", "--requests", "12", "--isl-osl", "32/16",
+                   "--seed", "3")  # fmt: skip
+    second = again["cells"][0]["repeats"][0]["extra"][0]["requests_log"]
     assert [(r["due"], r["prompt"]) for r in second] == [(r["due"], r["prompt"]) for r in paced]
     assert len({r["prompt"] for r in paced}) == 12  # twelve different prompts
 
@@ -104,11 +107,8 @@ def test_a_server_killed_mid_cell_crashes_that_cell_and_the_next_restarts_it(tmp
 @pytest.mark.timeout(1500)
 def test_the_peak_goodput_search_on_llama_server_is_a_consistent_bisection(tmp_path):
     db = tmp_path / "runs.db"
-    proc = cli("run", "--model", "tiny", "--engine", "serve:llama.cpp", "--concurrency", "1,2,4,8,16",
-               "--requests", "16", "--isl-osl", "64/16", "--slo", "ttft=30ms", "--attainment", "0.9",
-               "--search", "peak-goodput", *LOAD, "--quiet", db=db, timeout=1400)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = _export(db)
+    run = _serve(db, "--concurrency", "1,2,4,8,16", "--requests", "16", "--isl-osl", "64/16", "--slo", "ttft=30ms",
+                 "--attainment", "0.9", "--search", "peak-goodput")  # fmt: skip
     (search,) = run["runtime"]["search"]["searches"]
     path = search["path"]
     assert 2 <= len(path) <= 3 and path[0]["concurrency"] == 4  # the middle of five, then one side

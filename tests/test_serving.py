@@ -152,18 +152,16 @@ def test_a_server_that_never_answers_exits_early_or_lacks_its_binary_is_one_clea
 
 
 def test_serve_options_are_checked_before_anything_starts():
-    from engines.adapters.llamacpp.serve import LLAMA_SERVER_OPTIONS
-    from engines.adapters.openai.served import SERVER_OPTIONS, _split
+    from engines.adapters.llamacpp.serve import LlamaServer
 
-    keys = {**SERVER_OPTIONS, **LLAMA_SERVER_OPTIONS}
-    server, client = _split({"parallel": 4, "n_ctx": 2048, "timeout_s": 30, "server_args": ["--no-cont-batching"]},
-                            keys, "serve:llama.cpp")  # fmt: skip
+    server, client = LlamaServer.split_options({"parallel": 4, "n_ctx": 2048, "timeout_s": 30,
+                                                "server_args": ["--no-cont-batching"]})  # fmt: skip
     assert server == {"parallel": 4, "n_ctx": 2048, "server_args": ["--no-cont-batching"]} and client == {"timeout_s": 30}
     for bad, words in [({"parallel": 0}, "positive whole number"), ({"port": 70000}, "positive whole number"),
                        ({"server_args": "--x"}, "list of strings"), ({"server_pid": 1}, "does not apply"),
                        ({"n_gpu_layers": -2}, ">= -1"), ({"bogus\x1b[2J": 1}, "unknown serve:llama.cpp option")]:  # fmt: skip
         with pytest.raises(SpecError) as err:
-            _split(bad, keys, "serve:llama.cpp")
+            LlamaServer.split_options(bad)
         assert words in str(err.value) and "\x1b" not in str(err.value)
 
 
@@ -348,3 +346,26 @@ def test_the_search_can_bisect_the_request_rate_axis(tmp_path):
     # everything at once: all eight in flight, the last TTFT 160 ms: inf misses, low rates meet it
     table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
     assert "peak request rate at ≥100% SLO attainment, input_len=8 output_len=4 concurrency=8:" in table
+
+
+def test_a_hostile_run_name_stays_text_in_the_pareto_and_search_lines(tmp_path):
+    import sqlite3
+
+    from tests.tui_support import fill_serving_store
+
+    db = tmp_path / "serving.db"
+    fill_serving_store(db)
+    hostile = "<script>alert(1)</script>\x1b[31m[red]x[/red]"
+    con = sqlite3.connect(db)
+    with con:
+        con.execute("update run set label=?, runtime=json_set(runtime, '$.search', json(?))",
+                    (hostile, json.dumps({"axis": "concurrency", "target": 1, "searches": [
+                        {"input_len": "\x1b]0;t\x07", "peak_concurrency": "<b>", "path": [{"concurrency": "\x1b[2J"}]}]})))
+    html = cli("export", "last", "--format", "html", db=db, check=True).stdout
+    assert "Pareto frontier" in html and "<script>" not in html and "\x1b" not in html
+    md = cli("export", "last", "--format", "md", db=db, check=True).stdout
+    assert "Pareto frontier" in md and "\x1b" not in md and "\x07" not in md
+    out = cli("compare", "last", "--pareto", "throughput", "--no-chart", db=db, env={"COLUMNS": "200"}, check=True)
+    assert "\x1b" not in out.stdout and "peak concurrency" not in out.stdout  # compare shows the frontier only
+    replay = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    assert "peak concurrency at ≥100% SLO attainment" in replay and "\x1b" not in replay and "\x07" not in replay

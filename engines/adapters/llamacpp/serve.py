@@ -7,7 +7,7 @@ from typing import Any
 
 from engines.adapters.llamacpp import gguf as gguf_convert
 from engines.adapters.llamacpp import tools
-from engines.adapters.openai.served import ServedEngine
+from engines.adapters.openai.served import ServedEngine, check_count
 from engines.adapters.openai.server_process import ServerProcess
 from engines.base import SpecError
 
@@ -25,6 +25,12 @@ class LlamaServer(ServedEngine):
 
     name = "serve:llama.cpp"
     server_options = LLAMA_SERVER_OPTIONS
+
+    @classmethod
+    def check_server_options(cls, server: dict[str, Any]) -> None:
+        for key in ("n_threads", "n_ctx", "parallel"):
+            check_count(server, key, cls.name, 1, 1 << 24)
+        check_count(server, "n_gpu_layers", cls.name, -1, 1 << 24)
 
     def _server(self, model_dir: str, device: str) -> ServerProcess:
         src = Path(model_dir)

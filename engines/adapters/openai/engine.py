@@ -1,15 +1,18 @@
 """Any OpenAI-compatible server by URL (vLLM serve, TGI, llama.cpp server, SGLang): streaming completions.
 
-Standard library only (http.client + threads), so this engine needs no extra. The "model" is the
-server's base URL, e.g. http://127.0.0.1:8000/v1. A cell of batch size B sends B requests at once
-(the concurrency); each is timed from before it connects: TTFT to the first streamed token,
-ITL between streamed chunks, E2E to the end of the stream, TPOT = (E2E - TTFT) / (n - 1).
+Standard library only (sockets + threads), so this engine needs no extra. The "model" is the
+server's base URL, e.g. http://127.0.0.1:8000/v1. A cell of batch size B keeps at most B requests in
+flight (the concurrency), all at once unless a serving load paces them (engines/study/load.py). Each is
+timed from the write of its request (the connect is stored apart; timed_http.py takes the kernel's
+clock): TTFT to the first streamed token, ITL between streamed chunks, E2E to the end of the stream,
+TPOT = (E2E - TTFT) / (n - 1).
 A request that fails (refused, HTTP error, cut stream, timeout) is recorded with its reason;
 a call where every request failed raises.
 """
 
 from __future__ import annotations
 
+import hashlib
 import http.client
 import json
 import socket
@@ -20,13 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-import numpy as np
-
 from engines.adapters.openai.timed_http import open_stream
 from engines.base import Engine, GenerateResult, LoadInfo, SpecError
 from engines.measure.procmem import peak_rss
 from engines.study.events import REQUEST_SAMPLES
 from engines.study.load import INF, arrivals, stored_rate
+from store.serving import summary as percentiles  # p50/p90/p99 and mean, as the store recomputes them
 
 OPTIONS = {
     "served_model": "model name sent to the server (default: the first of GET /models)",
@@ -40,7 +42,6 @@ OPTIONS = {
     "extra_body": "dict merged into every request body",
     "server_pid": "pid of a local server process, for telemetry",
 }
-PERCENTILES = (50, 90, 99)
 
 
 class AllRequestsFailed(RuntimeError):
@@ -95,14 +96,6 @@ def base_url(url: str) -> str:
         raise SpecError(f"'{url}' is not a server URL; give one like http://127.0.0.1:8000/v1")
     path = parts.path.rstrip("/") or "/v1"
     return f"{parts.scheme}://{parts.netloc}{path}"
-
-
-def percentiles(values: list[float]) -> dict[str, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return {f"p{p}": None for p in PERCENTILES} | {"mean": None}
-    arr = np.asarray(vals, dtype=float)
-    return {f"p{p}": float(np.percentile(arr, p)) for p in PERCENTILES} | {"mean": float(arr.mean())}
 
 
 def _reason(exc: BaseException, timeout: float) -> str:
@@ -391,6 +384,7 @@ class OpenAIEngine(Engine):
         timeout = float(o["timeout_s"])
         outs = [Outcome(i) for i in range(len(prompts))]
         bodies = [self._body(p, max_new_tokens, self.features) for p in prompts]
+        digests = [hashlib.sha256(json.dumps(p).encode()).hexdigest()[:12] for p in prompts]  # before the pass
         load = getattr(self, "load_shape", None) or {}
         rate = load.get("rate", o.get("request_rate") or INF)
         due = arrivals(len(prompts), rate, load.get("burstiness", 1.0), load.get("seed", 0))
@@ -422,7 +416,7 @@ class OpenAIEngine(Engine):
         self._report(outs, threads)
         wall = time.perf_counter() - t0
         result = self._result(outs, max_new_tokens, wall, t0)
-        result.extra["requests_log"] = _records(outs, due, t0, result.extra["completion_tokens"], prompts)
+        result.extra["requests_log"] = _records(outs, due, t0, result.extra["completion_tokens"], digests)
         stamped = [o.kernel_stamped for o in outs if o.ok]
         result.extra["clock"] = "kernel receive time" if stamped and all(stamped) else "read time"
         result.extra["concurrency"] = slots
@@ -532,17 +526,16 @@ class OpenAIEngine(Engine):
 
 
 def _records(outs: list[Outcome], due: list[float], t0: float, counts: list[int],
-             prompts: list[list[int]]) -> list[dict[str, Any]]:  # fmt: skip
+             digests: list[str]) -> list[dict[str, Any]]:  # fmt: skip
     """Every request's timings, stored with the cell so any percentile or SLO can be recomputed: its arrival
     (`due`) and send offsets from the pass's start, TTFT, E2E, the gaps between streamed chunks, and a digest of
     its prompt (two runs with one seed send the same requests)."""
-    import hashlib
 
     def us(t: float | None) -> float | None:
         return None if t is None else round(t, 6)
 
     return [{"i": out.index, "due": us(due[out.index]), "send": us(out.start - t0), "ok": out.ok,
-             "prompt": hashlib.sha256(json.dumps(prompts[out.index]).encode()).hexdigest()[:12],
+             "prompt": digests[out.index],
              "connect": us(out.connect_s), "kernel_clock": out.kernel_stamped,
              "ttft": us(out.chunk_times[0]) if out.chunk_times else None, "e2e": us(out.e2e_s),
              "itl": [us(b - a) for a, b in zip(out.chunk_times, out.chunk_times[1:])],

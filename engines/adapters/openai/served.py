@@ -32,13 +32,7 @@ def _split(options: dict[str, Any], server_keys: dict[str, str], name: str) -> t
     if unknown:
         known = ", ".join([*server_keys, *(k for k in CLIENT_OPTIONS if k != "server_pid")])
         raise SpecError(f"unknown {name} option {unknown[0][:40]!r} (known: {known})")
-    for key in ("n_threads", "n_ctx", "parallel", "port"):
-        v = server.get(key)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= (65535 if key == "port" else 1 << 24)):
-            raise SpecError(f"{name} option {key} must be a positive whole number, got {str(v)[:40]!r}")
-    v = server.get("n_gpu_layers")
-    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < -1):
-        raise SpecError(f"{name} option n_gpu_layers must be a whole number >= -1, got {str(v)[:40]!r}")
+    check_count(server, "port", name, 1, 65535)
     args = server.get("server_args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a and len(a) < 4096 for a in args):
         raise SpecError(f"{name} option server_args must be a list of strings, e.g. '[\"--no-cont-batching\"]'")
@@ -48,15 +42,34 @@ def _split(options: dict[str, Any], server_keys: dict[str, str], name: str) -> t
     return server, client
 
 
+def check_count(options: dict[str, Any], key: str, name: str, lo: int, hi: int) -> None:
+    """A whole-number option within [lo, hi], if given."""
+    v = options.get(key)
+    if v is not None and (isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi):
+        what = "a positive whole number" if lo == 1 else f"a whole number >= {lo}"
+        raise SpecError(f"{name} option {key} must be {what}, got {str(v)[:40]!r}")
+
+
 class ServedEngine(OpenAIEngine):
-    """Subclasses say how to start their server (`_server`) and what it runs (`_describe`)."""
+    """Subclasses say how to start their server (`_server`), check its options (`check_server_options`) and
+    say what it runs (`_describe`)."""
 
     server_options: dict[str, str] = {}
 
+    @classmethod
+    def split_options(cls, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(the server's options, the client's), each checked: a bad one is a one-line SpecError."""
+        server, client = _split(options, {**SERVER_OPTIONS, **cls.server_options}, cls.name)
+        cls.check_server_options(server)
+        return server, client
+
+    @classmethod
+    def check_server_options(cls, server: dict[str, Any]) -> None:
+        pass
+
     def load(self, model_dir: str, device: str) -> LoadInfo:
         t0 = time.perf_counter()
-        self.server_opts, client = _split(self.config.get("options") or {}, {**SERVER_OPTIONS, **self.server_options},
-                                          self.name)  # fmt: skip
+        self.server_opts, client = self.split_options(self.config.get("options") or {})
         tok = Path(model_dir) / "tokenizer.json"
         if "tokenizer" not in client and tok.is_file():
             client["tokenizer"] = str(tok)
@@ -107,7 +120,7 @@ class ServedEngine(OpenAIEngine):
     def unload(self) -> None:
         server = getattr(self, "server", None)
         if server is not None:
-            server.stop()
+            server.close()
 
     def _server(self, model_dir: str, device: str) -> ServerProcess:  # pragma: no cover - interface
         raise NotImplementedError

