@@ -118,6 +118,8 @@ def cell_table(result: RunResult) -> Table:
     if any(tps_ci_text(c) != "-" for c in result.cells):
         notes.append("±95% CI: half-width of the 95% confidence interval of tok/s from the cell's repeats "
                      "(t interval on log values: tok/s ×/÷ (1 + x))")  # fmt: skip
+    if any("client_peak_rss_bytes" in (c.get("metrics") or {}) for c in result.cells):
+        notes.append("RSS MB: the server's processes (the load generator's own is in the cell's metrics)")
     notes += annotate.code_lines(list(dict.fromkeys(code for c in result.cells for code in annotate.flag_codes(c))))
     notes += search_lines(result.run)
     notes += annotate.run_note_lines([title_of(result)], [result.run])

@@ -53,6 +53,9 @@ def test_a_concurrency_by_rate_grid_through_llama_server(tmp_path):
         assert len(logs) == 24 and all(r["ok"] and r["tokens"] == 16 and len(r["itl"]) >= 1 for r in logs)
         # every request's send time is stored; a paced cell sends at its arrival times or later (a busy slot)
         assert all(r["send"] >= r["due"] - 0.005 for r in logs)
+        # the cell's RSS is the server's (the stack's); the load generator's own is kept apart
+        assert c["peak_rss_bytes"] == c["metrics"]["last_extra"]["server_peak_rss_bytes"] > 0
+        assert c["metrics"]["client_peak_rss_bytes"] > 0
     paced = cells[0]["repeats"][0]["extra"][0]["requests_log"]
     assert paced[-1]["due"] > 0.05  # 11 gaps at 50/s: about 0.2 s
     # the same seed sends the same requests at the same times: the first repeat of both runs of the cell agree

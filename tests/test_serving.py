@@ -124,6 +124,8 @@ def test_serving_metrics_pool_every_pass_and_match_numpy():
     (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--isl-osl", "128/64", "--input-len", "32"],
      "--isl-osl gives"),
     (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--request-rate", "0"], "above 0"),
+    (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--duration", "1e9"], "at most an hour"),
+    (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--duration", "soon\x1b[2J"], "not a duration"),
 ])  # fmt: skip
 def test_cli_refuses_bad_load_in_one_line(tmp_path, args, words):
     proc = cli("run", *args, "--dry-run", db=tmp_path / "runs.db")
@@ -241,6 +243,37 @@ def test_the_peak_goodput_search_bisects_to_the_known_peak(tmp_path):
     assert "measured 8✗ 4✓ 6✗ 5✓" in table
 
 
+def _passes(db, cell_filter=lambda c: True) -> list[list[dict]]:
+    run = json.loads(cli("export", "last", "--format", "json", db=db, check=True).stdout)["runs"][0]
+    return [e["requests_log"] for c in run["cells"] if cell_filter(c) for rep in c["repeats"] for e in rep["extra"]]
+
+
+def test_a_duration_pass_sends_until_it_ends_and_a_count_can_end_it_first(tmp_path):
+    from engines.study.load import arrival_seed, arrivals
+
+    srv = _QueueingServer()
+    base = ["run", "--engine", "openai", "--model", srv.url, "--concurrency", "2", "--input-len", "8",
+            "--output-len", "4", "--warmup", "0", "--iters", "2", "--repeats", "1", "--quiet"]  # fmt: skip
+    db = tmp_path / "rate.db"
+    cli(*base, "--request-rate", "20", "--duration", "1s", db=db, check=True, timeout=300)
+    due = [t for t in arrivals(100, 20.0, 1.0, arrival_seed(0, 2, 8, 20.0)) if t < 1.0]
+    for log in _passes(db):  # exactly the arrivals before the end, every prompt its own
+        assert [r["due"] for r in log] == pytest.approx(due, abs=1e-6) and all(r["ok"] for r in log)
+        assert len({r["prompt"] for r in log}) == len(log)
+    db = tmp_path / "closed.db"  # closed loop: more requests than the prompts made before the pass
+    cli(*base, "--duration", "0.6s", db=db, check=True, timeout=300)
+    first, second = _passes(db)
+    assert len(first) > 8 and max(r["send"] for r in first + second) < 0.6
+    assert len({r["prompt"] for r in first}) == len(first)
+    assert [r["prompt"] for r in first[:8]] == [r["prompt"] for r in second[:8]]  # the same requests, in order
+    db = tmp_path / "count.db"
+    cli(*base, "--duration", "30s", "--requests", "5", db=db, check=True, timeout=300)
+    assert [len(log) for log in _passes(db)] == [5, 5]  # the count came first
+    header = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    assert "load: all at once; 5 requests or 30 s per pass, whichever first" in header
+    srv.httpd.shutdown()
+
+
 def test_compare_shows_serving_metrics_and_the_pareto_frontier(tmp_path):
     """The CLI's side; the Compare screen's Pareto view is in tests/test_tui_snapshots.py."""
     srv = _QueueingServer()
@@ -284,7 +317,11 @@ def test_setup_fields_give_the_clis_load_and_read_it_back():
     load, err = parse_load("1,inf", "16", "ttft=200ms,itl=50ms", "peak-goodput")
     assert err == "" and load["request_rate"] == [1.0, math.inf] and load["requests"] == 16
     assert load_texts(Load(**load)) == ("1,inf", "16", "ttft=200ms,itl=50ms", "peak-goodput")
+    load, err = parse_load("", "16, 2m", "", "none")  # a count, a duration, or both: whichever comes first
+    assert err == "" and load["requests"] == 16 and load["duration_s"] == 120
+    assert load_texts(Load(**load))[1] == "16,120s"
     for args, words in [(("0", "", "", "none"), "above 0"), (("", "x", "", "none"), "whole number"),
+                        (("", "2h", "", "none"), "whole number"), (("", "90m", "", "none"), "at most an hour"),
                         (("", "", "", "peak-goodput"), "needs an SLO"), (("", "", "ttft=\x1b[2J", "none"), "duration")]:  # fmt: skip
         load, err = parse_load(*args)
         assert load is None and words in err and "\x1b" not in err
@@ -320,6 +357,23 @@ def test_live_shows_a_serving_cells_requests_and_its_latency_strip(tmp_path):
     state.apply(reqs[-1])  # the last report after the cell, as it reaches Live
     line = requests_line(state.current["requests"], state.ttft_ms, state.itl_ms).plain
     assert "0 in flight · 12/12 done · 0 failed" in line and "TTFT " in line and "ITL " in line
+    # a replay rebuilds the strip from the stored requests: the same counts and every finished request's TTFT
+    from store.results import load_results
+    from tui.feed import timeline
+    from tui.replay_requests import request_events
+
+    db = open_db(tmp_path / "runs.db")
+    (stored,) = load_results(db, ["last"])
+    replayed = [e for e in timeline(stored) if isinstance(e, ev.Requests)]
+    assert len(replayed) >= 2 and all(0 <= e.in_flight <= 2 and e.total == 12 for e in replayed)
+    assert (replayed[-1].done, replayed[-1].failed, replayed[-1].in_flight) == (12, 0, 0)
+    stored_ttft = sorted(v for e in replayed for v in e.ttft_ms)  # stored to the microsecond
+    assert stored_ttft == pytest.approx(sorted(v for e in reqs for v in e.ttft_ms), abs=1e-3)
+    cell = stored.cells[0]  # hostile stored values: skipped, and an absurd pass length stays a few thousand events
+    cell["repeats"][0]["extra"][0].update(wall_s=1e300, duration_s=True)
+    cell["repeats"][0]["extra"][0]["requests_log"][:2] = [{"send": "\x1b[2J", "e2e": None}, "<b>", ]
+    events = request_events("r", cell)
+    assert 1 <= len(events) <= 2000 and events[-1].done == 10 and events[-1].total == 0
 
 
 def test_the_search_can_bisect_the_request_rate_axis(tmp_path):

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from engines.study import events as ev
+from tui.replay_requests import request_events
 
 MAX_BATCH = 5000  # events per poll; the rest waits for the next tick so one tick stays short
 
@@ -244,6 +245,8 @@ def timeline(result: Any) -> list[ev.Event]:
         label = f"b={c['batch']} in={c['input_len']} out={c['output_len']}"
         if c["status"] not in ("skipped",):
             out.append(ev.CellStarted(run_id, start, index=c["idx"], label=label))
+        if c["status"] == "done" and (c.get("metrics") or {}).get("serving"):  # a serving cell's request strip
+            out.extend(request_events(run_id, c))
         res = {k: c.get(k) for k in ("repeats", "peak_rss_bytes", "peak_gpu_bytes", "peak_nvml_bytes", "metrics", "flags")}
         out.append(ev.CellFinished(run_id, end, index=c["idx"], status=c["status"], result=res, error=c.get("error") or ""))
     for s in result.telemetry:

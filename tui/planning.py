@@ -271,10 +271,12 @@ def build_study(base: dict[str, Any], *, model: str, runs: list[Any], grid: dict
 
 def parse_load(rate: str, requests: str, slo: str, search: str, burstiness: float = 1.0, attainment: float = 0.99,
                search_axis: str = "concurrency") -> tuple[dict[str, Any] | None, str]:  # fmt: skip
-    """Setup's serving fields as the CLI's --request-rate/--requests/--slo/--search: the study's load section
+    """Setup's serving fields as the CLI's --request-rate/--requests and --duration/--slo/--search: the study's load section
     (None when every field is empty), or the first problem."""
+    import re
+
     from engines.base import SpecError
-    from engines.study.load import parse_rates, parse_slo
+    from engines.study.load import MAX_PASS_S, MAX_REQUESTS, parse_duration, parse_rates, parse_slo
 
     if not (rate.strip() or requests.strip() or slo.strip() or search != "none"):
         return None, ""
@@ -282,10 +284,15 @@ def parse_load(rate: str, requests: str, slo: str, search: str, burstiness: floa
     try:
         if rate.strip():
             load["request_rate"] = parse_rates(rate)
-        if requests.strip():
-            if not (requests.strip().isascii() and requests.strip().isdigit()) or not 1 <= int(requests) <= 100_000:
-                return None, f"requests: '{requests.strip()[:20]}' must be a whole number from 1 to 100000"
-            load["requests"] = int(requests)
+        for item in filter(None, (x.strip() for x in requests.split(","))):  # a count, a duration, or both
+            if item.isascii() and item.isdigit():
+                if not 1 <= int(item) <= MAX_REQUESTS:
+                    return None, f"requests: '{item[:20]}' must be a whole number from 1 to {MAX_REQUESTS}"
+                load["requests"] = int(item)
+            elif re.fullmatch(r"[0-9.]+\s*(us|ms|s|m)", item):
+                load["duration_s"] = parse_duration(item, "per pass", MAX_PASS_S)
+            else:
+                return None, f"per pass: '{item[:20]}' is neither a whole number of requests nor a duration like 30s"
         if slo.strip():
             load["slo"] = parse_slo(slo)
     except SpecError as exc:
@@ -303,7 +310,8 @@ def load_texts(load: Any) -> tuple[str, str, str, str]:
 
     if load is None:
         return "", "", "", "none"
-    return (",".join(rate_text(r) for r in load.request_rate or []), str(load.requests or ""),
+    per_pass = ",".join(x for x in (str(load.requests or ""), f"{load.duration_s:g}s" if load.duration_s else "") if x)
+    return (",".join(rate_text(r) for r in load.request_rate or []), per_pass,
             slo_text(load.slo) if load.slo else "", load.search or "none")  # fmt: skip
 
 

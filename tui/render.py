@@ -56,6 +56,10 @@ def run_header(r: RunResult) -> Panel:
         schedule = f", {shown(rt['schedule'], NAME)} schedule" if rt.get("schedule") else ""
         lines.append(Text(f"timing: {timing.get('warmup')} warm-up, {timing.get('iters')} timed x "
                           f"{timing.get('repeats')} repeats per cell{schedule}"))  # fmt: skip
+    if isinstance(spec.get("load"), dict):  # a serving study's arrivals, per-pass size, SLO and search
+        from engines.study.load import load_line
+
+        lines.append(Text(f"load: {shown(load_line(spec['load']), LINE)}"))
     settings = " ".join(f"{k}={v}" for k, v in (spec.get("worker_env") or {}).items())
     if settings:  # what the study chose to set: robustness settings are opt-in and shown
         lines.append(Text(f"worker env set by the study: {shown(settings, LINE)}", style="yellow"))

@@ -59,7 +59,7 @@ def preflight(spec) -> Executor:
         check_model_kind(info, kind, spec.model)
         if spec.load is not None and not info.takes_load:
             servers = ",".join(name for name, other in registry.ENGINES.items() if other.takes_load)
-            raise SpecError(f"{info.name} is not a server engine, so --request-rate/--requests/--slo/--search do "
+            raise SpecError(f"{info.name} is not a server engine, so --request-rate/--requests/--duration/--slo/--search do "
                             f"not apply; use --engine {servers}")  # fmt: skip
         if not executor.remote:
             check_window(spec, run, device)

@@ -102,6 +102,7 @@ class Worker:
         self.meter: HostMeter | None = None
         self.side: PromptProcess | None = None  # prompts and scores for engines that keep numpy out of this process
         self.keeps_numpy_out = False
+        self._open_ended = False  # a serving cell with a duration: each pass sends as many requests as fit
 
     def emit(self, event: ev.Event) -> None:
         line = ev.encode(event) + "\n"
@@ -189,16 +190,29 @@ class Worker:
         return score_cell(self.tokenizer_file, *args)
 
     def _configure_load(self, cmd: cmds.RunCell) -> int:
-        """How many prompts a cell sends: a serving cell sets its engine's load (concurrency = the batch axis)."""
+        """How many prompts a cell sends: a serving cell sets its engine's load (concurrency = the batch axis).
+        A duration pass starts with the requests it expects and asks for more when it outruns them."""
+        self._open_ended = False
         if cmd.load is None:
             return cmd.batch
-        from engines.study.load import arrival_seed, loaded_rate
+        from engines.study.load import arrival_seed, loaded_rate, prompt_pool
 
         assert self.engine is not None
         rate = loaded_rate(cmd.params.get("request_rate"))
         seed = arrival_seed((cmd.workload or {}).get("seed", 0), cmd.batch, cmd.input_len, rate)
-        self.engine.configure_load(cmd.batch, rate, float(cmd.load.get("burstiness") or 1.0), seed)
-        return int(cmd.load.get("requests") or cmd.batch)
+        duration, requests = cmd.load.get("duration_s"), cmd.load.get("requests")
+        more = None
+        if duration:
+            self._open_ended = True
+
+            def more(first: int, count: int) -> list[list[int]]:  # distinct: a server's prefix cache would
+                if requests:  # flatter repeated prompts
+                    count = min(count, requests - first)
+                seed = (cmd.seed + first * 1_000_003) % 2**32
+                return self.prompts(count, cmd.input_len, seed, cmd.workload, cmd.params) if count > 0 else []
+        self.engine.configure_load(cmd.batch, rate, float(cmd.load.get("burstiness") or 1.0), seed,
+                                   duration_s=duration, max_requests=requests, more_prompts=more)  # fmt: skip
+        return prompt_pool(cmd.batch, rate, requests, duration)
 
     def _minibatch(self, prompts: list[list[int]], out_len: int) -> tuple[float, Any]:
         assert self.engine is not None
@@ -207,7 +221,8 @@ class Worker:
         elapsed = time.perf_counter() - t0
         got = [len(t) for t in res.tokens]
         failed = {f["index"] for f in (res.extra or {}).get("failed", [])}  # openai: failed requests, reasons kept
-        if len(got) != len(prompts) or any(n != out_len for i, n in enumerate(got) if i not in failed):
+        wrong_count = len(got) != len(prompts) and not self._open_ended  # a duration pass sends what fits
+        if wrong_count or any(n != out_len for i, n in enumerate(got) if i not in failed):
             raise RuntimeError(f"engine generated {got} tokens per sequence, expected {out_len} each")
         return elapsed, res
 
@@ -236,7 +251,7 @@ class Worker:
                 dt, _res = self._minibatch(prompts, out_len)
                 done += 1
                 self.emit(ev.Progress(self.run_id, time.time(), index=index, phase="warmup", done=done,
-                                      total=total, tokens_per_s=len(prompts) * out_len / dt))  # fmt: skip
+                                      total=total, tokens_per_s=sum(len(t) for t in _res.tokens) / dt))  # fmt: skip
             _maybe_fault(index, self.label)
             repeats = []
             extra: dict[str, Any] = {}
@@ -280,9 +295,12 @@ class Worker:
             ranks = getattr(self.engine, "rank_peaks", None)  # engines that start their own ranks (vllm)
             if ranks is not None and (per_rank := ranks()):
                 metrics["tp"] = per_rank
+            rss = _peak_rss()
+            if server_rss := extra.get("server_peak_rss_bytes"):  # a server's memory is the stack's, the client's
+                metrics["client_peak_rss_bytes"], rss = rss, server_rss  # is not: kept apart
             result = {
                 "repeats": repeats,
-                "peak_rss_bytes": _peak_rss(),
+                "peak_rss_bytes": rss,
                 "peak_gpu_bytes": self.engine.peak_memory_bytes(),
                 "metrics": metrics,
                 "started_at": started,

@@ -8,16 +8,19 @@ and goodput are computed in store/serving.py (the store recomputes them from the
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
 import re
-from typing import Any
+from typing import Any, Iterator
 
 from engines.base import SpecError
 from store.serving import SLO_METRICS
 
 INF = math.inf
 MAX_RATE = 1e6  # requests/s: beyond this no server keeps up and a gap is below a clock tick
+MAX_REQUESTS = 100_000  # per pass: every request's timings are stored
+MAX_PASS_S = 3600.0  # --duration: an hour per pass, and a cell runs warmup + iters x repeats passes
 _DURATION = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*(us|ms|s|m)?\s*$")
 _UNIT = {"us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, None: 1.0}
 
@@ -82,8 +85,8 @@ def parse_isl_osl(spec: Any) -> list[tuple[int, int]]:
     return list(dict.fromkeys(pairs))
 
 
-def parse_duration(text: Any, what: str) -> float:
-    """'200ms', '5s', '1.5', '2m' -> seconds (a bare number is seconds)."""
+def parse_duration(text: Any, what: str, most: float = 86400.0) -> float:
+    """'200ms', '5s', '1.5', '2m' -> seconds (a bare number is seconds), above 0 and at most `most`."""
     if isinstance(text, (int, float)) and not isinstance(text, bool):
         seconds = float(text)
     else:
@@ -91,8 +94,9 @@ def parse_duration(text: Any, what: str) -> float:
         if not m:
             raise SpecError(f"{what}: {_shown(text)} is not a duration; use e.g. 200ms, 5s or 0.05")
         seconds = float(m.group(1)) * _UNIT[m.group(2)]
-    if not (0 < seconds <= 86400) or math.isnan(seconds):
-        raise SpecError(f"{what}: {_shown(text)} must be above 0 and at most a day")
+    if not (0 < seconds <= most) or math.isnan(seconds):
+        limit = "a day" if most == 86400 else "an hour" if most == 3600 else f"{most:g} s"
+        raise SpecError(f"{what}: {_shown(text)} must be above 0 and at most {limit}")
     return seconds
 
 
@@ -117,19 +121,61 @@ def slo_text(slo: dict[str, float]) -> str:
     return ",".join(f"{k}={v * 1000:g}ms" for k, v in slo.items())
 
 
-def arrivals(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
-    """Send offsets in seconds from the cell's start: vLLM's gamma gaps (mean 1/rate), the first at 0."""
-    if rate == INF or n <= 0:
-        return [0.0] * max(n, 0)
+def arrival_times(rate: float, burstiness: float, seed: int) -> Iterator[float]:
+    """Send offsets in seconds from the cell's start, without end: vLLM's gamma gaps (mean 1/rate), the first at 0;
+    rate inf sends every request at 0."""
+    t = 0.0
+    yield t
+    if rate == INF:
+        while True:
+            yield 0.0
     rng = random.Random(seed)
     scale = 1.0 / (rate * burstiness)
-    out, t = [0.0], 0.0
-    for _ in range(n - 1):
+    while True:
         t += rng.gammavariate(burstiness, scale)
-        out.append(t)
-    return out
+        yield t
+
+
+def arrivals(n: int, rate: float, burstiness: float, seed: int) -> list[float]:
+    """The first n of arrival_times."""
+    return list(itertools.islice(arrival_times(rate, burstiness, seed), max(n, 0)))
+
+
+def prompt_pool(concurrency: int, rate: float, requests: int | None, duration_s: float | None) -> int:
+    """Prompts made before a serving cell: its request count, or for a duration what the rate will send in it
+    (plus a tenth); a closed loop (rate inf) starts with the concurrency and grows as the pass needs."""
+    if requests and not duration_s:
+        return requests
+    if not duration_s:
+        return concurrency
+    expected = concurrency if rate == INF else math.ceil(rate * duration_s * 1.1) + concurrency
+    return max(1, min(expected, requests or MAX_REQUESTS))
 
 
 def arrival_seed(workload_seed: int, batch: int, input_len: int, rate: float) -> int:
     """Arrivals depend on the cell's shape, not its position: two runs with one seed send the same requests."""
     return (workload_seed * 1_000_003 + batch * 7919 + input_len * 31 + int(min(rate, MAX_RATE) * 1000)) % 2**63
+
+
+def load_line(load: dict[str, Any]) -> str:
+    """A stored load section in words, for a run's header; what it cannot read is shown as it was stored."""
+
+    def num(v: Any) -> str:
+        return f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+    rates = load.get("request_rate")
+    burst = load.get("burstiness", 1.0)
+    parts = [f"{','.join(num(r) for r in rates)} req/s" if isinstance(rates, list) and rates else "all at once"]
+    if rates:
+        parts[0] += " (Poisson)" if burst in (None, 1, 1.0) else f" (gamma, burstiness {num(burst)})"
+    requests, duration = load.get("requests"), load.get("duration_s")
+    per_pass = " or ".join(x for x in (f"{num(requests)} requests" if requests else "",
+                                       f"{num(duration)} s" if duration else "") if x)  # fmt: skip
+    parts.append(f"{per_pass or 'as many requests as users'} per pass" + (", whichever first" if requests and duration else ""))
+    slo = load.get("slo")
+    if isinstance(slo, dict) and slo:
+        limits = ",".join(f"{k}={num(v * 1000) if isinstance(v, (int, float)) else v}ms" for k, v in slo.items())
+        parts.append(f"SLO {limits} at >= {num(load.get('attainment', 0.99))}")
+    if load.get("search"):
+        parts.append(f"search {load['search']} over {load.get('search_axis') or 'concurrency'}")
+    return "; ".join(parts)

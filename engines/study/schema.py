@@ -12,7 +12,15 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_serial
 from engines.base import SpecError
 from engines.study.executor import parse_executor
 from engines.study.grid import Cell, GridError, cells, check_cells, parse_axis
-from engines.study.load import parse_isl_osl, parse_rates, parse_slo, stored_rate
+from engines.study.load import (
+    MAX_PASS_S,
+    MAX_REQUESTS,
+    parse_duration,
+    parse_isl_osl,
+    parse_rates,
+    parse_slo,
+    stored_rate,
+)
 from engines.study.speculation import parse_spec
 
 
@@ -222,7 +230,10 @@ class Load(BaseModel):
     # requests/s per cell, an extra axis; None: every request at once (closed loop at the concurrency)
     request_rate: list[float] | None = None
     burstiness: float = Field(1.0, gt=0, le=1000, allow_inf_nan=False, description="gamma shape; 1 = Poisson")
-    requests: int | None = Field(None, ge=1, le=100_000, strict=True, description="requests per pass; default the concurrency")
+    requests: int | None = Field(None, ge=1, le=MAX_REQUESTS, strict=True,
+                                 description="requests per pass; default the concurrency, or unbounded with a duration")
+    # seconds per pass: no request is sent after it (those in flight finish); with `requests`, whichever comes first
+    duration_s: float | None = None
     slo: dict[str, float] | None = None  # metric -> limit in seconds
     attainment: float = Field(0.99, gt=0, le=1, allow_inf_nan=False, description="share of requests meeting every SLO")
     search: str | None = None  # peak-goodput: the highest concurrency (or rate) whose attainment holds
@@ -236,6 +247,11 @@ class Load(BaseModel):
     @field_serializer("request_rate")
     def _json_rates(self, value: list[float] | None) -> list[Any] | None:
         return None if value is None else [stored_rate(r) for r in value]
+
+    @field_validator("duration_s", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> float | None:
+        return None if value is None else parse_duration(value, "--duration", MAX_PASS_S)
 
     @field_validator("slo", mode="before")
     @classmethod

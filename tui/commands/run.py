@@ -89,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--burstiness", type=float, help="gamma shape of the arrival gaps: 1 = Poisson (default), "
                    "below 1 burstier, above 1 steadier")
     g.add_argument("--requests", type=int, help="requests per pass of a cell (default: the concurrency)")
+    g.add_argument("--duration", help="seconds per pass of a cell, e.g. 30s or 2m: requests are sent until then "
+                   "(those in flight finish); with --requests, whichever comes first")
     g.add_argument("--isl-osl", help="input/output token pairs instead of --input-len x --output-len, "
                    "e.g. 128/128,512/256")
     g.add_argument("--slo", help="per-request limits, e.g. ttft=200ms,itl=50ms,tpot=40ms,e2e=5s: attainment "
@@ -224,7 +226,7 @@ def _load_args(args: argparse.Namespace, base: dict, grid: dict) -> None:
     from engines.base import SpecError as UsageError
 
     fields = {"request_rate": args.request_rate, "burstiness": args.burstiness, "requests": args.requests,
-              "slo": args.slo, "attainment": args.attainment, "search": args.search,
+              "duration_s": args.duration, "slo": args.slo, "attainment": args.attainment, "search": args.search,
               "search_axis": args.search_axis}  # fmt: skip
     given = {k: v for k, v in fields.items() if v is not None}
     if given:

@@ -48,7 +48,7 @@ def strip(values: Any, width: int = 20) -> str:
 def requests_line(counts: tuple, ttft_ms: Any, itl_ms: Any) -> Text:
     """A serving cell: requests in flight, done and failed, and a rolling strip of the latest TTFT and ITL."""
     in_flight, done, failed, total = counts
-    out = Text(f"\n  requests {in_flight} in flight · {done}/{total} done")
+    out = Text(f"\n  requests {in_flight} in flight · {done}{f'/{total}' if total else ''} done")  # 0: a duration
     out.append(f" · {failed} failed", style="red" if failed else "")
     for name, values in (("TTFT", ttft_ms), ("ITL", itl_ms)):
         if values:

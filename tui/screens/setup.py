@@ -33,7 +33,7 @@ SCHEDULES = [("interleaved", "interleaved"), ("sequential", "sequential")]  # ru
 GRID_FIELDS = (("batch", "batch sizes"), ("input_len", "input lengths"), ("output_len", "output lengths"))
 TIMING_FIELDS = (("warmup", "warm-up", 0), ("iters", "iters", 1), ("repeats", "repeats", 1))
 SEARCHES = [("none", "none"), ("peak goodput", "peak-goodput")]
-LOAD_FIELDS = (("rate", "req/s", "inf, or 1,2,4,inf"), ("requests", "requests", "default: the batch"),
+LOAD_FIELDS = (("rate", "req/s", "inf, or 1,2,4,inf"), ("requests", "per pass", "the batch; or 200, 30s"),
                ("slo", "SLO", "ttft=200ms,itl=50ms"))  # fmt: skip
 DEFAULTS = {"batch": "1,2,4", "input_len": "32,128", "output_len": "32", "warmup": "1", "iters": "2", "repeats": "3"}
 

@@ -20,14 +20,14 @@ import ssl
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from engines.adapters.openai.timed_http import open_stream
 from engines.base import Engine, GenerateResult, LoadInfo, SpecError
 from engines.measure.procmem import peak_rss
 from engines.study.events import REQUEST_SAMPLES
-from engines.study.load import INF, arrivals, stored_rate
+from engines.study.load import INF, MAX_REQUESTS, arrival_times, stored_rate
 from store.serving import summary as percentiles  # p50/p90/p99 and mean, as the store recomputes them
 
 OPTIONS = {
@@ -374,58 +374,101 @@ class OpenAIEngine(Engine):
 
     # --- generate -------------------------------------------------------------------------
 
-    def configure_load(self, concurrency: int, rate: float, burstiness: float, seed: int) -> None:
+    def configure_load(self, concurrency: int, rate: float, burstiness: float, seed: int, *,
+                       duration_s: float | None = None, max_requests: int | None = None,
+                       more_prompts: Callable[[int, int], list[list[int]]] | None = None) -> None:  # fmt: skip
         """A serving cell's load (the worker calls it before the cell): at most `concurrency` requests in
-        flight, sent at gamma-distributed arrival times (engines/study/load.py); rate inf sends at once."""
-        self.load_shape = {"concurrency": concurrency, "rate": rate, "burstiness": burstiness, "seed": seed}
+        flight, sent at gamma-distributed arrival times (engines/study/load.py); rate inf sends at once. With
+        `duration_s` a pass sends until then (or `max_requests`), taking prompts past the given ones from
+        `more_prompts(first_index, count)`; they are kept for the cell's later passes."""
+        self.load_shape = {"concurrency": concurrency, "rate": rate, "burstiness": burstiness, "seed": seed,
+                           "duration_s": duration_s, "max_requests": max_requests}  # fmt: skip
+        self._more_prompts = more_prompts
+        self._pool: tuple[list, list, list] = ([], [], [])  # prompts, bodies and digests past the given ones
+
+    def _prompt_pool(self, prompts: list[list[int]], max_new_tokens: int) -> tuple[list, list, list]:
+        """The pass's prompts, request bodies and digests (made before the pass), then those a duration kept."""
+        extra, bodies, digests = getattr(self, "_pool", ([], [], []))
+        return (prompts + extra, [self._body(p, max_new_tokens, self.features) for p in prompts] + bodies,
+                [_digest(p) for p in prompts] + digests)  # fmt: skip
+
+    def _grow_pool(self, pool: tuple[list, list, list], max_new_tokens: int) -> bool:
+        """Duration passes that outrun their prompts: the next ones from the worker (about as many again), kept."""
+        more = getattr(self, "_more_prompts", None)
+        if more is None:
+            return False
+        prompts, bodies, digests = pool
+        fresh = more(len(prompts), max(len(prompts), 16))
+        if not fresh:
+            return False
+        for p in fresh:
+            prompts.append(p)
+            bodies.append(self._body(p, max_new_tokens, self.features))
+            digests.append(_digest(p))
+            for kept, item in zip(self._pool, (p, bodies[-1], digests[-1])):
+                kept.append(item)
+        return True
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int) -> GenerateResult:
         o = self.opts
         timeout = float(o["timeout_s"])
-        outs = [Outcome(i) for i in range(len(prompts))]
-        bodies = [self._body(p, max_new_tokens, self.features) for p in prompts]
-        digests = [hashlib.sha256(json.dumps(p).encode()).hexdigest()[:12] for p in prompts]  # before the pass
+        pool = self._prompt_pool(prompts, max_new_tokens)
         load = getattr(self, "load_shape", None) or {}
         rate = load.get("rate", o.get("request_rate") or INF)
-        due = arrivals(len(prompts), rate, load.get("burstiness", 1.0), load.get("seed", 0))
-        slots = max(1, min(load.get("concurrency") or len(prompts), len(prompts)))
-        queue = iter(range(len(prompts)))
+        duration = load.get("duration_s")
+        limit = (load.get("max_requests") or MAX_REQUESTS) if duration else len(prompts)
+        next_due = arrival_times(rate, load.get("burstiness", 1.0), load.get("seed", 0))
+        slots = max(1, min(load.get("concurrency") or len(prompts), limit))
+        outs: list[Outcome] = []
+        due: list[float] = []
         take = threading.Lock()
         go = threading.Event()
+        ended = threading.Event()  # the duration is over, or the limit reached: no user takes another request
         t0 = 0.0
 
-        def user() -> None:  # one simulated user: the next request in order, at its arrival time or when free
+        def claim() -> Outcome | None:  # the next request in order, or None once the pass is over
+            with take:
+                i = len(outs)
+                at = next(next_due) if i < limit and not ended.is_set() else None
+                if at is None or duration and (at >= duration or time.perf_counter() - t0 >= duration) or \
+                        i >= len(pool[0]) and not self._grow_pool(pool, max_new_tokens):  # fmt: skip
+                    ended.set()
+                    return None
+                due.append(at)
+                outs.append(Outcome(i))
+                return outs[-1]
+
+        def user() -> None:  # one simulated user: its next request at its arrival time or when free
             go.wait()
-            while True:
-                with take:
-                    i = next(queue, None)
-                if i is None:
-                    return
-                delay = t0 + due[i] - time.perf_counter()
+            while (out := claim()) is not None:
+                delay = t0 + due[out.index] - time.perf_counter()
                 if delay > 0:
                     time.sleep(delay)
-                outs[i].start = time.perf_counter()
-                self.client.stream(bodies[i], outs[i], timeout)
-                outs[i].finished = True
+                out.start = time.perf_counter()
+                self.client.stream(pool[1][out.index], out, timeout)
+                out.finished = True
 
         threads = [threading.Thread(target=user, daemon=True) for _ in range(slots)]
         for th in threads:
             th.start()
         t0 = time.perf_counter()
         go.set()
-        self._report(outs, threads)
+        self._report(outs, threads, None if duration else limit)
         wall = time.perf_counter() - t0
         result = self._result(outs, max_new_tokens, wall, t0)
-        result.extra["requests_log"] = _records(outs, due, t0, result.extra["completion_tokens"], digests)
+        result.extra["requests_log"] = _records(outs, due, t0, result.extra["completion_tokens"], pool[2])
         stamped = [o.kernel_stamped for o in outs if o.ok]
         result.extra["clock"] = "kernel receive time" if stamped and all(stamped) else "read time"
         result.extra["concurrency"] = slots
         result.extra["request_rate"] = stored_rate(rate)
+        if duration:
+            result.extra["duration_s"] = duration
         if load:  # a serving cell: the pass's first-token time would include arrival gaps; TTFT is per request
             result.ttft_s = None
         return result
 
-    def _report(self, outs: list[Outcome], threads: list[threading.Thread], every: float = 0.5) -> None:
+    def _report(self, outs: list[Outcome], threads: list[threading.Thread], total: int | None,
+                every: float = 0.5) -> None:  # fmt: skip
         """Wait for the users; meanwhile hand `self.progress` (set by the worker) the requests in flight, done and
         failed, and the TTFT and ITL of those finished since the last call. Reads only what the users publish:
         a request's start before it is sent, and the rest once its user marked it finished."""
@@ -438,12 +481,13 @@ class OpenAIEngine(Engine):
                     break
             alive = any(th.is_alive() for th in threads)
             if report is not None:
-                finished = [o for o in outs if o.finished]
+                sent = list(outs)  # users append to it
+                finished = [o for o in sent if o.finished]
                 fresh = [o for o in finished if o.index not in seen and o.ok]
                 seen.update(o.index for o in finished)
-                report({"in_flight": sum(1 for o in outs if o.start and not o.finished),
+                report({"in_flight": sum(1 for o in sent if o.start and not o.finished),
                         "done": sum(1 for o in finished if o.ok), "failed": sum(1 for o in finished if not o.ok),
-                        "total": len(outs),
+                        "total": total or 0,  # 0: a duration pass, open-ended
                         "ttft_ms": [o.chunk_times[0] * 1000 for o in fresh if o.chunk_times][-REQUEST_SAMPLES:],
                         "itl_ms": [(b - a) * 1000 for o in fresh for a, b in zip(o.chunk_times, o.chunk_times[1:])]
                         [-REQUEST_SAMPLES:]})  # fmt: skip
@@ -523,6 +567,10 @@ class OpenAIEngine(Engine):
 
     def is_oom(self, exc: BaseException) -> bool:
         return False  # the server's memory is not ours; its refusals are recorded per request
+
+
+def _digest(prompt: list[int]) -> str:
+    return hashlib.sha256(json.dumps(prompt).encode()).hexdigest()[:12]
 
 
 def _records(outs: list[Outcome], due: list[float], t0: float, counts: list[int],
