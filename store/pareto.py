@@ -26,9 +26,16 @@ class Point:
 
 
 def _devices(r: RunResult) -> int:
-    device = str(r.run.get("device") or "")
-    tp = (r.run.get("config") or {}).get("tp") or 1
-    return int(tp) if device.startswith("cuda") and isinstance(tp, int) and tp > 0 else 1
+    """GPUs a run's model is spread over: --tp, or a server's own tensor x pipeline parallel options."""
+    if not str(r.run.get("device") or "").startswith("cuda"):
+        return 1
+    config = r.run.get("config") or {}
+    options = config.get("options") if isinstance(config.get("options"), dict) else {}
+
+    def size(v: Any) -> int:
+        return v if isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096 else 1
+
+    return max(size(config.get("tp")), size(options.get("tensor_parallel_size")) * size(options.get("pipeline_parallel_size")))
 
 
 def _cell_label(c: dict[str, Any]) -> str:

@@ -114,13 +114,20 @@ def serving_metrics(extras: list[dict[str, Any] | None], slo: dict[str, float] |
 
 
 def _pick(figures: dict[str, Any], metric: str) -> float | None:
-    good = figures.get("goodput") or {}
+    """Stored figures are data (an import may hold anything): a value that is not a number is None."""
+
+    def at(d: Any, key: str) -> Any:
+        return d.get(key) if isinstance(d, dict) else None
+
+    good = at(figures, "goodput")
     if metric == "goodput_rps":
-        return good.get("goodput_rps")
-    if metric == "slo_attainment":
-        return (good.get("attainment") or {}).get("all")
-    name, _, pct = metric.rpartition("_p")  # ttft_p99 -> ttft_s p99
-    return ((figures.get(f"{name}_s") or {}).get(f"p{pct}")) if pct.isdigit() else None
+        value = at(good, "goodput_rps")
+    elif metric == "slo_attainment":
+        value = at(at(good, "attainment"), "all")
+    else:
+        name, _, pct = metric.rpartition("_p")  # ttft_p99 -> ttft_s p99
+        value = at(at(figures, f"{name}_s"), f"p{pct}") if pct.isdigit() else None
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value == value else None
 
 
 SERVING_METRICS = ("goodput_rps", "slo_attainment", "ttft_p99", "itl_p99")
@@ -140,3 +147,25 @@ def repeat_value(rep: dict[str, Any], cell: dict[str, Any], metric: str) -> floa
     if not extras:
         return None
     return _pick(serving_metrics(extras, slo if isinstance(slo, dict) else None), metric)
+
+
+def brief(cell: dict[str, Any]) -> str:
+    """A finished serving cell in a few words for Live's results: requests, TTFT p99, SLO met and goodput."""
+    figures = (cell.get("metrics") or {}).get("serving")
+    if not isinstance(figures, dict):
+        return ""
+
+    def num(v: Any) -> float | None:
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and v == v else None
+
+    parts = []
+    failed, sent = num(figures.get("failed")), num(figures.get("requests"))
+    if failed is not None and sent is not None:
+        parts.append(f"{sent - failed:.0f}/{sent:.0f} ok")
+    if (ttft := num(_pick(figures, "ttft_p99"))) is not None:
+        parts.append(f"TTFT p99 {ttft * 1000:,.0f} ms")
+    if (met := num(_pick(figures, "slo_attainment"))) is not None:
+        parts.append(f"SLO {met:.0%}")
+    if (rps := num(_pick(figures, "goodput_rps"))) is not None:
+        parts.append(f"goodput {rps:,.3g} req/s")
+    return " · ".join(parts)

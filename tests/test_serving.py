@@ -289,6 +289,21 @@ def test_compare_shows_serving_metrics_and_the_pareto_frontier(tmp_path):
     assert "SLO met" in out and "Pareto frontier: goodput tok/s per host against tok/s per user" in out
     md = cli("export", "last", "--format", "md", db=db, check=True).stdout
     assert "Pareto frontier: tok/s per host" in md and "requests ok/sent" in md
+    # the same cells served from 2 GPUs (a server's tensor_parallel_size): tok/s per GPU is half the total
+    data = json.loads(cli("export", "last", "--format", "json", db=db, check=True).stdout)
+    (run,) = data["runs"]
+    run.update(id="f" * 32, device="cuda:0", config={**run["config"], "options": {"tensor_parallel_size": 2}})
+    (tmp_path / "tp2.json").write_text(json.dumps(data))
+    cli("import", str(tmp_path / "tp2.json"), db=tmp_path / "tp2.db", check=True)
+
+    def frontier(db, unit):
+        out = cli("compare", "last", "--pareto", "throughput", "--no-chart", db=db, env={"COLUMNS": "200"},
+                  check=True).stdout  # fmt: skip
+        assert f"Pareto frontier: tok/s per {unit} against tok/s per user" in out, out
+        return [[float(x) for x in line.split("│")[-3:-1]] for line in out.splitlines() if "c=" in line]
+
+    host, gpu = frontier(db, "host"), frontier(tmp_path / "tp2.db", "GPU")
+    assert len(host) >= 1 and [x for u, d in host for x in (u, d / 2)] == pytest.approx(sum(gpu, []), rel=2e-3)
 
 
 
@@ -357,6 +372,8 @@ def test_live_shows_a_serving_cells_requests_and_its_latency_strip(tmp_path):
     state.apply(reqs[-1])  # the last report after the cell, as it reaches Live
     line = requests_line(state.current["requests"], state.ttft_ms, state.itl_ms).plain
     assert "0 in flight · 12/12 done · 0 failed" in line and "TTFT " in line and "ITL " in line
+    (done,) = state.results  # the finished cell's line: its requests and latency beside tok/s
+    assert done.serving.startswith("12/12 ok · TTFT p99 ") and " ms" in done.serving
     # a replay rebuilds the strip from the stored requests: the same counts and every finished request's TTFT
     from store.results import load_results
     from tui.feed import timeline
@@ -423,3 +440,9 @@ def test_a_hostile_run_name_stays_text_in_the_pareto_and_search_lines(tmp_path):
     assert "\x1b" not in out.stdout and "peak concurrency" not in out.stdout  # compare shows the frontier only
     replay = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
     assert "peak concurrency at ≥100% SLO attainment" in replay and "\x1b" not in replay and "\x07" not in replay
+    # stored serving figures of the wrong type (an import holds anything): Live's line and the metrics skip them
+    from store.serving import brief, cell_value
+
+    hostile_cell = {"metrics": {"serving": {"failed": "\x1b[2J", "requests": None, "ttft_s": "x", "goodput": [1]}}}
+    assert brief(hostile_cell) == "" and cell_value(hostile_cell, "ttft_p99") is None
+    assert cell_value(hostile_cell, "goodput_rps") is None

@@ -47,6 +47,7 @@ class CellResult:
     peak_bytes: int | None
     error: str
     flags: list[str] = field(default_factory=list)  # codes of store.flags: why the figure may be shaky
+    serving: str = ""  # a serving cell: requests ok, TTFT p99, SLO met and goodput (store.serving.brief)
 
 
 @dataclass
@@ -181,6 +182,7 @@ class LiveState:
 
     def _cell_finished(self, e: ev.CellFinished, run: RunProgress | None) -> None:
         from store.metrics import summarise
+        from store.serving import brief
 
         status = shown(e.status, NAME)
         if run:
@@ -191,7 +193,8 @@ class LiveState:
         flags = [f for f in e.result.get("flags") or [] if isinstance(f, dict)]
         self.results.append(CellResult(run.number if run else 0, run.label if run else "", e.index, b, i, o, status,
                                        summary.get("tokens_per_s"), summary.get("latency_s"), _peak(e.result),
-                                       e.error, [shown(f.get("code", "?"), NAME) for f in flags]))  # fmt: skip
+                                       e.error, [shown(f.get("code", "?"), NAME) for f in flags],
+                                       brief({"metrics": e.result.get("metrics")})))  # fmt: skip
         for f in flags:  # the table has room for the codes only: the first reason of each per run goes to the log
             key = (e.run_id, str(f.get("code")))
             if key not in self._flagged:

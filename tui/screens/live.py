@@ -405,6 +405,8 @@ class LiveScreen(Screen):
             for i, (value, (name, width, right)) in enumerate(zip(cells, cols)):
                 style = STATUS_STYLE.get(r.status, "") if name == "status" else ("yellow" if name == "flags" else "")
                 line.append((value.rjust(width) if right else value.ljust(width)) + " ", style=style)
+            if r.serving:
+                line.append(r.serving, style="cyan")
             log.write(line)
         self._shown_results = len(results)
 
