@@ -21,6 +21,7 @@ MAX_BYTES = 256 * 2**20
 DOC_DEPTH = 40  # the document's own levels (runs[0].cells[0].metrics...) plus a column's FIELD_DEPTH
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 FIX = "fix the file or export the runs again with --format json"
+PEERS = "llama-bench, llama-batched-bench, vllm bench serve or vllm bench throughput"  # store.peers reads them
 
 
 class ImportError_(ValueError):
@@ -31,7 +32,9 @@ class CheckedExport(dict):
     """A document that passed `check`: import_export need not check it again."""
 
 
-def read_export(path: Path) -> CheckedExport:
+def read_export(path: Path, hints: dict[str, Any] | None = None) -> CheckedExport:
+    """A codebench JSON export, or the output of another tool (store.peers) as one; `hints` fill in what such a
+    file lacks (input and output lengths, model, device)."""
     try:
         with open(path, "rb") as f:
             st = os.fstat(f.fileno())
@@ -42,7 +45,7 @@ def read_export(path: Path) -> CheckedExport:
         raise ImportError_(f"cannot read {path} ({exc.strerror}); give the path of a JSON export") from None
     if len(data) > MAX_BYTES:
         raise ImportError_(_too_large(path))
-    return parse_export(data, str(path))
+    return parse_export(data, str(path), st.st_mtime, hints)
 
 
 def _too_large(path: Path) -> str:
@@ -60,17 +63,23 @@ def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def parse_export(data: str | bytes, source: str) -> CheckedExport:
+def parse_export(data: str | bytes, source: str, mtime: float | None = None,
+                 hints: dict[str, Any] | None = None) -> CheckedExport:  # fmt: skip
     """The export in `data`, checked; ImportError_ with one line otherwise."""
     if isinstance(data, bytes):
         try:
             data = data.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise ImportError_(f"{source} is not UTF-8 text (bad byte at offset {exc.start}); {FIX}") from None
+    if peer := _peer(data, source, mtime, hints):
+        return peer
+    if hints:
+        raise ImportError_(f"--{next(iter(hints)).replace('_', '-')} is for files of other tools ({source} is not one)")
     try:
         doc = json.loads(data, parse_constant=_constant, object_pairs_hook=_pairs)
     except json.JSONDecodeError as exc:
-        raise ImportError_(f"{source} is not JSON ({exc.msg} at line {exc.lineno}); export it again with --format json") from None
+        raise ImportError_(f"{source} is not JSON ({exc.msg} at line {exc.lineno}) nor the output of {PEERS}; export "
+                           "it again with --format json") from None  # fmt: skip
     except RecursionError:
         raise ImportError_(f"{source} is nested too deeply to be an export; {FIX}") from None
     except ValueError as exc:  # the hooks above, or an integer of 4300+ digits
@@ -79,10 +88,32 @@ def parse_export(data: str | bytes, source: str) -> CheckedExport:
     return check(doc, source, data)
 
 
+def _peer(text: str, source: str, mtime: float | None, hints: dict[str, Any] | None) -> CheckedExport | None:
+    """Another tool's output (store.peers) as a checked document; None when it is not one."""
+    import time
+
+    from store.peers.detect import PeerError, read_peer
+
+    try:
+        doc = read_peer(text, source, time.time() if mtime is None else mtime, hints)
+    except PeerError as exc:
+        raise ImportError_(str(exc)) from None
+    except RecursionError:
+        raise ImportError_(f"{source} is nested too deeply to be any tool's output") from None
+    if doc is None:
+        return None
+    tool = doc["runs"][0]["runtime"]["source"]["tool"]
+    try:
+        return check(doc, source)
+    except ImportError_ as exc:  # a value no column can hold: the file is the tool's, so say so
+        raise ImportError_(str(exc).replace(f"; {FIX}", f" (read as {tool} output); codebench cannot store it")) from None
+
+
 def check(doc: Any, source: str, text: str | None = None) -> CheckedExport:
     """`doc` checked; `text`, the JSON it was parsed from, lets the scan for lone surrogates skip most documents."""
     if not isinstance(doc, dict) or doc.get("format") != EXPORT_TAG:
-        raise ImportError_(f"{source} is not a codebench-tui JSON export; export one with --format json")
+        raise ImportError_(f"{source} is not a codebench-tui JSON export nor the output of {PEERS}; export one "
+                           "with --format json")  # fmt: skip
     version = doc.get("schema_version")
     if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= SCHEMA_VERSION:
         got = f"v{version}" if isinstance(version, int) else f"version {shown(version)}"

@@ -45,8 +45,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--baseline", metavar="RUN")
     p.set_defaults(func=export)
 
-    p = sub.add_parser("import", help="read a JSON export into the database")
+    p = sub.add_parser("import", help="read a JSON export, or llama-bench, llama-batched-bench, vllm bench serve or "
+                       "vllm bench throughput output, into the database")
     p.add_argument("file", metavar="FILE")
+    g = p.add_argument_group("what another tool's file lacks")
+    g.add_argument("--input-len", type=int, help="input tokens per request (vllm bench throughput)")
+    g.add_argument("--output-len", type=int, help="output tokens per request (vllm bench throughput)")
+    g.add_argument("--model", help="the model the file measured (llama-batched-bench, vllm bench throughput)")
+    g.add_argument("--device", help="where it ran, e.g. cpu or cuda:0 (llama-batched-bench, vllm bench throughput)")
     p.set_defaults(func=import_file)
 
 
@@ -226,9 +232,14 @@ def import_file(args: argparse.Namespace) -> int:
     """Check the whole file first, then open (or create) the database: a bad file writes nothing."""
     from store.db import open_db
     from store.export import import_export, read_export
+    from tui.errors import UsageError
     from tui.outputs import DB_SIDE_FILES, db_in_use
 
-    doc = read_export(Path(args.file))
+    hints = {k: v for k in ("input_len", "output_len", "model", "device") if (v := getattr(args, k)) is not None}
+    for key in ("input_len", "output_len"):
+        if key in hints and not 1 <= hints[key] <= 10**9:
+            raise UsageError(f"--{key.replace('_', '-')} must be from 1 to 1000000000 tokens")
+    doc = read_export(Path(args.file), hints)
     target = db_in_use(args)
     new_paths = _absent([target.with_name(target.name + s) for s in DB_SIDE_FILES]
                         + list(reversed(target.parents)))  # fmt: skip

