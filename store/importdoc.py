@@ -21,7 +21,7 @@ MAX_BYTES = 256 * 2**20
 DOC_DEPTH = 40  # the document's own levels (runs[0].cells[0].metrics...) plus a column's FIELD_DEPTH
 _ESCAPED_SURROGATE = re.compile(r"\\u[dD][89a-fA-F]")
 FIX = "fix the file or export the runs again with --format json"
-PEERS = "llama-bench, llama-batched-bench, vllm bench serve or vllm bench throughput"  # store.peers reads them
+PEERS = "llama-bench, llama-batched-bench, vllm bench serve, vllm bench throughput, AIPerf or optimum-benchmark"  # store.peers reads them
 
 
 class ImportError_(ValueError):

@@ -247,3 +247,102 @@ def test_crosscheck_interleaves_codebench_and_llama_cpps_tools_and_imports_their
     assert len(gguf) == 1 and bench == gguf, (gguf, bench)
     refused = cli("crosscheck", "--engine", "llama.cpp", "--opt", "bogus=1", db=tmp_path / "x.db")
     assert refused.returncode == 2 and "no flag for it" in refused.stderr and not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crosscheck_of_a_server_against_vllm_bench_serve(gguf, tmp_path):
+    pytest.importorskip("vllm")
+    from engines.adapters.llamacpp import tools
+    from engines.adapters.openai.server_process import ServerProcess
+
+    server = ServerProcess("llama-server", [str(tools.tool("llama-server")), "-m", str(gguf), "--host", "127.0.0.1",
+                                            "--port", "{port}", "--no-webui"])  # fmt: skip
+    server.start()
+    try:
+        out = tmp_path / "ratios.json"
+        proc = cli("crosscheck", "--engine", "openai", "--model", f"http://127.0.0.1:{server.port}/v1", "--batch",
+                   "1,2", "--requests", "6", "--input-len", "16", "--output-len", "8", "--rounds", "2", "--json",
+                   str(out), "--quiet", db=tmp_path / "runs.db", env={"COLUMNS": "220"}, timeout=1700)  # fmt: skip
+    finally:
+        server.stop()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ratios = json.loads(out.read_text())
+    assert {(r["figure"], r["cell"]) for r in ratios} == {(m, f"c={c} in=16 out=8") for c in (1, 2)
+                                                          for m in ("TTFT p50", "TTFT p99", "ITL p50", "ITL p99")}  # fmt: skip
+    assert all(r["rounds"] == 2 and r["ratio"] > 0 and r["peer"] == "vllm bench serve" for r in ratios), ratios
+    tools_seen = rows(tmp_path / "runs.db", "select json_extract(runtime, '$.source.tool') from run")
+    assert sorted(t or "codebench" for (t,) in tools_seen) == ["codebench"] * 2 + ["vllm bench serve"] * 4
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_crosscheck_of_vllm_against_vllm_bench_throughput(tmp_path):
+    pytest.importorskip("vllm")
+    out = tmp_path / "ratios.json"
+    proc = cli("crosscheck", "--engine", "vllm", "--batch", "4", "--input-len", "16", "--output-len", "8",
+               "--rounds", "2", "--repeats", "2", "--json", str(out), "--quiet", db=tmp_path / "runs.db",
+               env={"COLUMNS": "220"}, timeout=1700)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (ratio,) = json.loads(out.read_text())
+    assert (ratio["figure"], ratio["cell"], ratio["rounds"]) == ("total tok/s", "b=4 in=16 out=8", 2) and ratio["ratio"] > 0
+    runs = rows(tmp_path / "runs.db", "select engine, device, json_extract(runtime, '$.source.tool') from run")
+    assert sorted((e, t or "codebench") for e, _, t in runs) == [("vllm", "codebench")] * 2 + [("vllm", "vllm bench throughput")] * 2
+    assert {d for _, d, _ in runs} == {"cpu"}
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "peers"
+
+
+def test_recorded_aiperf_and_optimum_benchmark_outputs_become_runs(tmp_path):
+    db = tmp_path / "runs.db"
+    aiperf = FIXTURES / "aiperf-0.13.0-profile_export_aiperf.json"
+    optimum = FIXTURES / "optimum-benchmark-0.6.0-benchmark.json"
+    for path in (aiperf, optimum):
+        assert "imported 1 run(s)" in _import(path, db).stdout
+        assert "0 run(s)" in _import(path, db).stdout
+    runs = {r["runtime"]["source"]["tool"]: r for r in _runs(db)}
+    doc = json.loads(aiperf.read_text())
+    (c,) = runs["aiperf"]["cells"]
+    s = c["metrics"]["serving"]
+    assert runs["aiperf"]["runtime"]["source"]["version"] == "0.13.0" and runs["aiperf"]["engine"] == "openai"
+    assert (c["batch"], c["input_len"], c["output_len"], s["requests"], c["params"]["request_rate"]) == (2, 32, 16, 8, "inf")
+    assert s["ttft_s"]["p99"] == pytest.approx(doc["time_to_first_token"]["p99"] / 1000)
+    assert s["e2e_s"]["p50"] == pytest.approx(doc["request_latency"]["p50"] / 1000)
+    assert s["tpot_s"]["p50"] == pytest.approx(doc["inter_token_latency"]["p50"] / 1000)  # AIPerf's ITL is per request
+    assert c["tokens_per_s"] == pytest.approx(doc["output_token_throughput"]["avg"], rel=1e-2)  # whole tokens
+    doc = json.loads(optimum.read_text())
+    (c,) = runs["optimum-benchmark"]["cells"]
+    assert runs["optimum-benchmark"]["engine"] == "hf-generate" and runs["optimum-benchmark"]["device"] == "cpu"
+    assert (c["batch"], c["input_len"], c["output_len"], len(c["repeats"])) == (2, 32, 16, 3)
+    assert c["latency_s"] == pytest.approx(statistics.median(doc["report"]["generate"]["latency"]["values"]))
+    assert c["ttft_s"] == pytest.approx(statistics.median(doc["report"]["prefill"]["latency"]["values"]))
+    assert c["decode_tps"] == pytest.approx(doc["report"]["decode"]["throughput"]["value"])
+    assert c["latency_ci95"] is not None  # three iterations: an interval
+
+
+def test_recorded_outputs_cut_short_or_hostile_are_refused_or_kept_as_text(tmp_path):
+    for name in ("aiperf-0.13.0-profile_export_aiperf.json", "optimum-benchmark-0.6.0-benchmark.json"):
+        text = (FIXTURES / name).read_text()
+        cut = tmp_path / f"cut-{name}"
+        cut.write_text(text[: len(text) // 2])
+        _refused(cut, tmp_path, "is not JSON")
+    doc = json.loads((FIXTURES / "optimum-benchmark-0.6.0-benchmark.json").read_text())
+    doc["config"]["backend"]["name"] = "onnxruntime"
+    other = tmp_path / "ort.json"
+    other.write_text(json.dumps(doc))
+    _refused(other, tmp_path, "only the inference scenario on the pytorch backend")
+    doc = json.loads((FIXTURES / "aiperf-0.13.0-profile_export_aiperf.json").read_text())
+    doc["benchmark_duration"]["avg"] = -1
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(doc))
+    _refused(bad, tmp_path, "is not a measurement")
+    doc = json.loads((FIXTURES / "aiperf-0.13.0-profile_export_aiperf.json").read_text())
+    doc["input_config"]["models"]["items"][0]["name"] = "\x1b]0;pwned\x07<script>x</script>[bold]m"
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(doc))
+    db = tmp_path / "runs.db"
+    _import(hostile, db)
+    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    html = cli("export", "last", "--format", "html", db=db, check=True).stdout
+    assert "\x1b" not in table and "\x07" not in table and "<script>" not in html

@@ -6,11 +6,12 @@ import hashlib
 import json
 from typing import Any
 
-from store.peers import batched_bench, llama_bench, vllm_bench
+from store.peers import aiperf, batched_bench, llama_bench, optimum_bench, vllm_bench
 from store.peers.common import UNKNOWN, PeerError
 
 FORMATS = ("llama-bench -o json|jsonl|csv|sql", "llama-batched-bench --output-format jsonl",
-           "vllm bench serve --save-result", "vllm bench throughput --output-json")  # fmt: skip
+           "vllm bench serve --save-result", "vllm bench throughput --output-json",
+           "aiperf profile (profile_export_aiperf.json)", "optimum-benchmark (benchmark.json)")  # fmt: skip
 
 
 def read_peer(text: str, source: str, mtime: float, hints: dict[str, Any] | None = None) -> dict[str, Any] | None:
@@ -27,9 +28,14 @@ def read_peer(text: str, source: str, mtime: float, hints: dict[str, Any] | None
             doc = json.loads(text)
         except ValueError:
             return None
-        if not (kind := vllm_bench.sniff(doc)):
+        if kind := vllm_bench.sniff(doc):
+            out = vllm_bench.to_document(doc, kind, source, digest, mtime, hints)
+        elif aiperf.sniff(doc):
+            out = aiperf.to_document(doc, source, digest, mtime)
+        elif optimum_bench.sniff(doc):
+            out = optimum_bench.to_document(doc, source, digest, mtime)
+        else:
             return None
-        out = vllm_bench.to_document(doc, kind, source, digest, mtime, hints)
     else:
         return None
     for run in out["runs"]:  # what the file did not say, from the user

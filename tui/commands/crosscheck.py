@@ -1,9 +1,7 @@
 """`codebench-tui crosscheck`: the same cells through codebench and through the engine's own benchmark tool,
-interleaved round by round; the tool's output is imported like any other (store.peers), and the ratio per cell
-is shown with its interval over the rounds (store.crosscheck).
-
-- llama.cpp: codebench's llama.cpp engine against llama-bench (pp at batch 1, tg at the cell's depth) and
-  llama-batched-bench (every batch size), on the same GGUF, each tool at its own default settings.
+interleaved round by round (codebench first in odd rounds, the tools first in even ones). The tools' output is
+imported like any other file (store.peers); the ratio per cell is shown with its interval over the rounds
+(store.crosscheck). What each engine runs: tui/crosscheck_plans.py.
 """
 
 from __future__ import annotations
@@ -16,23 +14,25 @@ from typing import Any
 
 from tui.commands.run import _option, _text
 
-ENGINES = ("llama.cpp",)
-# codebench's llama.cpp options and llama-bench's / llama-batched-bench's flags for them
-LLAMA_FLAGS = {"n_threads": "-t", "n_batch": "-b", "n_ubatch": "-ub", "n_gpu_layers": "-ngl", "type_k": "-ctk",
-               "type_v": "-ctv"}  # fmt: skip
+ENGINES = ("llama.cpp", "vllm", "openai")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("crosscheck", help="codebench against the engine's own benchmark tool on the same cells",
                        description="Run the same cells through codebench and through the engine's own tool "
-                                   "(llama.cpp: llama-bench and llama-batched-bench), interleaved, import the tool's "
+                                   "(llama.cpp: llama-bench and llama-batched-bench; vllm: vllm bench throughput; "
+                                   "openai: vllm bench serve against the server), interleaved, import the tool's "
                                    "output and show codebench ÷ tool per cell with its 95% interval over the rounds.")  # fmt: skip
     p.add_argument("--engine", required=True, choices=ENGINES)
-    p.add_argument("--model", default="tiny", type=_text)
-    p.add_argument("--quant", default="f32", help="GGUF type codebench converts to (default f32)")
-    p.add_argument("--batch", default="1,2,4", help="batch sizes (default 1,2,4)")
+    p.add_argument("--model", default="tiny", type=_text, help="model (openai: the server's URL, .../v1)")
+    p.add_argument("--quant", default="f32", help="llama.cpp: the GGUF type codebench converts to (default f32)")
+    p.add_argument("--batch", default="1,2,4", help="batch sizes (openai: concurrencies; default 1,2,4)")
     p.add_argument("--input-len", type=int, default=32, help="prompt tokens (default 32)")
     p.add_argument("--output-len", type=int, default=32, help="generated tokens (default 32)")
+    p.add_argument("--requests", type=int, default=32, help="openai: requests per cell (default 32)")
+    p.add_argument("--tokenizer", type=_text, help="openai: the served model's HF directory, for vLLM's client "
+                   "(default tiny's)")  # fmt: skip
+    p.add_argument("--served-model", type=_text, help="openai: the model name the server expects")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     p.add_argument("--repeats", type=int, default=3, help="repeats per cell and tool repetitions per round (default 3)")
     p.add_argument("--opt", type=_option, action="append", default=[], metavar="KEY=VALUE",
@@ -51,15 +51,10 @@ def _check(args: argparse.Namespace) -> list[int]:
         raise SpecError(f"--batch: {args.batch[:40]!r} is not a list of batch sizes, e.g. 1,2,4") from None
     for name, value, lo, hi in (("--batch", min(batches), 1, 512), ("--batch", max(batches), 1, 512),
                                 ("--input-len", args.input_len, 1, 65536), ("--output-len", args.output_len, 2, 65536),
-                                ("--rounds", args.rounds, 1, 100), ("--repeats", args.repeats, 1, 100)):  # fmt: skip
+                                ("--requests", args.requests, 1, 100_000), ("--rounds", args.rounds, 1, 100),
+                                ("--repeats", args.repeats, 1, 100)):  # fmt: skip
         if not lo <= value <= hi:
             raise SpecError(f"{name} must be from {lo} to {hi}, got {value}")
-    if args.rounds < 2:
-        pass  # one round: ratios without an interval, said in the table
-    unknown = [k for k, _ in args.opt if k not in LLAMA_FLAGS and k != "flash_attn"]
-    if unknown:
-        raise SpecError(f"crosscheck --opt {unknown[0]!r}: the tools have no flag for it; use one of "
-                        f"{', '.join([*LLAMA_FLAGS, 'flash_attn'])}")  # fmt: skip
     if args.json:
         from tui.outputs import check_output, db_in_use
 
@@ -67,62 +62,36 @@ def _check(args: argparse.Namespace) -> list[int]:
     return batches
 
 
-def _tool_flags(opts: list[tuple[str, Any]]) -> list[str]:
-    out = []
-    for key, value in opts:
-        if key == "flash_attn":
-            out += ["-fa", {"auto": "auto", "on": "1", "off": "0", True: "1", False: "0"}.get(value, str(value))]
-        else:
-            out += [LLAMA_FLAGS[key], str(value)]
-    return out
-
-
-def _codebench(args: argparse.Namespace, batches: list[int], round_no: int) -> str:
+def _codebench(args: argparse.Namespace, plan: Any, batches: list[int], round_no: int) -> str:
+    from store.db import open_db
+    from store.queries import resolve_run
     from tui.commands.run import execute, spec_from_args
     from tui.parsing import parse_command
 
-    argv = ["run", "--model", args.model, "--engine", "llama.cpp", "--quant", args.quant, "--batch",
-            ",".join(map(str, batches)), "--input-len", str(args.input_len), "--output-len", str(args.output_len),
-            "--warmup", "1", "--iters", "1", "--repeats", str(args.repeats), "--name", f"crosscheck round {round_no + 1}"]  # fmt: skip
+    argv = ["run", "--model", args.model, *plan.run_argv(), "--batch", ",".join(map(str, batches)),
+            "--input-len", str(args.input_len), "--output-len", str(args.output_len), "--warmup", "1", "--iters", "1",
+            "--repeats", str(args.repeats), "--name", f"crosscheck round {round_no + 1}"]  # fmt: skip
     run_args = parse_command("run", argv)
     run_args.opt, run_args.db, run_args.quiet, run_args.print_results = list(args.opt), args.db, args.quiet, False
     code = execute(spec_from_args(run_args), run_args)
     if code != 0:
         raise RuntimeError(f"codebench's round {round_no + 1} ended with exit code {code}")
+    db = open_db(args.db, create=False)
+    try:
+        with db.session() as s:
+            row = resolve_run(run_args.run_ids[0], session=s)
+            plan.after_codebench(row.runtime or {}, row.device or "cpu")
+    finally:
+        db.close()
     return run_args.run_ids[0]
 
 
-def _gguf(db_path: Any, run_id: str) -> Path:
-    from store.db import open_db
-    from store.queries import resolve_run
-
-    db = open_db(db_path, create=False)
-    try:
-        with db.session() as s:
-            runtime = resolve_run(run_id, session=s).runtime or {}
-    finally:
-        db.close()
-    return Path(runtime["gguf"])
-
-
-def _peers(args: argparse.Namespace, gguf: Path, batches: list[int], out: Path) -> list[Path]:
-    from engines.adapters.llamacpp import peer_bench
-
-    flags = _tool_flags(args.opt)
-    rep, n_in, n_out = args.repeats, str(args.input_len), str(args.output_len)
-    return [peer_bench.llama_bench(gguf, out / "pp.json", n_prompt=n_in, n_gen="0", repetitions=rep, extra=flags),
-            peer_bench.llama_bench(gguf, out / "tg.json", n_prompt="0", n_gen=n_out, repetitions=rep,
-                                   extra=["-d", n_in, *flags]),
-            peer_bench.batched_bench(gguf, out / "batched.jsonl", pp=n_in, tg=n_out, pl=",".join(map(str, batches)),
-                                     extra=flags)]  # fmt: skip
-
-
-def _import(db_path: Any, path: Path, model: str) -> str:
+def _import(db_path: Any, path: Path, hints: dict) -> str:
     from store.db import open_db
     from store.export import import_export
     from store.importdoc import read_export
 
-    doc = read_export(path, {"model": model})
+    doc = read_export(path, hints)
     db = open_db(db_path, create=True)
     try:
         with db.session() as s:
@@ -136,71 +105,50 @@ def _import(db_path: Any, path: Path, model: str) -> str:
 def run(args: argparse.Namespace) -> int:
     from rich.console import Console
 
+    from tui.crosscheck_plans import PLANS
+
     batches = _check(args)
+    plan = PLANS[args.engine](args, batches)
     console = Console()
     rounds: list[dict[str, str]] = []
-    gguf: Path | None = None
     with tempfile.TemporaryDirectory(prefix="codebench-crosscheck-") as tmp:
-        for r in range(args.rounds):  # codebench first in even rounds, the tools first in odd ones
+        for r in range(args.rounds):
             ids: dict[str, str] = {}
             out = Path(tmp) / f"round{r}"
             out.mkdir()
-            for side in (("codebench", "tools") if r % 2 == 0 else ("tools", "codebench")):
+            for side in ("codebench", "tools") if r % 2 == 0 else ("tools", "codebench"):
                 if side == "codebench":
-                    ids["codebench"] = _codebench(args, batches, r)
-                    gguf = gguf or _gguf(args.db, ids["codebench"])
+                    ids["codebench"] = _codebench(args, plan, batches, r)
                 else:
-                    assert gguf is not None  # round 0 ran codebench first
-                    for name, path in zip(("pp", "tg", "batched"), _peers(args, gguf, batches, out)):
-                        ids[name] = _import(args.db, path, args.model)
+                    for name, path, hints in plan.tools(out):
+                        ids[name] = _import(args.db, path, hints)
             rounds.append(ids)
             if not args.quiet:
                 console.print(f"round {r + 1} of {args.rounds} done")
-    return report(console, args, batches, rounds)
+    return report(console, args, plan, rounds)
 
 
-def pairings(results: dict[str, Any], rounds: list[dict[str, str]], batches: list[int], n_in: int, n_out: int) -> list:
-    from store.crosscheck import Pairing, find, peer, prompt_tps
-
-    tg = Pairing("decode tok/s", f"b=1 in={n_in} out={n_out}", f"llama-bench tg{n_out} -d {n_in}")
-    pp = Pairing("prompt tok/s", f"b=1 in={n_in}", f"llama-bench pp{n_in}")
-    batched = {b: (Pairing("decode tok/s", f"b={b} in={n_in} out={n_out}", "llama-batched-bench"),
-                   Pairing("prompt tok/s", f"b={b} in={n_in}", "llama-batched-bench")) for b in batches}  # fmt: skip
-    for ids in rounds:
-        ours = results[ids["codebench"]].cells
-        one = find(ours, 1, n_in, n_out)
-        tg.add((one or {}).get("decode_tps"), peer(results[ids["tg"]].cells[0], "avg_ts"))
-        pp.add(prompt_tps(one), peer(results[ids["pp"]].cells[0], "avg_ts"))
-        for b, (dec, pro) in batched.items():
-            cell = find(ours, b, n_in, n_out)
-            theirs = find(results[ids["batched"]].cells, b, n_in, n_out)
-            dec.add((cell or {}).get("decode_tps"), peer(theirs, "speed_tg"))
-            pro.add(prompt_tps(cell), peer(theirs, "speed_pp"))
-    out = ([tg, pp] if 1 in batches else []) + [p for pair in batched.values() for p in pair]
-    for p in out:
-        if p.figure == "prompt tok/s":  # codebench's TTFT also samples the first token
-            p.why = "codebench's prompt time includes the first token's sampling"
-    return out
-
-
-def report(console: Any, args: argparse.Namespace, batches: list[int], rounds: list[dict[str, str]]) -> int:
+def report(console: Any, args: argparse.Namespace, plan: Any, rounds: list[dict[str, str]]) -> int:
     from rich.table import Table
     from rich.text import Text
 
     from store.crosscheck import HEADERS, table_rows
     from store.db import open_db
     from store.results import load_results
+    from store.safe import NAME, shown
     from tui.outputs import db_in_use, write_atomic
 
     db = open_db(args.db, create=False)
     ids = [i for r in rounds for i in r.values()]
     results = dict(zip(ids, load_results(db, ids)))
     db.close()
-    pairs = pairings(results, rounds, batches, args.input_len, args.output_len)
-    table = Table(title=f"codebench ÷ llama.cpp's own tools, {args.model} {args.quant}, {len(rounds)} round(s)")
+    pairs = plan.pairings(results, rounds)
+    table = Table(title=Text(f"codebench ÷ {plan.title}, {shown(args.model, NAME)}, {len(rounds)} round(s)"))
     for h in HEADERS:
         table.add_column(h, justify="left" if h in ("figure", "cell", "tool", "verdict") else "right")
-    for row in table_rows(pairs, lambda v: "-" if v is None else f"{v:,.1f}"):
+    seconds = any(p.figure.startswith(("TTFT", "ITL")) for p in pairs)
+    fmt = (lambda v: "-" if v is None else f"{v * 1000:,.2f} ms") if seconds else (lambda v: "-" if v is None else f"{v:,.1f}")
+    for row in table_rows(pairs, fmt):
         table.add_row(*(Text(x) for x in row))
     console.print(table)
     console.print(Text(f"runs stored: codebench {', '.join(r['codebench'][:8] for r in rounds)}; the tools' output "
