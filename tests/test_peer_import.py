@@ -6,6 +6,7 @@ imported again (nothing added), cut short and made hostile (one clear line, noth
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 
@@ -89,6 +90,12 @@ def test_llama_bench_in_every_format_becomes_a_run_with_its_samples(llama_output
             assert any("keeps no per-repetition samples" in n for n in run["notes"])
     table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
     assert "llama-bench" in table and "imported from llama-bench" in table
+    # imported runs compare like any other: json and jsonl kept their samples, so the ratio has an interval
+    by_fmt = {r["runtime"]["source"]["format"]: r["id"] for r in runs}
+    out = cli("compare", by_fmt["json"], by_fmt["jsonl"], "--no-chart", db=db, env={"COLUMNS": "220"}, check=True).stdout
+    assert re.search(r"[0-9.]+× \([0-9.]+–[0-9.]+\)", out), out
+    csv_out = cli("export", by_fmt["csv"], "--format", "csv", db=db, check=True).stdout
+    assert "llama-bench" in csv_out and "llama.cpp" in csv_out
 
 
 @pytest.mark.slow
