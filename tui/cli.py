@@ -9,8 +9,8 @@ from typing import Sequence
 from tui.errors import UsageError  # noqa: F401 - re-exported for the commands
 from tui.parsing import EXIT_USAGE, PROG, Parser, add_commands, add_db
 
-COMMANDS = ("run", "eval", "check", "history", "noise", "crosscheck", "engines", "microbench", "models", "probe",
-            "memory")  # modules in tui.commands; each registers its parsers
+COMMANDS = ("run", "eval", "check", "history", "noise", "crosscheck", "verdict", "engines", "microbench", "models",
+            "probe", "memory")  # modules in tui.commands; each registers its parsers
 
 
 def build_parser() -> Parser:

@@ -1,0 +1,150 @@
+"""The verdict on real stored studies: llama.cpp at three quantizations on tiny with greedy agreement (quality)
+measured, an identical copy of one run (a tie by construction), and seed 001's H100 study for OOM cells and the
+memory model's prediction outside the grid."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT, cli
+
+SEED = ROOT / "docs/results/2026-11-22-h100-seed001.db"
+EAGER, FLASH = "2c71fd76", "fa729bdb"
+
+
+def _verdict(db: Path, *args: str) -> dict:
+    return json.loads(cli("verdict", *args, "--format", "json", db=db, check=True).stdout)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> Path:
+    pytest.importorskip("llama_cpp")
+    db = tmp_path_factory.mktemp("verdict") / "runs.db"
+    proc = cli("run", "--model", "tiny", "--engine", "llama.cpp", "--quant", "f32,q8_0,q4_0", "--batch", "1,2",
+               "--input-len", "16", "--output-len", "8", "--warmup", "1", "--iters", "1", "--repeats", "3", "--check",
+               "--quiet", db=db, timeout=1500)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return db
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_ranking_exclusions_and_missing_evidence_at_a_point(study):
+    v = _verdict(study, "--at", "batch=2,input=16", "--min-quality", "agreement>=0.99")
+    everyone = v["ranked"] + v["excluded"] + v["unverified"]
+    assert sorted(e["name"] for e in everyone) == ["f32", "q4_0", "q8_0"]
+    for e in everyone:  # each run's stored agreement decides, and the line says it
+        agreement = e["quality"]["agreement"]
+        if agreement < 0.99:
+            assert e in v["excluded"] and e["excluded"] == f"agreement {agreement:.3g} < 0.99"
+        else:
+            assert e in v["ranked"]
+    values = [e["value"] for e in v["ranked"]]
+    assert values == sorted(values, reverse=True) and all(x > 0 for x in values)
+    assert v["winner"].startswith(("winner: ", "tie: "))
+    # a bound on a figure nobody measured: no one is ranked, each names the command that measures it
+    v = _verdict(study, "--at", "batch=1,input=16", "--min-quality", "pass@1>=0.3")
+    assert v["ranked"] == [] and v["winner"] == "no configuration meets every constraint with its evidence measured"
+    for e in v["unverified"]:
+        assert e["missing"] == ["pass@1 not measured: codebench-tui eval --metric pass@k --engine llama.cpp --model tiny"]
+    # a memory cap below every peak, and a point outside the grid
+    v = _verdict(study, "--at", "batch=1,input=16", "--max-mem", "1MiB")
+    assert all(e["excluded"].startswith("peak ") and e["excluded"].endswith("> 0.000977 GiB at batch 1 × input 16")
+               for e in v["excluded"]) and len(v["excluded"]) == 3  # fmt: skip
+    v = _verdict(study, "--at", "batch=64,input=16")
+    assert all(e["excluded"].startswith("not measured at batch 64 × input 16 (measured: batch 1–2, input 16, output 8)")
+               for e in v["excluded"])  # fmt: skip
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_where_each_configuration_wins_over_the_whole_grid(study):
+    v = _verdict(study)
+    assert v["point"] is None and len(v["grid"]) == 2  # batch 1 and 2 at input 16, output 8
+    assert sum(v["wins"].values()) >= 2 and set(v["wins"]) == {"f32", "q8_0", "q4_0"}
+    text = cli("verdict", db=study, env={"COLUMNS": "200"}, check=True).stdout
+    assert "where each configuration wins: tok/s" in text and "wins at" in text
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_an_identical_copy_ties_and_the_line_says_why(study, tmp_path):
+    data = json.loads(cli("export", "last", "--format", "json", db=study, check=True).stdout)
+    (run,) = data["runs"]
+    twin = json.loads(json.dumps(run))
+    twin.update(id="e" * 32, name="twin")
+    data["runs"].append(twin)
+    path = tmp_path / "twin.json"
+    path.write_text(json.dumps(data))
+    db = tmp_path / "twin.db"
+    cli("import", str(path), db=db, check=True)
+    v = _verdict(db, run["id"], "e" * 32, "--at", "batch=2,input=16")
+    first, second = v["ranked"]
+    assert second["tied"] and v["winner"].startswith("tie: ") and " ≈ " in v["winner"]
+    assert first["tie"] == f"not significantly faster than {second['name']} (ratio 1.00, 95% CI 1.00–1.00)"
+
+
+@pytest.fixture
+def seed(tmp_path) -> Path:
+    path = tmp_path / "seed001.db"
+    shutil.copy(SEED, path)
+    return path
+
+
+def test_oom_cells_and_the_memory_models_word_outside_the_grid(seed):
+    v = _verdict(seed, EAGER, FLASH, "--at", "batch=4,input=8192")
+    assert [e["name"] for e in v["ranked"]] == ["sdpa-flash"] and v["winner"] == "winner: sdpa-flash"
+    assert [(e["name"], e["excluded"]) for e in v["excluded"]] == [("eager", "OOM at batch 4 × input 8192")]
+    assert v["frontier"] == ["sdpa-flash"]
+    v = _verdict(seed, EAGER, FLASH, "--at", "batch=16,input=16384", "--max-mem", "80GiB")
+    for e in v["excluded"]:
+        assert e["excluded"].startswith("not measured at batch 16 × input 16384")
+        assert "the memory model predicts" in e["excluded"]
+    by_name = {e["name"]: e["excluded"] for e in v["excluded"]}
+    assert by_name["eager"].endswith("> 80 GiB: it would not fit")  # eager's scores grow as input squared
+    v = _verdict(seed, EAGER, FLASH)
+    assert v["wins"] == {"sdpa-flash": 9, "eager": 0}
+    assert any(e["excluded"].startswith("OOM at 3 point(s): batch 2 × input 16384") for e in v["excluded"])
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--min-quality", "agreement>>1"], "--min-quality: 'agreement>>1' is not METRIC>=VALUE"),
+    (["--at", "batch=x"], "--at: 'batch=x' is not batch=N"),
+    (["--at", "batch=8,\x1b[2J=1"], "--at:"),
+    (["--max-mem", "lots"], "not a size"),
+    (["--objective", "speed"], "invalid choice"),
+    (["--attainment", "2"], "--attainment must be above 0"),
+    (["--slo", "ttft=soon"], "not a duration"),
+])  # fmt: skip
+def test_a_bad_constraint_is_one_line_and_writes_nothing(seed, args, words):
+    proc = cli("verdict", *args, db=seed)
+    err = proc.stderr.strip()
+    assert proc.returncode == 2 and words in err and "\n" not in err and "Traceback" not in err, proc.stderr
+    assert "\x1b" not in err
+
+
+def test_exports_name_the_evidence_and_keep_hostile_names_as_text(seed, tmp_path):
+    import sqlite3
+
+    con = sqlite3.connect(seed)
+    with con:
+        con.execute("update run set name=?, label=? where id like ?", ("\x1b]0;pwned\x07<script>alert(1)</script>|*x*",
+                    "[red]\x1b[2J<script>label</script>", EAGER + "%"))  # fmt: skip
+    con.close()
+    md = cli("verdict", EAGER, FLASH, "--at", "batch=4,input=8192", "--format", "md", db=seed, check=True).stdout
+    html = cli("verdict", EAGER, FLASH, "--at", "batch=4,input=8192", "--format", "html", db=seed, check=True).stdout
+    text = cli("verdict", EAGER, FLASH, "--at", "batch=4,input=8192", db=seed, env={"COLUMNS": "200"}, check=True).stdout
+    for out in (md, html, text):
+        assert "\x1b" not in out and "\x07" not in out and "<script>" not in out
+    assert "# codebench-tui verdict" in md and "| rank | configuration |" in md and "## Runs" in md
+    assert "NVIDIA H100 80GB HBM3" in md and "winner: sdpa-flash" in md
+    assert "<h1>codebench-tui verdict</h1>" in html and "&lt;script&gt;" in html
+    out = tmp_path / "verdict.md"
+    cli("verdict", EAGER, FLASH, "--format", "md", "-o", str(out), db=seed, check=True)
+    assert out.read_text().startswith("# codebench-tui verdict")
+    refused = cli("verdict", EAGER, "--format", "md", "-o", str(seed), db=seed)
+    assert refused.returncode == 2 and "database" in refused.stderr
