@@ -17,12 +17,12 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
+from store.export import host_line
 from store.metrics import peak_mem
 from store.results import RunResult, run_title
-from store.export import host_line
 from store.safe import LINE, NAME, first_line, shown
 from store.serving import goodput, serving_metrics
-from store.significance import compare, ratio_text
+from store.significance import compare
 from store.tables import Table, fmt
 
 GIB = 2**30
@@ -108,7 +108,7 @@ class Constraints:
     def lines(self) -> list[str]:
         out = [f"objective: {OBJECTIVES[self.objective][0]} ({'higher' if OBJECTIVES[self.objective][1] else 'lower'} is better)"]
         if self.max_mem:
-            out.append(f"peak memory at most {self.max_mem / GIB:.3g} GiB")
+            out.append(f"peak memory at most {gib_text(self.max_mem)} GiB")
         out += [f"quality {b.text()}" for b in self.quality]
         if self.slo:
             limits = ",".join(f"{k}={v * 1000:g}ms" for k, v in self.slo.items())
@@ -154,6 +154,11 @@ class Verdict:
 
 
 AXES = ("batch", "input_len", "output_len")
+
+
+def gib_text(n: float) -> str:
+    g = n / GIB
+    return f"{g:.3g}" if g < 1000 else f"{g:,.0f}"
 
 
 def _point_text(point: dict[str, Any]) -> str:
@@ -262,9 +267,9 @@ def evaluate(result: RunResult, point: dict[str, int], c: Constraints,
         e.excluded = f"not measured at {where} (measured: {_measured(result)})"
         predicted = predict(result, point) if predict else None
         if predicted is not None:
-            fits = "" if not c.max_mem else (f", within {c.max_mem / GIB:.3g} GiB" if predicted <= c.max_mem
-                                             else f" > {c.max_mem / GIB:.3g} GiB: it would not fit")  # fmt: skip
-            e.excluded += f"; the memory model predicts {predicted / GIB:.3g} GiB there{fits}"
+            fits = "" if not c.max_mem else (f", within {gib_text(c.max_mem)} GiB" if predicted <= c.max_mem
+                                             else f" > {gib_text(c.max_mem)} GiB: it would not fit")  # fmt: skip
+            e.excluded += f"; the memory model predicts {gib_text(predicted)} GiB there{fits}"
         return e
     status = e.cell.get("status")
     if status == "oom":
@@ -279,7 +284,7 @@ def evaluate(result: RunResult, point: dict[str, int], c: Constraints,
         if e.mem is None:
             e.missing.append("peak memory not measured")
         elif e.mem > c.max_mem:
-            e.excluded = f"peak {e.mem / GIB:.3g} GiB > {c.max_mem / GIB:.3g} GiB at {where}"
+            e.excluded = f"peak {gib_text(e.mem)} GiB > {gib_text(c.max_mem)} GiB at {where}"
             return e
     for b in c.quality:
         v = e.quality.get(b.metric)
@@ -417,7 +422,7 @@ def _ci(e: Entry) -> str:
 
 
 def _gib(b: int | None) -> str:
-    return "-" if not b else f"{b / GIB:.3g}"
+    return "-" if not b else gib_text(b)
 
 
 def grid_table(v: Verdict) -> Table:

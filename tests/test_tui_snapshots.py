@@ -156,3 +156,18 @@ def test_cancel_dialog(snap_compare, store):
         await settle(pilot)
 
     assert snap_compare(app_for(path, feed=scripted_feed()), terminal_size=(80, 24), run_before=run_before)
+
+
+@pytest.mark.parametrize("at", ["", "batch=8,input=128"], ids=["whole-grid", "at-a-point"])
+def test_verdict_screen(snap_compare, store, at):
+    """Compare's `v`: the verdict over the runs compared, with a constraint typed in (edited live)."""
+    path, ids = store
+
+    async def run_before(pilot):
+        await compare_before(ids, ("v",))(pilot)
+        if at:
+            pilot.app.screen.query_one("#v-at").value = at
+        pilot.app.screen.query_one("#v-max-mem").value = "8GiB"
+        await settle(pilot)
+
+    assert snap_compare(app_for(path), terminal_size=(100, 30), run_before=run_before)

@@ -148,3 +148,39 @@ def test_exports_name_the_evidence_and_keep_hostile_names_as_text(seed, tmp_path
     assert out.read_text().startswith("# codebench-tui verdict")
     refused = cli("verdict", EAGER, "--format", "md", "-o", str(seed), db=seed)
     assert refused.returncode == 2 and "database" in refused.stderr
+
+
+def test_the_verdict_screen_follows_its_fields(seed):
+    """Through Pilot: Compare's `v` opens it on the runs compared; each edit decides again, a bad one says why."""
+    import asyncio
+
+    from tests.tui_support import fixed_check
+    from tui.app import make_app
+    from tui.screens.compare import CompareScreen
+
+    async def drive() -> list[str]:
+        app = make_app(str(seed), check=fixed_check, device="cpu", preload=False)
+        seen = []
+        async with app.run_test(size=(120, 40)) as pilot:
+            await app.push_screen(CompareScreen([EAGER, FLASH]))
+            for _ in range(100):
+                await pilot.pause(0.05)
+                if getattr(app.screen, "results", None):
+                    break
+            await pilot.press("v")
+            await pilot.pause(0.2)
+            screen = app.screen
+            seen.append(" ".join(f"{k}:{n}" for k, n in sorted(screen.verdict.wins.items())))
+            screen.query_one("#v-at").value = "batch=4,input=8192"
+            await pilot.pause(0.2)
+            seen.append(screen.verdict.winner_line())
+            seen.append(str(screen.query_one("#v-error").render()))
+            screen.query_one("#v-quality").value = "pass@1>=\x1b[2J"
+            await pilot.pause(0.2)
+            seen.append(str(screen.query_one("#v-error").render()))
+            seen.append(screen.verdict.winner_line())  # the last good verdict stays
+        return seen
+
+    wins, winner, no_error, error, kept = asyncio.run(drive())
+    assert wins == "eager:0 sdpa-flash:9" and winner == "winner: sdpa-flash" and no_error == ""
+    assert "--min-quality" in error and "\x1b" not in error and kept == "winner: sdpa-flash"

@@ -54,6 +54,7 @@ class CompareScreen(Screen):
         Binding("g", "goodput", "Goodput", show=False, tooltip="Pareto view: all tokens, or only goodput"),
         Binding("p", "projection", "Card size", show=False,
                 tooltip="Memory fit: project onto the next card size (24, 40, 48, 80, 141 GiB, off)"),
+        Binding("v", "verdict", "Verdict", tooltip="Which of these runs to pick, under constraints you set"),
         Binding("e", "export", "Export", tooltip="Write CSV, Markdown, JSON or HTML"),
         Binding("y", "copy", "Copy MD", tooltip="Copy the comparison as a Markdown table to the clipboard"),
         Binding("escape", "back", "Back", tooltip="Back to where you came from"),
@@ -221,7 +222,7 @@ class CompareScreen(Screen):
     # --- actions -----------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        if action in ("metric", "baseline", "export", "copy", "projection", "goodput") and not self.results:
+        if action in ("metric", "baseline", "export", "copy", "projection", "goodput", "verdict") and not self.results:
             return None  # shown, greyed, until the runs are loaded
         if action == "back":
             return len(self.app.screen_stack) > 1
@@ -262,6 +263,11 @@ class CompareScreen(Screen):
         text = self.markdown()
         self.app.copy_to_clipboard(text)
         self.notify(f"copied the Markdown table ({len(text.splitlines())} lines) to the clipboard")
+
+    def action_verdict(self) -> None:
+        from tui.screens.verdict import VerdictScreen
+
+        self.app.push_screen(VerdictScreen(self.results))
 
     def action_export(self) -> None:
         from tui.screens.modals import ExportScreen
@@ -312,6 +318,7 @@ class CompareScreen(Screen):
         self.dismiss()
 
     def palette_commands(self):
+        yield ("Compare: verdict", "Which of these runs to pick, under constraints you set", self.action_verdict)
 
         for key in METRICS:
             yield (f"Compare: metric {METRICS[key][0]}", f"Show {METRICS[key][0]} in the table",

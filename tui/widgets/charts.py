@@ -159,3 +159,26 @@ def pareto_chart(results: list[Any], width: int, height: int, goodput: bool = Fa
     fig.ylabel("goodput tokens/s per device" if goodput else "tokens/s per device")
     fig.title("Pareto: throughput per device against interactivity" + (" (goodput)" if goodput else ""))
     return Text.from_ansi(fig.build())
+
+
+def verdict_chart(verdict: Any, width: int, height: int) -> Text | None:
+    """The verdict's candidates at its point: objective against peak memory, the frontier a line."""
+    from store.verdict import GIB, OBJECTIVES
+
+    entries = [e for e in verdict.ranked + verdict.unverified if e.value is not None and e.mem]
+    if not entries:
+        return None
+    fig = figure(width, height)
+    for e in entries:  # named at the point: a legend would cover the top left, where the best often sit
+        fig.scatter([e.mem / GIB], [e.value], marker="hd")
+        fig.text(shown(e.name, NAME)[:24], e.mem / GIB, e.value, alignment="left")
+    best = sorted((e for e in verdict.frontier if e.value is not None and e.mem), key=lambda e: e.mem)
+    if len(best) > 1:
+        fig.plot([e.mem / GIB for e in best], [e.value for e in best], marker="dot")
+    xs, ys = [e.mem / GIB for e in entries], [e.value for e in entries]
+    fig.xlim(min(xs) * 0.9, max(xs) * 1.6)  # room for the names right of the points
+    fig.ylim(min(ys) * 0.9, max(ys) * 1.1)
+    fig.xlabel("peak memory GiB")
+    fig.ylabel(OBJECTIVES[verdict.constraints.objective][0])
+    fig.title("the candidates: objective against peak memory")
+    return Text.from_ansi(fig.build())
