@@ -31,6 +31,45 @@ def study(tmp_path_factory) -> Path:
     return db
 
 
+@pytest.fixture(scope="module")
+def engines_study(study) -> Path:
+    """The same database plus hf-generate at two precisions and two attentions on tiny, with agreement, under a
+    400 MiB --cell-mem-limit: eager's scores at batch 64 x 2048 tokens need gigabytes, so those cells are OOM."""
+    proc = cli("run", "--model", "tiny", "--engine", "hf-generate", "--precision", "fp32,bf16", "--attention",
+               "eager,sdpa", "--batch", "1,64", "--input-len", "16,2048", "--output-len", "2", "--warmup", "0",
+               "--iters", "1", "--repeats", "2", "--cell-mem-limit", "400MiB", "--check", "--quiet", db=study,
+               timeout=1500)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return study
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+def test_several_engines_precisions_and_an_oom_limit(engines_study):
+    from tests.helpers import rows
+
+    hf = [r for (r,) in rows(engines_study, "select id from run where engine = 'hf-generate' order by created_at")]
+    oom = {r for (r,) in rows(engines_study, "select run_id from cell where status = 'oom' and batch = 64 and "
+                                             "input_len = 2048")}  # fmt: skip
+    assert oom, "the limit leaves no room for batch 64 x 2048 tokens"
+    v = _verdict(engines_study, *hf, "--at", "batch=64,input=2048")
+    assert {e["run_id"] for e in v["excluded"] if e["excluded"] == "OOM at batch 64 × input 2048"} == oom
+    v = _verdict(engines_study, *hf, "--at", "batch=64,input=16")  # where every one of them fits
+    assert sorted(e["name"] for e in v["ranked"]) == ["bf16 eager", "bf16 sdpa", "fp32 eager", "fp32 sdpa"]
+    grid = _verdict(engines_study, *hf)
+    assert sum(int(e["excluded"].split(" at ")[1].split()[0]) for e in grid["excluded"]
+               if e["excluded"].startswith("OOM at ")) == len(oom)  # fmt: skip
+    # every engine at the point they share, with agreement measured for all: exclusions follow the stored figures
+    llama = [r for (r,) in rows(engines_study, "select id from run where engine = 'llama.cpp'")]
+    v = _verdict(engines_study, *hf, *llama, "--at", "batch=1,input=16,output=2", "--min-quality", "agreement>=0.9")
+    assert {e["name"] for e in v["excluded"]} >= {n for n in ("llama.cpp f32", "llama.cpp q8_0", "llama.cpp q4_0")}
+    assert all(e["excluded"].startswith("not measured at batch 1 × input 16 × output 2") for e in v["excluded"]
+               if e["name"].startswith("llama.cpp"))  # their grid had output 8  # fmt: skip
+    for e in v["ranked"]:
+        assert e["quality"]["agreement"] >= 0.9
+    assert len(v["frontier"]) >= 1 and set(v["frontier"]) <= {e["name"] for e in v["ranked"]}
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_ranking_exclusions_and_missing_evidence_at_a_point(study):
