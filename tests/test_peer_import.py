@@ -214,6 +214,9 @@ def test_vllm_bench_throughput_needs_its_lengths_and_becomes_a_cell(tmp_path):
     doc = peer_bench.bench_throughput(str(ensure_tiny()), out, input_len=32, output_len=16, requests=8, cpu=True,
                                       kv_cache_bytes=256 << 20)  # fmt: skip
     _refused(out, tmp_path, "holds no input or output lengths", "--input-len N --output-len M")
+    cut = tmp_path / "cut.json"
+    cut.write_text(out.read_text()[:40])
+    _refused(cut, tmp_path, "is not JSON", extra=("--input-len", "32", "--output-len", "16"))
     db = tmp_path / "runs.db"
     _import(out, db, "--input-len", "32", "--output-len", "16", "--device", "cpu")
     (run,) = _runs(db)

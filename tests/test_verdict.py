@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import ROOT, cli
+from tests.tui_support import utc  # noqa: F401 (fixture)
 
 SEED = ROOT / "docs/results/2026-11-22-h100-seed001.db"
 EAGER, FLASH = "2c71fd76", "fa729bdb"
@@ -223,3 +224,19 @@ def test_the_verdict_screen_follows_its_fields(seed):
     wins, winner, no_error, error, kept = asyncio.run(drive())
     assert wins == "eager:0 sdpa-flash:9" and winner == "winner: sdpa-flash" and no_error == ""
     assert "--min-quality" in error and "\x1b" not in error and kept == "winner: sdpa-flash"
+
+
+def test_goodput_under_an_slo_and_energy_that_was_never_measured(tmp_path, utc):  # noqa: F811
+    from tests.tui_support import fill_serving_store
+
+    db = tmp_path / "serving.db"
+    fill_serving_store(db)  # f32 and q4_0 served, TTFT growing with concurrency (q4_0 1.7x faster)
+    v = _verdict(db, "--objective", "goodput", "--slo", "ttft=45ms", "--attainment", "0.5", "--at", "batch=4")
+    # f32 at concurrency 4: TTFTs of 42, 46.2 and 50.4 ms in turn, so 3 of 8 requests meet 45 ms
+    assert [(e["name"], e["excluded"]) for e in v["excluded"]] == [("f32", "SLO met by 37.5% of requests < 50%")]
+    (q4,) = v["ranked"]
+    assert q4["name"] == "q4_0" and q4["value"] > 0 and v["winner"] == "winner: q4_0"
+    v = _verdict(db, "--objective", "joules_per_token", "--at", "batch=4")
+    assert v["ranked"] == [] and len(v["unverified"]) == 2
+    assert all(e["missing"] == ["energy not measured: J/token needs a GPU with NVML power readings"]
+               for e in v["unverified"])  # fmt: skip
