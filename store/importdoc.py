@@ -73,8 +73,6 @@ def parse_export(data: str | bytes, source: str, mtime: float | None = None,
             raise ImportError_(f"{source} is not UTF-8 text (bad byte at offset {exc.start}); {FIX}") from None
     if peer := _peer(data, source, mtime, hints):
         return peer
-    if hints:
-        raise ImportError_(f"--{next(iter(hints)).replace('_', '-')} is for files of other tools ({source} is not one)")
     try:
         doc = json.loads(data, parse_constant=_constant, object_pairs_hook=_pairs)
     except json.JSONDecodeError as exc:
@@ -85,6 +83,9 @@ def parse_export(data: str | bytes, source: str, mtime: float | None = None,
     except ValueError as exc:  # the hooks above, or an integer of 4300+ digits
         why = str(exc) if str(exc).startswith("holds") else "holds an integer too large"
         raise ImportError_(f"{source} {why}; {FIX}") from None
+    if hints and isinstance(doc, dict) and doc.get("format") == EXPORT_TAG:
+        raise ImportError_(f"--{next(iter(hints)).replace('_', '-')} is for files of other tools ({source} is a "
+                           "codebench-tui export)")  # fmt: skip
     return check(doc, source, data)
 
 

@@ -149,6 +149,9 @@ def test_a_file_of_no_known_tool_is_one_line(tmp_path):
     export = tmp_path / "ours.json"
     export.write_text(json.dumps({"format": "codebench-tui export", "schema_version": 1, "runs": []}))
     _refused(export, tmp_path, "--input-len is for files of other tools", extra=("--input-len", "8"))
+    cut = tmp_path / "cut.json"
+    cut.write_text('{"elapsed_time": 1.0, "num_req')
+    _refused(cut, tmp_path, "is not JSON", extra=("--input-len", "8"))
 
 
 @pytest.fixture(scope="module")
