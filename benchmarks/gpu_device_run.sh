@@ -111,5 +111,25 @@ case "${1:-}" in
     LD_LIBRARY_PATH="$tools/build/bin${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CODEBENCH_CACHE=/root/.cache/codebench-tui timeout "${LB_TIMEOUT:-540}" python3 benchmarks/llamacpp_vs_llama_bench.py \
       --rounds "${LB_ROUNDS:-10}" ${LB_EXTRA:-} 2>&1 | tee -a "$log"
     ;;
-  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick|hydragen-agree|memory|llama-bench" >&2; exit 2 ;;
+  verdict)
+    # issue 21 on a GPU: starcoder2-3b:random at three precisions with agreement (--check) and NVML energy, then
+    # the verdict under several objectives and constraints, its Markdown, and the Pareto view per GPU
+    log="$OUT/verdict.log"
+    env_info 2>&1 | tee "$log"
+    timeout "${STUDY_TIMEOUT:-420}" python3 -m tui.cli --db "$OUT/verdict.db" run --model starcoder2-3b:random \
+      --engine hf-generate --precision fp32,bf16,fp16 --attention sdpa --batch 1,8,32 --input-len 512,2048 \
+      --output-len 32 --warmup 1 --iters 1 --repeats 3 --check --quiet 2>&1 | tail -5 | tee -a "$log"
+    for args in "--at batch=8,input=2048" "--at batch=8,input=2048 --min-quality agreement>=0.99" \
+        "--objective joules_per_token --at batch=32,input=2048" "--objective tokens_per_s_per_gib" \
+        "--at batch=64,input=2048 --max-mem 40GiB"; do
+      echo "== verdict $args" | tee -a "$log"
+      # shellcheck disable=SC2086  # the constraints are a list of options
+      COLUMNS=160 python3 -m tui.cli --db "$OUT/verdict.db" verdict $args 2>&1 | tee -a "$log"
+    done
+    python3 -m tui.cli --db "$OUT/verdict.db" verdict --at batch=8,input=2048 --min-quality "agreement>=0.99" \
+      --format md -o "$OUT/verdict.md" 2>&1 | tee -a "$log"
+    COLUMNS=160 python3 -m tui.cli --db "$OUT/verdict.db" compare last~2 last~1 last --pareto throughput --no-chart 2>&1 \
+      | tail -20 | tee -a "$log"
+    ;;
+  *) echo "usage: OUT=dir $0 1|2|hydragen|hydragen-quick|hydragen-agree|memory|llama-bench|verdict" >&2; exit 2 ;;
 esac
