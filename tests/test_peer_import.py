@@ -34,6 +34,17 @@ def _refused(path: Path, tmp_path: Path, *words: str, extra: tuple = ()) -> str:
     return err
 
 
+def _hostile_stays_text(doc, tmp_path: Path) -> None:
+    """A file holding escape sequences, markup and HTML imports; its replay and HTML export show them as text."""
+    hostile = tmp_path / "hostile.json"
+    hostile.write_text(json.dumps(doc))
+    db = tmp_path / "runs.db"
+    _import(hostile, db)
+    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
+    html = cli("export", "last", "--format", "html", db=db, check=True).stdout
+    assert "\x1b" not in table and "\x07" not in table and "<script>" not in html and "\x1b" not in html
+
+
 @pytest.fixture(scope="module")
 def gguf(tmp_path_factory) -> Path:
     pytest.importorskip("llama_cpp")
@@ -133,13 +144,7 @@ def test_damaged_or_hostile_llama_outputs_are_refused_and_write_nothing(llama_ou
     records = json.loads(llama_outputs["json"].read_text())
     for r in records:  # escape sequences, markup and HTML in every text a run shows
         r.update(model_filename="\x1b]0;pwned\x07<script>alert(1)</script>[red]x[/red]", cpu_info="\x1b[2J<b>cpu")
-    hostile = tmp_path / "hostile.json"
-    hostile.write_text(json.dumps(records))
-    db = tmp_path / "runs.db"
-    _import(hostile, db)
-    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
-    html = cli("export", "last", "--format", "html", db=db, check=True).stdout
-    assert "\x1b" not in table and "\x07" not in table and "<script>" not in html and "\x1b" not in html
+    _hostile_stays_text(records, tmp_path)
 
 
 def test_a_file_of_no_known_tool_is_one_line(tmp_path):
@@ -352,10 +357,4 @@ def test_recorded_outputs_cut_short_or_hostile_are_refused_or_kept_as_text(tmp_p
     _refused(bad, tmp_path, "is not a measurement")
     doc = json.loads((FIXTURES / "aiperf-0.13.0-profile_export_aiperf.json").read_text())
     doc["input_config"]["models"]["items"][0]["name"] = "\x1b]0;pwned\x07<script>x</script>[bold]m"
-    hostile = tmp_path / "hostile.json"
-    hostile.write_text(json.dumps(doc))
-    db = tmp_path / "runs.db"
-    _import(hostile, db)
-    table = cli("--replay", "last", "--headless", db=db, env={"COLUMNS": "200"}, check=True).stdout
-    html = cli("export", "last", "--format", "html", db=db, check=True).stdout
-    assert "\x1b" not in table and "\x07" not in table and "<script>" not in html
+    _hostile_stays_text(doc, tmp_path)

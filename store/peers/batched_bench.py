@@ -12,7 +12,7 @@ import json
 import os
 from typing import Any
 
-from store.peers.common import UNKNOWN, PeerError, cell, document, num, run, verbatim
+from store.peers.common import UNKNOWN, PeerError, cell, document, json_lines, num, run, verbatim
 
 TOOL = "llama-batched-bench"
 CELL_FIELDS = ("pp", "tg", "pl", "n_kv", "t_pp", "speed_pp", "t_tg", "speed_tg", "t", "speed")
@@ -26,16 +26,7 @@ def sniff(text: str) -> str | None:
 
 
 def to_document(text: str, fmt: str, source: str, digest: str, mtime: float) -> dict[str, Any]:
-    recs = []
-    for n, line in enumerate(text.splitlines(), 1):
-        if line.strip():
-            try:
-                item = json.loads(line)
-            except ValueError:
-                raise PeerError(f"{source}: line {n} is not JSON (a cut-short file?); run {TOOL} again") from None
-            if not isinstance(item, dict):
-                raise PeerError(f"{source}: line {n} is not a JSON object")
-            recs.append((n, item))
+    recs = json_lines(text, source, TOOL)
     if not recs or len(recs) > 100_000:
         raise PeerError(f"{source}: {len(recs)} measurements; {TOOL} output holds 1 to 100000 lines")
     groups: dict[str, list[tuple[int, dict]]] = {}

@@ -40,6 +40,21 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "…"
 
 
+def json_lines(text: str, source: str, tool: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) of a JSON-lines output; PeerError at the first line that is not an object."""
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                item = json.loads(line)
+            except ValueError:
+                raise PeerError(f"{source}: line {n} is not JSON (a cut-short file?); run {tool} again") from None
+            if not isinstance(item, dict):
+                raise PeerError(f"{source}: line {n} is not a JSON object")
+            out.append((n, item))
+    return out
+
+
 def verbatim(fields: dict[str, Any], limit: int = 4000) -> str:
     """Fields with no place in codebench's schema, kept as the tool wrote them (one note, cut to fit)."""
     text = json.dumps(fields, sort_keys=True, ensure_ascii=False, default=str)

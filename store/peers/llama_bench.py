@@ -21,7 +21,7 @@ import re
 from datetime import datetime
 from typing import Any
 
-from store.peers.common import PeerError, cell, document, num, run, verbatim
+from store.peers.common import PeerError, cell, document, json_lines, num, run, verbatim
 
 TOOL = "llama-bench"
 TEST_FIELDS = ("n_prompt", "n_gen", "n_depth", "test_time", "avg_ns", "stddev_ns", "avg_ts", "stddev_ts",
@@ -57,17 +57,7 @@ def records(text: str, fmt: str, source: str) -> list[dict[str, Any]]:
             raise PeerError(f"{source}: llama-bench JSON must be an array of objects")
         return data
     if fmt == "jsonl":
-        out = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if line.strip():
-                try:
-                    item = json.loads(line)
-                except ValueError:
-                    raise PeerError(f"{source}: line {n} is not JSON (a cut-short file?); run llama-bench again") from None
-                if not isinstance(item, dict):
-                    raise PeerError(f"{source}: line {n} is not a JSON object")
-                out.append(item)
-        return out
+        return [item for _, item in json_lines(text, source, TOOL)]
     if fmt == "csv":
         rows = list(csv.reader(io.StringIO(text)))
         head, body = rows[0], [r for r in rows[1:] if r]
