@@ -189,10 +189,16 @@ def _quality(result: RunResult) -> dict[str, float]:
 
 
 def _command(metric: str, result: RunResult) -> str:
+    """The command that measures `metric` for this configuration (its precision, attention and quant too)."""
     engine, model = shown(result.run.get("engine") or "?", NAME), shown(result.run.get("model") or "?", NAME)
+    cfg = result.run.get("config") or {}
+    flags = {"precision": cfg.get("precision"), "quant": cfg.get("quant")}
+    if not metric.startswith("agreement"):  # check has no --attention
+        flags["attention"] = cfg.get("attention")
+    extra = "".join(f" --{k} {shown(v, NAME)}" for k, v in flags.items() if v and v != "none")
     for prefix, cmd in MEASURE.items():
         if metric == prefix or metric.startswith(prefix) and prefix.endswith("@"):
-            return cmd.format(engine=engine, model=model)
+            return cmd.format(engine=engine, model=model) + extra
     return f"the tool that measures {metric}"
 
 
