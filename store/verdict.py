@@ -202,6 +202,21 @@ def _command(metric: str, result: RunResult) -> str:
     return f"the tool that measures {metric}"
 
 
+def _held_beside(cell: dict[str, Any]) -> str:
+    """An OOM while the interleaved runs beside it held memory on the same device may not be this configuration's:
+    say how much they held and whether the memory model has it fit alone (engines/harness/memplan.py stored it)."""
+    mem = (cell.get("metrics") or {}).get("memory")
+    if not isinstance(mem, dict):
+        return ""
+    held, need, cap = mem.get("held_beside_bytes"), mem.get("predicted_bytes"), mem.get("capacity_bytes")
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) and x > 0 for x in (held, need, cap)):
+        return ""
+    block = mem.get("largest_block") if mem.get("basis") == "gpu" and isinstance(mem.get("largest_block"), int) else 0
+    alone = need + block <= cap + held  # type: ignore[operator]
+    return (f", with {gib_text(held)} GiB held beside it by the interleaved runs; the memory model predicts "  # type: ignore[arg-type]
+            f"{gib_text(need)} GiB" + (": it may fit alone (--schedule sequential)" if alone else ""))  # type: ignore[arg-type]
+
+
 def _requests(cell: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for rep in cell.get("repeats") or [] for e in rep.get("extra") or [] if isinstance(e, dict)
             for r in e.get("requests_log") or [] if isinstance(r, dict)]  # fmt: skip
@@ -279,7 +294,7 @@ def evaluate(result: RunResult, point: dict[str, int], c: Constraints,
         return e
     status = e.cell.get("status")
     if status == "oom":
-        e.excluded = f"OOM at {where}"
+        e.excluded = f"OOM at {where}" + _held_beside(e.cell)
         return e
     if status != "done":
         why = first_line(e.cell.get("error") or "") if e.cell.get("error") else "no result"

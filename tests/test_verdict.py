@@ -33,15 +33,17 @@ def study(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def engines_study(study) -> Path:
-    """The same database plus hf-generate at two precisions and two attentions on tiny, with agreement, under a
-    400 MiB --cell-mem-limit: eager's scores at batch 64 x 2048 tokens need gigabytes, so those cells are OOM."""
+def engines_study(study, tmp_path_factory) -> Path:
+    """A copy of that database plus hf-generate at two precisions and two attentions on tiny, with agreement, under
+    a 400 MiB --cell-mem-limit: eager's scores at batch 64 x 2048 tokens need gigabytes, so those cells are OOM."""
+    db = tmp_path_factory.mktemp("engines") / "runs.db"
+    shutil.copy(study, db)
     proc = cli("run", "--model", "tiny", "--engine", "hf-generate", "--precision", "fp32,bf16", "--attention",
                "eager,sdpa", "--batch", "1,64", "--input-len", "16,2048", "--output-len", "2", "--warmup", "0",
-               "--iters", "1", "--repeats", "2", "--cell-mem-limit", "400MiB", "--check", "--quiet", db=study,
+               "--iters", "1", "--repeats", "2", "--cell-mem-limit", "400MiB", "--check", "--quiet", db=db,
                timeout=1500)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return study
+    return db
 
 
 @pytest.mark.slow
@@ -241,3 +243,23 @@ def test_goodput_under_an_slo_and_energy_that_was_never_measured(tmp_path, utc):
     assert v["ranked"] == [] and len(v["unverified"]) == 2
     assert all(e["missing"] == ["energy not measured: J/token needs a GPU with NVML power readings"]
                for e in v["unverified"])  # fmt: skip
+
+
+H100 = ROOT / "docs/results/2026-12-06-verdict/h100-precisions.db"
+
+
+def test_a_real_gpu_study_ties_excludes_by_agreement_and_explains_an_interleaved_oom(tmp_path):
+    """starcoder2-3b:random at fp32, bf16 and fp16 on an H100 (docs/results/2026-12-06-verdict)."""
+    db = tmp_path / "h100.db"
+    shutil.copy(H100, db)
+    v = _verdict(db, "--at", "batch=8,input=2048")
+    assert v["winner"] == "tie: bf16 ≈ fp16 (no significant difference)"
+    assert v["ranked"][0]["tie"] == "not significantly faster than fp16 (ratio 1.21, 95% CI 0.83–1.77)"
+    v = _verdict(db, "--at", "batch=8,input=2048", "--min-quality", "agreement>=0.99")
+    assert v["winner"] == "winner: fp32"
+    assert sorted(e["excluded"] for e in v["excluded"]) == ["agreement 0.703 < 0.99", "agreement 0.906 < 0.99"]
+    v = _verdict(db, "--objective", "joules_per_token", "--at", "batch=32,input=2048")
+    assert [e["name"] for e in v["ranked"]] == ["bf16", "fp32"]
+    (fp16,) = v["excluded"]
+    assert fp16["excluded"] == ("OOM at batch 32 × input 2048, with 36.1 GiB held beside it by the interleaved runs; "
+                                "the memory model predicts 12 GiB: it may fit alone (--schedule sequential)")  # fmt: skip
