@@ -11,7 +11,7 @@ declare -A TESTS=(
   [llamacpp]="tests/test_llamacpp.py tests/test_llamacpp_steploop.py tests/test_gguf.py tests/test_llamacpp_spec.py tests/test_serve_llamacpp.py tests/test_peer_import.py"
   [quality]="tests/test_humaneval.py tests/test_quality_run.py"
   [quant]="tests/test_hf_engines.py::test_random_preset_end_to_end tests/test_presets.py::test_quantized_random_model_is_built_layer_by_layer"
-  [vllm]="tests/test_vllm.py tests/test_serve_vllm.py tests/test_peer_import.py"
+  [vllm]="tests/test_vllm.py tests/test_serve_vllm.py tests/test_peer_import.py::test_vllm_bench_throughput_needs_its_lengths_and_becomes_a_cell"
 )
 for extra in ${EXTRAS:-ray llamacpp quality quant vllm}; do
   venv=".venv-extra-$extra"
