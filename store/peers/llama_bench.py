@@ -201,18 +201,18 @@ def to_document(text: str, fmt: str, source: str, digest: str, mtime: float) -> 
         raise PeerError(f"{source}: llama-bench output without a single test; run llama-bench again")
     if len(recs) > MAX_RECORDS:
         raise PeerError(f"{source}: {len(recs)} tests, more than {MAX_RECORDS} in one file")
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for rec in recs:
+    groups: dict[str, list[tuple[int, dict[str, Any]]]] = {}  # configuration -> (test number, test)
+    for number, rec in enumerate(recs, 1):
         key = json.dumps({k: rec.get(k) for k in sorted(rec) if k not in TEST_FIELDS}, sort_keys=True, default=str)
-        groups.setdefault(key, []).append(rec)
-    varying = sorted({k for rec in recs for k in rec if k not in TEST_FIELDS and k not in ("model_filename",)
-                      and len({json.dumps(r.get(k), default=str) for r in recs}) > 1})  # fmt: skip
+        groups.setdefault(key, []).append((number, rec))
+    keys = {k for rec in recs for k in rec if k not in TEST_FIELDS and k != "model_filename"}
+    varying = sorted(k for k in keys if len({json.dumps(r.get(k), default=str) for r in recs}) > 1)
     runs = []
     name = os.path.basename(source)
     for n, (key, tests) in enumerate(groups.items()):
-        first = tests[0]
+        first = tests[0][1]
         where = f"{source}: configuration {n + 1}"
-        cells = [_test_cell(i, rec, f"{source}: test {recs.index(rec) + 1}", fmt) for i, rec in enumerate(tests)]
+        cells = [_test_cell(i, rec, f"{source}: test {number}", fmt) for i, (number, rec) in enumerate(tests)]
         created = min([c["started_at"] for c in cells if c["started_at"]] or [mtime])
         version = f"b{first.get('build_number', '?')} ({first.get('build_commit', 'unknown')})"
         label = " ".join([TOOL] + [f"{k}={first.get(k)}" for k in varying])
