@@ -73,11 +73,12 @@ def main() -> int:
     print(f"{'figure':<14} {'cell':<22} {'tool':<24} {'median':>7} {'spread':>7}  verdict")
     met = 0
     for r in rows:
-        ok = r["within"]
-        met += bool(ok)
-        why = "" if ok or not r["why"] else f" ({r['why']})"
+        verdict = r["verdict"]
+        met += verdict == "within"
+        why = f" ({r['why']})" if verdict == "outside" and r["why"] else ""
+        text = {"within": "within 3 %", "outside": "outside 3 %", "noise": "not decided (interval reaches 3 %)"}
         print(f"{r['figure']:<14} {r['cell']:<22} {r['peer']:<24} {r['median']:>7.3f} {r['spread'] * 100:>6.1f}%  "
-              f"{'within 3 %' if ok else 'outside 3 %'}{why}")  # fmt: skip
+              f"{text.get(verdict, '-')}{why}")  # fmt: skip
     print(f"{met}/{len(rows)} ratios within 3 % (median over {args.rounds} interleaved rounds)")
     return 0
 

@@ -3,7 +3,9 @@
 Each round holds one codebench run and the peer tool's runs (imported: store.peers). A figure is paired per round
 (codebench's, then the tool's own as it reported it), so the ratio's interval comes from the rounds: a 95 % t
 interval on the log ratios, around their geometric mean. The median and spread (max - min over the median) of the
-ratios are shown as well; a ratio is `within` the target when its median is within it.
+ratios are shown as well. The verdict: `within` the target when the median is within it; `outside` when it is not
+and the interval (if any) lies wholly outside it too; `noise` when the median is outside but the interval reaches
+into the target band, so more rounds are needed to tell.
 """
 
 from __future__ import annotations
@@ -37,13 +39,23 @@ class Pairing:
         out: dict[str, Any] = {"figure": self.figure, "cell": self.cell, "peer": self.peer, "rounds": len(ratios),
                                "codebench": _median(self.ours), "tool": _median(self.theirs), "why": self.why}  # fmt: skip
         if not ratios:
-            return {**out, "ratio": None, "low": None, "high": None, "median": None, "spread": None, "within": None}
+            return {**out, "ratio": None, "low": None, "high": None, "median": None, "spread": None, "within": None,
+                    "verdict": None}  # fmt: skip
         geo = math.exp(statistics.fmean(math.log(r) for r in ratios))
         half = log_halfwidth(ratios)
         med = statistics.median(ratios)
-        return {**out, "ratio": geo, "low": geo * math.exp(-half) if half is not None else None,
-                "high": geo * math.exp(half) if half is not None else None, "median": med,
-                "spread": (max(ratios) - min(ratios)) / med, "within": abs(med - 1) <= TARGET}  # fmt: skip
+        low, high = (geo * math.exp(-half), geo * math.exp(half)) if half is not None else (None, None)
+        return {**out, "ratio": geo, "low": low, "high": high, "median": med,
+                "spread": (max(ratios) - min(ratios)) / med, "within": abs(med - 1) <= TARGET,
+                "verdict": _verdict(med, low, high)}  # fmt: skip
+
+
+def _verdict(median: float, low: float | None, high: float | None) -> str:
+    if abs(median - 1) <= TARGET:
+        return "within"
+    if low is not None and high is not None and low <= 1 + TARGET and high >= 1 - TARGET:
+        return "noise"  # the interval reaches the band: these rounds cannot tell
+    return "outside"
 
 
 def _positive(v: Any) -> bool:
@@ -83,11 +95,13 @@ def table_rows(pairings: list[Pairing], fmt: Callable[[float | None], str]) -> l
         s = p.summary()
         ratio = "-" if s["ratio"] is None else f"{s['ratio']:.3f}" + (
             f" ({s['low']:.3f}–{s['high']:.3f})" if s["low"] is not None else "")  # fmt: skip
-        verdict = "-" if s["within"] is None else ("within ±3%" if s["within"] else "outside ±3%")
+        verdict = VERDICTS.get(s["verdict"], "-")
+        why = f": {p.why}" if p.why and s["verdict"] == "outside" else ""  # a reason is only needed for a gap
         rows.append([p.figure, p.cell, p.peer, fmt(s["codebench"]), fmt(s["tool"]), ratio,
-                     "-" if s["spread"] is None else f"{s['spread'] * 100:.1f}%", str(s["rounds"]),
-                     verdict + (f": {p.why}" if p.why else "")])  # fmt: skip
+                     "-" if s["spread"] is None else f"{s['spread'] * 100:.1f}%", str(s["rounds"]), verdict + why])  # fmt: skip
     return rows
 
 
+VERDICTS = {"within": "within ±3%", "outside": "outside ±3%",
+            "noise": "not decided: the interval reaches ±3%; more --rounds"}
 HEADERS = ["figure", "cell", "tool", "codebench", "tool's", "codebench ÷ tool (95% CI)", "spread", "rounds", "verdict"]

@@ -299,15 +299,43 @@ def test_crosscheck_of_a_server_against_vllm_bench_serve(gguf, tmp_path):
 def test_crosscheck_of_vllm_against_vllm_bench_throughput(tmp_path):
     pytest.importorskip("vllm")
     out = tmp_path / "ratios.json"
-    proc = cli("crosscheck", "--engine", "vllm", "--batch", "4", "--input-len", "16", "--output-len", "8",
-               "--rounds", "2", "--repeats", "2", "--json", str(out), "--quiet", db=tmp_path / "runs.db",
-               env={"COLUMNS": "220"}, timeout=1700)  # fmt: skip
+    proc = cli("crosscheck", "--engine", "vllm", "--precision", "bf16", "--batch", "4", "--input-len", "16",
+               "--output-len", "8", "--rounds", "2", "--repeats", "2", "--json", str(out), "--quiet",
+               db=tmp_path / "runs.db", env={"COLUMNS": "220"}, timeout=1700)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     (ratio,) = json.loads(out.read_text())
     assert (ratio["figure"], ratio["cell"], ratio["rounds"]) == ("total tok/s", "b=4 in=16 out=8", 2) and ratio["ratio"] > 0
-    runs = rows(tmp_path / "runs.db", "select engine, device, json_extract(runtime, '$.source.tool') from run")
-    assert sorted((e, t or "codebench") for e, _, t in runs) == [("vllm", "codebench")] * 2 + [("vllm", "vllm bench throughput")] * 2
-    assert {d for _, d, _ in runs} == {"cpu"}
+    # both sides in the dtype asked for: vLLM's own "auto" would run tiny's fp32 weights in bf16 whatever codebench ran
+    assert ratio["peer"] == "vllm bench throughput --dtype bfloat16" and ratio["verdict"] in ("within", "outside", "noise")
+    runs = rows(tmp_path / "runs.db", "select engine, device, json_extract(runtime, '$.source.tool'), "
+                                      "json_extract(runtime, '$.engine_args.dtype') from run")  # fmt: skip
+    assert sorted((e, t or "codebench") for e, _, t, _ in runs) == [("vllm", "codebench")] * 2 + [("vllm", "vllm bench throughput")] * 2
+    assert {d for _, d, _, _ in runs} == {"cpu"} and {dt for _, _, t, dt in runs if not t} == {"bfloat16"}
+
+
+def test_crosscheck_refuses_a_precision_its_engine_does_not_take(tmp_path):
+    for engine, says in (("llama.cpp", "takes --quant"), ("openai", "server's dtype")):
+        proc = cli("crosscheck", "--engine", engine, "--precision", "bf16", db=tmp_path / "x.db")
+        assert proc.returncode == 2 and says in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+@pytest.mark.parametrize("ours, theirs, verdict", [
+    ([100, 101, 99], [100, 100, 100], "within"),  # median 1.00
+    ([150, 151, 149], [100, 100, 100], "outside"),  # steady 1.5x: the interval is far from the band
+    ([300, 60, 150], [100, 100, 100], "noise"),  # median 1.5x, but the rounds disagree: interval spans 1
+    ([150], [100], "outside"),  # one round: no interval, the median decides
+])  # fmt: skip
+def test_a_crosscheck_ratio_that_noise_could_explain_is_not_called_a_gap(ours, theirs, verdict):
+    from store.crosscheck import Pairing, table_rows
+
+    p = Pairing("total tok/s", "b=4", "tool", why="a definition differs")
+    for a, b in zip(ours, theirs):
+        p.add(a, b)
+    assert p.summary()["verdict"] == verdict
+    (row,) = table_rows([p], str)
+    assert row[-1].startswith({"within": "within", "outside": "outside", "noise": "not decided"}[verdict])
+    assert ("a definition differs" in row[-1]) == (verdict == "outside")  # a reason only stands next to a gap
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "peers"

@@ -86,14 +86,18 @@ class VllmPlan:
         if args.opt:
             from engines.base import SpecError
 
-            raise SpecError("crosscheck --engine vllm takes no --opt: both sides run at vLLM's defaults (on the CPU "
-                            "the KV cache size codebench's vllm engine sets)")  # fmt: skip
+            raise SpecError("crosscheck --engine vllm takes no --opt: both sides run at vLLM's defaults, with codebench's "
+                            "dtype (--precision) and, on the CPU, the KV cache size codebench's vllm engine sets")  # fmt: skip
 
     def run_argv(self) -> list[str]:
-        return ["--engine", "vllm"]
+        return ["--engine", "vllm"] + (["--precision", self.args.precision] if self.args.precision else [])
 
     def after_codebench(self, runtime: dict[str, Any], device: str) -> None:
-        self.device = device
+        # The tool gets the dtype codebench ran: its own "auto" runs an fp32 model in bf16 on the CPU, which
+        # on a host without native bf16 is 2-3x slower at batch 16 (docs/results/2026-12-06-crosscheck/).
+        self.device, self.dtype = device, (runtime.get("engine_args") or {}).get("dtype")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise RuntimeError(f"codebench's vllm run recorded no dtype the tool takes ({str(self.dtype)[:40]!r})")
 
     def tools(self, out: Path) -> list[tuple[str, Path, dict]]:
         from engines.adapters.vllm import peer_bench
@@ -106,21 +110,23 @@ class VllmPlan:
             path = out / f"throughput-{b}.json"
             # one warm-up batch first, as codebench's side has (the tool's default times a cold first call)
             peer_bench.bench_throughput(materialize(a.model), path, input_len=a.input_len, output_len=a.output_len,
-                                        requests=b, cpu=cpu, kv_cache_bytes=int(CPU_KV_CACHE_GIB * 2**30), warmups=b)  # fmt: skip
+                                        requests=b, cpu=cpu, kv_cache_bytes=int(CPU_KV_CACHE_GIB * 2**30), warmups=b,
+                                        dtype=self.dtype)  # fmt: skip
             paths.append((f"b{b}", path, {"input_len": a.input_len, "output_len": a.output_len, "model": a.model,
                                           "device": self.device}))  # fmt: skip
         return paths
 
     def pairings(self, results: dict[str, Any], rounds: list[dict[str, str]]) -> list[Pairing]:
         n_in, n_out = self.args.input_len, self.args.output_len
-        pairs = {b: Pairing("total tok/s", f"b={b} in={n_in} out={n_out}", "vllm bench throughput") for b in self.batches}
+        tool = f"vllm bench throughput --dtype {self.dtype}"
+        pairs = {b: Pairing("total tok/s", f"b={b} in={n_in} out={n_out}", tool) for b in self.batches}
         for ids in rounds:
             for b, p in pairs.items():
                 cell = find(results[ids["codebench"]].cells, b, n_in, n_out)
                 ours = b * (n_in + n_out) / cell["latency_s"] if cell and cell.get("latency_s") else None
                 p.add(ours, peer(results[ids[f"b{b}"]].cells[0], "tokens_per_second"))
-        for p in pairs.values():
-            p.why = "vLLM counts the prompt tokens its random prompts re-tokenize to"
+        for p in pairs.values():  # both sides make exactly output_len tokens (EOS ignored); vocab-sized sampling
+            p.why = "the tool samples at temperature 1 where codebench decodes greedily, and times one call per round"
         return list(pairs.values())
 
 

@@ -26,6 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--engine", required=True, choices=ENGINES)
     p.add_argument("--model", default="tiny", type=_text, help="model (openai: the server's URL, .../v1)")
     p.add_argument("--quant", default="f32", help="llama.cpp: the GGUF type codebench converts to (default f32)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"),
+                   help="vllm: the dtype of both sides (default codebench's fp32; the tool is given the same)")
     p.add_argument("--batch", default="1,2,4", help="batch sizes (openai: concurrencies; default 1,2,4)")
     p.add_argument("--input-len", type=int, default=32, help="prompt tokens (default 32)")
     p.add_argument("--output-len", type=int, default=32, help="generated tokens (default 32)")
@@ -55,6 +57,9 @@ def _check(args: argparse.Namespace) -> list[int]:
                                 ("--repeats", args.repeats, 1, 100)):  # fmt: skip
         if not lo <= value <= hi:
             raise SpecError(f"{name} must be from {lo} to {hi}, got {value}")
+    if args.precision and args.engine != "vllm":
+        raise SpecError(f"--precision is for --engine vllm; {args.engine} " +
+                        ("takes --quant" if args.engine == "llama.cpp" else "runs at the server's dtype"))
     if args.json:
         from tui.outputs import check_output, db_in_use
 

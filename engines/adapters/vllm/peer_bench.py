@@ -47,13 +47,16 @@ def bench_serve(url: str, model: str, tokenizer: str, out: Path, *, concurrency:
 
 def bench_throughput(model_dir: str, out: Path, *, input_len: int, output_len: int, requests: int,
                      cpu: bool, kv_cache_bytes: int = 2 << 30, seed: int = 0, warmups: int = 0,
-                     timeout: float = 1800) -> dict:  # fmt: skip
+                     dtype: str | None = None, timeout: float = 1800) -> dict:  # fmt: skip
     """`vllm bench throughput` on random prompts of fixed lengths; its --output-json. The JSON holds no lengths:
     an import takes them from the caller (--input-len/--output-len). Its default times the first, cold generate
-    call: `warmups` prompts go first, as codebench's warm-up pass does."""
+    call: `warmups` prompts go first, as codebench's warm-up pass does. `dtype` None is vLLM's "auto", which runs
+    an fp32 model in bf16 on the CPU."""
     args = ["--model", model_dir, "--dataset-name", "random", "--random-input-len", str(input_len),
             "--random-output-len", str(output_len), "--num-prompts", str(requests), "--output-json", str(out),
             "--seed", str(seed), "--num-warmups", str(warmups)]  # fmt: skip
+    if dtype:
+        args += ["--dtype", dtype]
     if cpu:
         args += ["--enforce-eager", "--kv-cache-memory-bytes", str(kv_cache_bytes)]
     _run("throughput", args, timeout)
