@@ -24,6 +24,14 @@ BAD_RUNS = [
     (["--repeats", "0"], "repeats"),
     (["--cell-mem-limit", "lots"], "not a size"),
     (["--study", "/nonexistent/study.json"], "does not exist"),
+    # engine options are checked before the database is touched, not at load in the worker (a failed run)
+    (["--engine", "llama.cpp", "--opt", "n_threads=0"], "n_threads must be a positive integer"),
+    (["--engine", "llama.cpp", "--opt", "bogus\x1b[2J=1"], "llama.cpp has no option bogus"),
+    (["--engine", "llama.cpp", "--opt", "decode_loop=fast"], "decode_loop must be auto, c or python"),
+    (["--engine", "vllm", "--opt", "max_num_seqs=0"], "max_num_seqs must be >= 1"),
+    (["--engine", "serve:llama.cpp", "--opt", "parallel=0"], "parallel must be a positive whole number"),
+    (["--engine", "serve:vllm", "--opt", "kv_cache_gib=-1"], "kv_cache_gib must be > 0"),
+    (["--engine", "serve:vllm", "--opt", "server_args=--x"], "server_args must be a list of strings"),
 ]
 
 

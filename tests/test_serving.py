@@ -167,6 +167,30 @@ def test_serve_options_are_checked_before_anything_starts():
         assert words in str(err.value) and "\x1b" not in str(err.value)
 
 
+def test_server_args_cannot_point_a_server_at_a_precious_file(tmp_path):
+    import sqlite3
+
+    from engines.adapters.llamacpp.serve import LlamaServer
+    from engines.adapters.vllm.serve import VLLMServer
+
+    db, notes = tmp_path / "runs.db", tmp_path / "notes.txt"
+    sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    notes.write_text("mine")
+    before = db.read_bytes(), notes.read_bytes()
+    refused = [(LlamaServer, ["--log-file", str(db)], "--log-file would write to an existing file"),
+               (LlamaServer, [f"--log-file={notes}"], "--log-file would write to an existing file"),
+               (LlamaServer, ["-lcd", str(notes)], "-lcd would write to an existing file"),
+               (LlamaServer, ["--verbose", str(db)], "a SQLite database"),
+               (VLLMServer, [f"--hf-config-path={db}"], "a SQLite database")]  # fmt: skip
+    for engine, args, words in refused:
+        with pytest.raises(SpecError) as err:
+            engine.split_options({"server_args": args})
+        assert words in str(err.value) and "leave it out or name a new file" in str(err.value), err.value
+    fresh = str(tmp_path / "server.log")  # a new file is the server's to write
+    assert LlamaServer.split_options({"server_args": ["--log-file", fresh]})[0]["server_args"] == ["--log-file", fresh]
+    assert (db.read_bytes(), notes.read_bytes()) == before
+
+
 class _QueueingServer:
     """A test double: each request's first token comes 20 ms x (requests in flight when it arrived), then a token
     every 2 ms, so TTFT rises with concurrency in a known way and concurrency 5 is the last under 110 ms."""

@@ -21,6 +21,14 @@ def gpu_build() -> bool:
 
 
 def _rules(run, device: str) -> Availability:
+    from engines.adapters.llamacpp.options import check_options
+    from engines.base import SpecError
+
+    try:  # before anything starts; what needs llama_cpp itself is checked at load
+        check_options(dict(run.options), device)
+    except SpecError as exc:
+        if "n_gpu_layers > 0" not in str(exc):  # said below, with its fix
+            return Availability.no(str(exc))
     layers = run.options.get("n_gpu_layers", 0)
     if not device.startswith("cuda"):
         if isinstance(layers, int) and layers > 0:
@@ -35,6 +43,13 @@ def _rules(run, device: str) -> Availability:
 
 
 def _llama_server_rules(run, device: str) -> Availability:
+    from engines.adapters.llamacpp.serve import LlamaServer  # light: llama_cpp is not imported
+    from engines.base import SpecError
+
+    try:  # the options are checked before anything starts
+        LlamaServer.split_options(dict(run.options))
+    except SpecError as exc:
+        return Availability.no(str(exc))
     if not shutil.which("cmake") or not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         from engines.adapters.llamacpp import tools  # light: no llama_cpp import
 

@@ -36,18 +36,13 @@ from engines.adapters.llamacpp import gguf as gguf_convert
 from engines.adapters.llamacpp import steploop
 from engines.adapters.llamacpp.bindings import __version__ as llama_cpp_version
 from engines.adapters.llamacpp.bindings import ll
+from engines.adapters.llamacpp.options import FLASH, KV_TYPES, check_options
 from engines.adapters.llamacpp.threadpool import Threadpools
 from engines.adapters.llamacpp.tools import default_threads
 from engines.base import Engine, GenerateResult, LoadInfo, OutOfMemory, SpecError
 
 # KV-cache types by ggml type number (gguf's enum mirrors ggml's; llama_cpp lacks some names, e.g. BF16).
-_KV_TYPES = {
-    n: int(gguf_convert.constants().GGMLQuantizationType[n.upper()])
-    for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
-}
-_FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
-OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers", "flash_attn", "type_k", "type_v",
-           "n_ctx", "kv_unified", "split_mode", "repack", "threadpool", "decode_loop")  # fmt: skip
+_KV_TYPES = {n: int(gguf_convert.constants().GGMLQuantizationType[n.upper()]) for n in KV_TYPES}
 _SPLIT = {"layer": ll.LLAMA_SPLIT_MODE_LAYER, "row": ll.LLAMA_SPLIT_MODE_ROW}  # --tp N: how N GPUs share the model
 _CTX_MIN = 256  # per-sequence context the first cell gets before it grows
 
@@ -75,51 +70,26 @@ def _round_up(n: int, to: int = 256) -> int:
 
 
 def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
-    """Validate the run's options; SpecError names the bad one and the fix."""
-    unknown = sorted(set(options) - set(OPTIONS))
-    if unknown:
-        raise SpecError(f"llama.cpp has no option {', '.join(unknown)} (known: {', '.join(OPTIONS)})")
+    """Validate the run's options (options.check_options) and fill in the defaults; SpecError names the fix."""
+    check_options(options, device)
     o = dict(options)
     on_gpu = device.startswith("cuda")
-    for key in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "n_gpu_layers"):
-        low = 0 if key == "n_gpu_layers" else 1
-        if key in o and (not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < low):
-            raise SpecError(f"llama.cpp option {key} must be a positive integer, got {o[key]!r}")
-    if o.get("n_gpu_layers", 0) > 0 and not on_gpu:
-        raise SpecError("llama.cpp n_gpu_layers > 0 needs --device cuda; leave it out on the CPU")
     if on_gpu and not ll.llama_supports_gpu_offload():
         raise SpecError(
             "this llama-cpp-python build has no GPU backend; rebuild it with "
             'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python'
         )
     o.setdefault("n_gpu_layers", 999 if on_gpu else 0)
-    flash = o.get("flash_attn", "auto")
-    if flash not in _FLASH:
-        raise SpecError(f"llama.cpp flash_attn must be on, off or auto, got {flash!r}")
-    o["flash_attn"] = _FLASH[flash]
-    for key in ("type_k", "type_v"):
-        kv = o.get(key, "f16")
-        if kv not in _KV_TYPES:
-            raise SpecError(f"llama.cpp {key} must be one of {', '.join(_KV_TYPES)}, got {kv!r}")
-        o[key] = kv
-    if o["type_v"] not in ("f16", "f32", "bf16") and o["flash_attn"] == 0:
-        raise SpecError("llama.cpp needs flash_attn on (or auto) for a quantized V cache; drop flash_attn=off")
-    split = o.setdefault("split_mode", "row")  # row: each weight matrix split across GPUs (tensor parallel)
-    if split not in _SPLIT:
-        raise SpecError(f"llama.cpp split_mode must be row or layer, got {split!r}")
+    o["flash_attn"] = FLASH[o.get("flash_attn", "auto")]
+    o.setdefault("type_k", "f16")
+    o.setdefault("type_v", "f16")
+    o.setdefault("split_mode", "row")  # row: each weight matrix split across GPUs (tensor parallel)
     o.setdefault("n_threads", default_threads())
     o.setdefault("n_threads_batch", o["n_threads"])
     o.setdefault("kv_unified", False)  # independent prompts: per-sequence KV streams decode faster
-    repack = o.get("repack", "auto")
-    if repack not in ("auto", "on", "off", True, False):
-        raise SpecError(f"llama.cpp repack must be on, off or auto, got {repack!r}")
-    o["repack"] = {True: "on", False: "off"}.get(repack, repack)
-    pool = o.setdefault("threadpool", "attached")
-    if pool not in ("attached", "per-graph"):
-        raise SpecError(f"llama.cpp threadpool must be attached or per-graph, got {pool!r}")
-    loop = o.setdefault("decode_loop", "auto")
-    if loop not in ("auto", "c", "python"):
-        raise SpecError(f"llama.cpp decode_loop must be auto, c or python, got {loop!r}")
+    o["repack"] = {True: "on", False: "off"}.get(o.get("repack", "auto"), o.get("repack", "auto"))
+    o.setdefault("threadpool", "attached")
+    o.setdefault("decode_loop", "auto")
     return o
 
 

@@ -25,6 +25,7 @@ class LlamaServer(ServedEngine):
 
     name = "serve:llama.cpp"
     server_options = LLAMA_SERVER_OPTIONS
+    write_flags = ("--log-file", "-lcd", "--lookup-cache-dynamic")  # llama.cpp common/arg.cpp
 
     @classmethod
     def check_server_options(cls, server: dict[str, Any]) -> None:

@@ -6,6 +6,7 @@ that exits mid-cell makes the cell `crashed`; the next cell starts a fresh one. 
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from engines.adapters.openai.engine import OPTIONS as CLIENT_OPTIONS
 from engines.adapters.openai.engine import AllRequestsFailed, Client, OpenAIEngine, _process_tree
 from engines.adapters.openai.server_process import ServerDied, ServerProcess
 from engines.base import GenerateResult, LoadInfo, SpecError
+from store.safe import shown
 
 SERVER_OPTIONS = {
     "port": "TCP port on 127.0.0.1 (default: a free one)",
@@ -22,7 +24,8 @@ SERVER_OPTIONS = {
 }
 
 
-def _split(options: dict[str, Any], server_keys: dict[str, str], name: str) -> tuple[dict, dict]:
+def _split(options: dict[str, Any], server_keys: dict[str, str], name: str,
+           write_flags: tuple[str, ...] = ()) -> tuple[dict, dict]:  # fmt: skip
     server = {k: v for k, v in options.items() if k in server_keys}
     client = {k: v for k, v in options.items() if k not in server_keys}
     for key in ("server_pid",):
@@ -36,10 +39,36 @@ def _split(options: dict[str, Any], server_keys: dict[str, str], name: str) -> t
     args = server.get("server_args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a and len(a) < 4096 for a in args):
         raise SpecError(f"{name} option server_args must be a list of strings, e.g. '[\"--no-cont-batching\"]'")
+    check_server_paths(args, name, write_flags)
     t = server.get("ready_timeout_s", 600)
     if isinstance(t, bool) or not isinstance(t, (int, float)) or not 0 < t <= 86400:
         raise SpecError(f"{name} option ready_timeout_s must be seconds from 0 to 86400, got {str(t)[:40]!r}")
     return server, client
+
+
+def check_server_paths(args: list[str], name: str, write_flags: tuple[str, ...]) -> None:
+    """server_args go to the server as given, so a path in them could be a precious file: a flag the server
+    writes through (write_flags) may not name an existing file, and no argument may name a SQLite database
+    (codebench's own, or anyone's)."""
+    for i, arg in enumerate(args):
+        flag, eq, value = arg.partition("=")
+        if eq and flag in write_flags or arg in write_flags and i + 1 < len(args):
+            target = value if eq else args[i + 1]
+            if os.path.lexists(target):
+                raise SpecError(f"{name} option server_args: {flag} would write to an existing file "
+                                f"({shown(target, 80)}); leave it out or name a new file")  # fmt: skip
+        for candidate in (arg, value) if eq else (arg,):
+            if _is_sqlite(candidate):
+                raise SpecError(f"{name} option server_args names a SQLite database ({shown(candidate, 80)}); "
+                                "leave it out or name a new file")  # fmt: skip
+
+
+def _is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(16) == b"SQLite format 3\0"
+    except (OSError, ValueError):
+        return False
 
 
 def check_count(options: dict[str, Any], key: str, name: str, lo: int, hi: int) -> None:
@@ -55,11 +84,12 @@ class ServedEngine(OpenAIEngine):
     say what it runs (`_describe`)."""
 
     server_options: dict[str, str] = {}
+    write_flags: tuple[str, ...] = ()  # the server's flags that name a file it writes
 
     @classmethod
     def split_options(cls, options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
         """(the server's options, the client's), each checked: a bad one is a one-line SpecError."""
-        server, client = _split(options, {**SERVER_OPTIONS, **cls.server_options}, cls.name)
+        server, client = _split(options, {**SERVER_OPTIONS, **cls.server_options}, cls.name, cls.write_flags)
         cls.check_server_options(server)
         return server, client
 

