@@ -30,6 +30,7 @@ def environment(run: dict[str, Any]) -> dict[str, str]:
     values: dict[str, Any] = {
         "host": host.get("hostname"),
         "CPU": host.get("cpu"),
+        "CPU features": host.get("cpu_features"),
         "CPU threads": host.get("cpu_logical"),
         "CPU cores": host.get("cpu_physical"),
         "CPU affinity": host.get("cpu_affinity"),

@@ -175,6 +175,7 @@ class Host(TypedDict, total=False):
     env: JsonObject | None
     mem_total: Bytes | None
     cpu_logical: Int(0, 2**24) | None
+    cpu_features: Text(1000) | None
 
 
 class Runtime(TypedDict, total=False):

@@ -32,6 +32,7 @@ BAD_RUNS = [
     (["--engine", "serve:llama.cpp", "--opt", "parallel=0"], "parallel must be a positive whole number"),
     (["--engine", "serve:vllm", "--opt", "kv_cache_gib=-1"], "kv_cache_gib must be > 0"),
     (["--engine", "serve:vllm", "--opt", "server_args=--x"], "server_args must be a list of strings"),
+    (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--opt", "timeout_s=-1"], "timeout_s must be a positive"),
 ]
 
 

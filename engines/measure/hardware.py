@@ -40,6 +40,27 @@ def _version(dist: str) -> str | None:
         return None
 
 
+# CPU instruction sets that decide how fast matrix math runs, e.g. vLLM's default bf16 on a CPU is 1.5x fp32 with
+# avx512_bf16 and 0.5x without it (docs/results/2026-12-06-crosscheck/). x86 names, then aarch64's.
+CPU_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                "amx_tile", "amx_bf16", "amx_int8", "asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm")  # fmt: skip
+
+
+def cpu_features(cpuinfo: str | None = None) -> str | None:
+    """The CPU_FEATURES this CPU has, space-separated in that order (None: /proc/cpuinfo unreadable)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as f:
+                cpuinfo = f.read(1 << 20)
+        except OSError:
+            return None
+    for line in cpuinfo.splitlines():
+        if line.startswith(("flags", "Features")):
+            have = set(line.split(":", 1)[1].split())
+            return " ".join(f for f in CPU_FEATURES if f in have)
+    return None
+
+
 def _cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -87,6 +108,7 @@ def fingerprint() -> dict:
         "os": f"{platform.system()} {platform.release()}",
         "machine": platform.machine(),
         "cpu": _cpu_model(),
+        "cpu_features": cpu_features(),
         "cpu_logical": os.cpu_count(),
         "cpu_physical": psutil.cpu_count(logical=False),
         "cpu_affinity": _affinity(),

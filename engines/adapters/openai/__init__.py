@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
-from engines.base import EngineInfo
+from engines.base import Availability, EngineInfo, SpecError
+
+
+def _rules(run, device: str) -> Availability:
+    from engines.adapters.openai.engine import parse_options  # standard library only
+
+    try:  # before anything starts
+        parse_options(dict(run.options))
+    except SpecError as exc:
+        return Availability.no(str(exc))
+    return Availability.yes()
+
 
 ENGINES = (
     EngineInfo(
@@ -11,6 +22,7 @@ ENGINES = (
         "any OpenAI-compatible server by URL (--model http://HOST:PORT/v1): TTFT, TPOT, ITL, E2E",
         (),
         "",
+        rules=_rules,
         serves_url=True,
         takes_load=True,
     ),
