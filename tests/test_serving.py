@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 
 import numpy as np
@@ -186,6 +187,9 @@ def test_server_args_cannot_point_a_server_at_a_precious_file(tmp_path):
         with pytest.raises(SpecError) as err:
             engine.split_options({"server_args": args})
         assert words in str(err.value) and "leave it out or name a new file" in str(err.value), err.value
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # opening it to read would block: such a path is no database
+    assert LlamaServer.split_options({"server_args": ["--verbose", str(fifo), "/dev/stdin"]})[0]
     fresh = str(tmp_path / "server.log")  # a new file is the server's to write
     assert LlamaServer.split_options({"server_args": ["--log-file", fresh]})[0]["server_args"] == ["--log-file", fresh]
     assert (db.read_bytes(), notes.read_bytes()) == before

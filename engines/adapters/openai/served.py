@@ -65,6 +65,8 @@ def check_server_paths(args: list[str], name: str, write_flags: tuple[str, ...])
 
 def _is_sqlite(path: str) -> bool:
     try:
+        if not os.path.isfile(path):  # a FIFO or a terminal would block the read
+            return False
         with open(path, "rb") as f:
             return f.read(16) == b"SQLite format 3\0"
     except (OSError, ValueError):
