@@ -34,6 +34,16 @@ async def settle(pilot, until=lambda app: True, limit: float = 10.0) -> None:
     for log in app.screen.query(RichLog):  # logs follow their end once sized: pin that for the picture
         log.scroll_end(animate=False, immediate=True)
     await pilot.pause(0.1)
+    # A DataTable sizes its columns on an idle event; on a busy host that can come after the pauses above, and
+    # the picture then has columns cut short (seen twice in CI rehearsals). Wait until none is pending.
+    from textual.widgets import DataTable
+
+    tables = [t for screen in app.screen_stack for t in screen.query(DataTable)]  # a dialog shows the screen below
+    while any(t._require_update_dimensions or t._updated_cells or t._new_rows for t in tables):
+        if time.monotonic() > deadline + limit:
+            raise AssertionError("a table did not finish sizing its columns")
+        await pilot.pause(0.05)
+    await pilot.pause(0.1)
 
 
 @pytest.fixture
