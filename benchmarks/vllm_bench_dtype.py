@@ -14,10 +14,8 @@ and prints the median tokens/s of each and auto ÷ float32 per ISA. The crossche
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,20 +24,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def tool(model: str, out: Path, batch: int, dtype: str, isa: str | None) -> float:
-    from engines.adapters.vllm.peer_bench import _MAIN
+    """The crosscheck's own run of the tool (--dtype given unless "auto"), oneDNN held to `isa` if given."""
+    from engines.adapters.vllm.peer_bench import bench_throughput
 
-    env = {**os.environ, "VLLM_LOGGING_LEVEL": "ERROR"}
-    env.pop("ONEDNN_MAX_CPU_ISA", None)
+    os.environ.pop("ONEDNN_MAX_CPU_ISA", None)  # the tool's child process inherits this environment
     if isa:
-        env["ONEDNN_MAX_CPU_ISA"] = isa
-    args = ["--model", model, "--dataset-name", "random", "--random-input-len", "128", "--random-output-len", "64",
-            "--num-prompts", str(batch), "--num-warmups", str(batch), "--output-json", str(out), "--seed", "0",
-            "--dtype", dtype, "--enforce-eager", "--kv-cache-memory-bytes", str(2 << 30)]  # fmt: skip
-    proc = subprocess.run([sys.executable, "-c", _MAIN.format(mod="throughput"), *args], capture_output=True,
-                          text=True, env=env)  # fmt: skip
-    if proc.returncode:
-        raise SystemExit(f"vllm bench throughput --dtype {dtype} failed: {proc.stderr[-1500:]}")
-    return json.loads(out.read_text())["tokens_per_second"]
+        os.environ["ONEDNN_MAX_CPU_ISA"] = isa
+    result = bench_throughput(model, out, input_len=128, output_len=64, requests=batch, cpu=True,
+                              kv_cache_bytes=2 << 30, warmups=batch, dtype=None if dtype == "auto" else dtype)  # fmt: skip
+    return result["tokens_per_second"]
 
 
 def main() -> int:
@@ -58,10 +51,11 @@ def main() -> int:
                 got[(d, isa)].append(tool(model, Path(tmp) / "out.json", args.batch, d, isa))
                 print(f"round {r + 1}: --dtype {d:<8} oneDNN {isa or 'native':<7} {got[(d, isa)][-1]:8.0f} tok/s",
                       flush=True)  # fmt: skip
-    cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
-    flags = next((ln.split(":", 1)[1].split() for ln in open("/proc/cpuinfo") if ln.startswith("flags")), [])
-    print(f"\nvllm bench throughput, tiny, batch {args.batch}, 128/64 tokens, median of {args.rounds} rounds; {cpu}, "
-          f"native bf16: {'yes' if {'avx512_bf16', 'amx_bf16'} & set(flags) else 'no'}")  # fmt: skip
+    os.environ.pop("ONEDNN_MAX_CPU_ISA", None)
+    from engines.measure.hardware import _cpu_model, cpu_features
+
+    print(f"\nvllm bench throughput, tiny, batch {args.batch}, 128/64 tokens, median of {args.rounds} rounds; "
+          f"{_cpu_model()}: {cpu_features() or 'features unknown'}")  # fmt: skip
     for isa in (None, "AVX2"):
         auto, fp32 = (statistics.median(got[(d, isa)]) for d in ("auto", "float32"))
         print(f"oneDNN {isa or 'native':<7} auto (bf16) {auto:8.0f}  float32 {fp32:8.0f}  auto / float32 {auto / fp32:.2f}")

@@ -27,6 +27,15 @@ class Availability:
     def no(cls, reason: str, hint: str = "") -> "Availability":
         return cls(False, reason, hint)
 
+    @classmethod
+    def unless_refused(cls, check: Callable[[], Any]) -> "Availability":
+        """yes, or no with the SpecError's words if `check` raises one (an engine's light option check)."""
+        try:
+            check()
+        except SpecError as exc:
+            return cls.no(str(exc))
+        return cls.yes()
+
 
 Rules = Callable[[Any, str], Availability]  # (EngineRun, device) -> can it run here?
 

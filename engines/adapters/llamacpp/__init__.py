@@ -21,35 +21,26 @@ def gpu_build() -> bool:
 
 
 def _rules(run, device: str) -> Availability:
-    from engines.adapters.llamacpp.options import check_options
-    from engines.base import SpecError
+    from engines.adapters.llamacpp.options import check_options  # light: what needs llama_cpp is checked at load
 
-    try:  # before anything starts; what needs llama_cpp itself is checked at load
-        check_options(dict(run.options), device)
-    except SpecError as exc:
-        if "n_gpu_layers > 0" not in str(exc):  # said below, with its fix
-            return Availability.no(str(exc))
     layers = run.options.get("n_gpu_layers", 0)
     if not device.startswith("cuda"):
         if isinstance(layers, int) and layers > 0:
             return Availability.no("llama.cpp n_gpu_layers > 0 needs a GPU", "use --device cuda, or leave n_gpu_layers out")
-        return Availability.yes()
-    if not gpu_build():
+    elif not gpu_build():
         return Availability.no(
             "this llama-cpp-python build is CPU-only",
             'CMAKE_ARGS="-DGGML_CUDA=on" pip install --force-reinstall --no-cache-dir llama-cpp-python==0.3.36',
         )
-    return Availability.yes()
+    return Availability.unless_refused(lambda: check_options(dict(run.options), device))
 
 
 def _llama_server_rules(run, device: str) -> Availability:
     from engines.adapters.llamacpp.serve import LlamaServer  # light: llama_cpp is not imported
-    from engines.base import SpecError
 
-    try:  # the options are checked before anything starts
-        LlamaServer.split_options(dict(run.options))
-    except SpecError as exc:
-        return Availability.no(str(exc))
+    refused = Availability.unless_refused(lambda: LlamaServer.split_options(dict(run.options)))
+    if not refused.ok:
+        return refused
     if not shutil.which("cmake") or not any(shutil.which(c) for c in ("c++", "g++", "clang++")):
         from engines.adapters.llamacpp import tools  # light: no llama_cpp import
 

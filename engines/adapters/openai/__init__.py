@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-from engines.base import Availability, EngineInfo, SpecError
+from engines.base import Availability, EngineInfo
 
 
 def _rules(run, device: str) -> Availability:
     from engines.adapters.openai.engine import parse_options  # standard library only
 
-    try:  # before anything starts
-        parse_options(dict(run.options))
-    except SpecError as exc:
-        return Availability.no(str(exc))
-    return Availability.yes()
+    return Availability.unless_refused(lambda: parse_options(dict(run.options)))  # before anything starts
 
 
 ENGINES = (

@@ -52,7 +52,7 @@ def check_server_paths(args: list[str], name: str, write_flags: tuple[str, ...])
     (codebench's own, or anyone's)."""
     for i, arg in enumerate(args):
         flag, eq, value = arg.partition("=")
-        if eq and flag in write_flags or arg in write_flags and i + 1 < len(args):
+        if (eq and flag in write_flags) or (arg in write_flags and i + 1 < len(args)):
             target = value if eq else args[i + 1]
             if os.path.lexists(target):
                 raise SpecError(f"{name} option server_args: {flag} would write to an existing file "

@@ -11,7 +11,7 @@ def _rules(run, device: str) -> Availability:
     """The run's options are checked before anything starts (engine.py's check imports no vLLM)."""
     from engines.adapters.vllm.engine import parse_options
 
-    return _installed() or _checked(lambda: parse_options(dict(run.options), device))
+    return _installed() or Availability.unless_refused(lambda: parse_options(dict(run.options), device))
 
 
 def _server_rules(run, device: str) -> Availability:
@@ -22,15 +22,7 @@ def _server_rules(run, device: str) -> Availability:
         server, _ = VLLMServer.split_options(dict(run.options))
         parse_options({k: v for k, v in server.items() if k in SERVED}, device)
 
-    return _installed() or _checked(check)
-
-
-def _checked(check) -> Availability:
-    try:
-        check()
-    except SpecError as exc:
-        return Availability.no(str(exc))
-    return Availability.yes()
+    return _installed() or Availability.unless_refused(check)
 
 
 def _installed() -> Availability | None:
