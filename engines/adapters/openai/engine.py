@@ -428,23 +428,23 @@ class OpenAIEngine(Engine):
 
         def claim() -> Outcome | None:  # the next request in order, or None once the pass is over
             with take:
-                i = len(outs)
+                i, now = len(outs), time.perf_counter()
                 at = next(next_due) if i < limit and not ended.is_set() else None
-                if at is None or duration and (at >= duration or time.perf_counter() - t0 >= duration) or \
+                if at is None or duration and (at >= duration or now - t0 >= duration) or \
                         i >= len(pool[0]) and not self._grow_pool(pool, max_new_tokens):  # fmt: skip
                     ended.set()
                     return None
                 due.append(at)
-                outs.append(Outcome(i))
+                outs.append(Outcome(i, start=now))  # asked now: the instant the duration was checked
                 return outs[-1]
 
         def user() -> None:  # one simulated user: its next request at its arrival time or when free
             go.wait()
             while (out := claim()) is not None:
                 delay = t0 + due[out.index] - time.perf_counter()
-                if delay > 0:
+                if delay > 0:  # an open loop waits for the arrival; asked then
                     time.sleep(delay)
-                out.start = time.perf_counter()
+                    out.start = time.perf_counter()
                 self.client.stream(pool[1][out.index], out, timeout)
                 out.finished = True
 
