@@ -426,24 +426,31 @@ class OpenAIEngine(Engine):
         ended = threading.Event()  # the duration is over, or the limit reached: no user takes another request
         t0 = 0.0
 
+        def past_end(at: float, now: float) -> bool:
+            return bool(duration) and (at >= duration or now - t0 >= duration)
+
         def claim() -> Outcome | None:  # the next request in order, or None once the pass is over
             with take:
-                i, now = len(outs), time.perf_counter()
+                i = len(outs)
                 at = next(next_due) if i < limit and not ended.is_set() else None
-                if at is None or duration and (at >= duration or now - t0 >= duration) or \
-                        i >= len(pool[0]) and not self._grow_pool(pool, max_new_tokens):  # fmt: skip
+                now = time.perf_counter()
+                done = at is None or past_end(at, now)
+                if not done and i >= len(pool[0]):  # a prompt made now: the end is checked again after it
+                    done = not self._grow_pool(pool, max_new_tokens)
+                    now = time.perf_counter()
+                    done = done or past_end(at, now)
+                if done:
                     ended.set()
                     return None
                 due.append(at)
-                outs.append(Outcome(i, start=now))  # asked now: the instant the duration was checked
+                outs.append(Outcome(i, start=now))  # asked at the instant the end was checked
                 return outs[-1]
 
         def user() -> None:  # one simulated user: its next request at its arrival time or when free
             go.wait()
             while (out := claim()) is not None:
-                delay = t0 + due[out.index] - time.perf_counter()
-                if delay > 0:  # an open loop waits for the arrival; asked then
-                    time.sleep(delay)
+                if out.start < t0 + due[out.index]:  # claimed before its arrival (open loop): asked then
+                    time.sleep(max(0.0, t0 + due[out.index] - time.perf_counter()))
                     out.start = time.perf_counter()
                 self.client.stream(pool[1][out.index], out, timeout)
                 out.finished = True
