@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
-
 from urllib.parse import quote
 
 from sqlalchemy import event
-from sqlalchemy.pool import QueuePool
 from sqlalchemy.engine import Engine as SAEngine
+from sqlalchemy.pool import QueuePool
 from sqlmodel import Session, SQLModel, create_engine, select
 
 from store.models import SCHEMA_VERSION, SchemaInfo

@@ -127,8 +127,8 @@ assert rc == 0, rc
 
 
 def test_history_paths_work_without_torch_or_textual(tmp_path):
-    from tests.test_store import _fill
     from store.db import open_db
+    from tests.test_store import _fill
 
     db = tmp_path / "runs.db"
     d = open_db(db)

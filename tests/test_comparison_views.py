@@ -8,12 +8,11 @@ import json
 
 import pytest
 
-from tests.tui_support import utc  # noqa: F401  (fixture)
-
 from store.export import import_export, parse_export, render, to_json
 from store.metrics import summarise
 from store.results import RunResult
 from store.tables import cell_table, comparison_table, quality_table
+from tests.tui_support import utc  # noqa: F401  (fixture)
 
 LOAD = {"code": "load", "reason": "other processes used 0.97 of 2 CPU cores during the timed repeats (up to 1.10)"}
 

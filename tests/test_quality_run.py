@@ -1,7 +1,6 @@
 """Quality through the real CLI: stored with the run, shown in replay and compare, exported."""
 
 import json
-import math
 
 import pytest
 

@@ -155,6 +155,8 @@ def test_ctrl_c_cancels_every_remote_run_and_keeps_finished_cells(cluster, tmp_p
 
 def _ours(proc) -> bool:
     """A worker of this checkout (WorkerClient puts its root first on PYTHONPATH), not another one's on the machine."""
+    import psutil
+
     from tests.helpers import ROOT
 
     try:

@@ -8,7 +8,6 @@ import json
 import pytest
 
 from engines.base import SpecError
-from engines.study.schema import EngineRun
 from engines.study.speculation import (
     acceptance_rate,
     cell_metrics,

@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 import time
-from pathlib import Path
 
 import pytest
 

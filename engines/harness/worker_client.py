@@ -15,7 +15,6 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from engines.study import commands as cmds
 from engines.study import events as ev

@@ -20,12 +20,12 @@ from textual.worker import Worker, WorkerState
 
 from store.safe import NAME, first_line, shown
 from store.tables import STATUS_MARK
-from tui.widgets.footer import Footer
 from tui.feed import Feed, FeedInfo
 from tui.live_state import LiveState
 from tui.planning import clock
 from tui.status import STATUS_STYLE
 from tui.widgets.bars import Gauge, bar, gib
+from tui.widgets.footer import Footer
 from tui.widgets.spark import Spark
 from tui.widgets.tail import TailLog
 

@@ -7,7 +7,6 @@ from textual.reactive import reactive
 from textual.widget import Widget
 
 
-
 def bar(fraction: float, width: int, style: str = "green", back: str = "grey23") -> Text:
     """A bar `width` cells wide; whole cells only, so it reads the same in every font."""
     width = max(width, 1)

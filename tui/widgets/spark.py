@@ -11,8 +11,8 @@ from typing import Iterable
 from rich.color import Color
 from rich.segment import Segment
 from rich.style import Style
-from textual.widget import Widget
 from textual.strip import Strip
+from textual.widget import Widget
 
 BARS = "▁▂▃▄▅▆▇█"
 SHADES = 16  # colour steps between the min and the max colour
