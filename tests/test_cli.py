@@ -1,5 +1,6 @@
 """Bad input: one line naming the problem and the fix, exit code 2, no traceback, nothing written."""
 
+import re
 import sqlite3
 import subprocess
 import sys
@@ -25,7 +26,8 @@ BAD_RUNS = [
     (["--cell-mem-limit", "lots"], "not a size"),
     (["--study", "/nonexistent/study.json"], "does not exist"),
     # engine options are checked before the database is touched, not at load in the worker (a failed run)
-    (["--engine", "llama.cpp", "--opt", "n_threads=0"], "n_threads must be a positive integer"),
+    (["--engine", "llama.cpp", "--opt", "n_threads=0"], "n_threads must be a whole number from 1"),
+    (["--engine", "llama.cpp", "--opt", "kv_unified=off"], "kv_unified must be true or false"),  # not a truthy string
     (["--engine", "llama.cpp", "--opt", "bogus\x1b[2J=1"], "llama.cpp has no option bogus"),
     (["--engine", "llama.cpp", "--opt", "decode_loop=fast"], "decode_loop must be auto, c or python"),
     (["--engine", "vllm", "--opt", "max_num_seqs=0"], "max_num_seqs must be >= 1"),
@@ -33,6 +35,13 @@ BAD_RUNS = [
     (["--engine", "serve:vllm", "--opt", "kv_cache_gib=-1"], "kv_cache_gib must be > 0"),
     (["--engine", "serve:vllm", "--opt", "server_args=--x"], "server_args must be a list of strings"),
     (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--opt", "timeout_s=-1"], "timeout_s must be a positive"),
+    (["--engine", "serve:llama.cpp", "--opt", "timeout_s=-1"], "timeout_s must be a positive"),  # its client's options
+    (["--engine", "serve:vllm", "--opt", "prompt_format=\x1b[2Jx"], "prompt_format must be auto, ids or text"),
+    # NaN and 1e999 pass every `<= 0` test; no engine setting means them
+    (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--opt", "timeout_s=NaN"], "not finite"),
+    (["--engine", "vllm", "--opt", "kv_cache_gib=1e999"], "not finite"),
+    (["--engine", "vllm", "--opt", "n\x1b]0;x\x07=[Infinity]"], "not finite"),
+    (["--device", "c\npu\x1b[2J"], "unknown device 'c\\npu"),  # the newline shown, the rest of the line kept
 ]
 
 
@@ -43,6 +52,7 @@ def _assert_one_line_error(proc, fragment):
     assert "Traceback" not in proc.stderr
     assert fragment in lines[0], lines[0]
     assert lines[0].startswith("codebench-tui: error:")
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f\x9b]", proc.stderr), proc.stderr  # the user's escapes shown, not sent
 
 
 @pytest.mark.parametrize("args, fragment", BAD_RUNS)

@@ -228,7 +228,9 @@ def test_corrupt_gguf_is_a_clear_error(tmp_path, engine):
     [
         ({"n_gpu_layers": 4}, "cpu", "needs --device cuda"),
         ({"bogus": 1}, "cpu", "no option bogus"),
-        ({"n_threads": 0}, "cpu", "positive integer"),
+        ({"n_threads": 0}, "cpu", "whole number from 1"),
+        ({"n_batch": 1 << 40}, "cpu", "whole number from 1 to"),
+        ({"kv_unified": "off"}, "cpu", "kv_unified must be true or false"),
         ({"flash_attn": "maybe"}, "cpu", "on, off or auto"),
         ({"type_k": "q2_k"}, "cpu", "type_k must be one of"),
         ({"type_v": "q8_0", "flash_attn": "off"}, "cpu", "quantized V cache"),

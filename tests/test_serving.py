@@ -195,6 +195,30 @@ def test_server_args_cannot_point_a_server_at_a_precious_file(tmp_path):
     assert (db.read_bytes(), notes.read_bytes()) == before
 
 
+def test_an_open_loop_user_waiting_for_its_arrival_is_not_in_flight(tmp_path):
+    """Users claim their next request at once and sleep until its arrival: only a sent request counts as in
+    flight (Live once showed every waiting user as a request on the wire)."""
+    from engines.harness.runner import Runner
+    from engines.study import events as ev
+    from store.db import open_db
+
+    srv = _QueueingServer()  # a request takes about 30 ms; arrivals come about 1 s apart
+    spec = build_spec({"model": srv.url, "runs": [{"engine": "openai"}],
+                       "grid": {"batch": [4], "input_len": [8], "output_len": [4]},
+                       "timing": {"warmup": 0, "iters": 1, "repeats": 1},
+                       "load": {"requests": 4, "request_rate": [1.0]}})  # fmt: skip
+    seen: list = []
+    db = open_db(tmp_path / "runs.db", create=True)
+    try:
+        Runner(spec, db, subscribers=[seen.append]).run()
+    finally:
+        db.close()
+        srv.httpd.shutdown()
+    reqs = [e for e in seen if isinstance(e, ev.Requests)]
+    assert len(reqs) >= 3 and reqs[-1].done == 4, reqs
+    assert max(e.in_flight for e in reqs) <= 1, [e.in_flight for e in reqs]
+
+
 class _QueueingServer:
     """A test double: each request's first token comes 20 ms x (requests in flight when it arrived), then a token
     every 2 ms, so TTFT rises with concurrency in a known way and concurrency 5 is the last under 110 ms."""

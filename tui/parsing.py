@@ -8,13 +8,16 @@ import argparse
 import importlib
 from typing import NoReturn
 
+from store.safe import shown
+
 EXIT_USAGE = 2
 PROG = "codebench-tui"
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # one line instead of usage + error
-        self.exit(EXIT_USAGE, f"{PROG}: error: {message} (see {self.prog} --help)\n")
+        # argparse quotes the user's text: its escape sequences and newlines are shown, never sent
+        self.exit(EXIT_USAGE, f"{PROG}: error: {shown(message)} (see {self.prog} --help)\n")
 
 
 def add_db(p: argparse.ArgumentParser, **kw) -> None:

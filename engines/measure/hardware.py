@@ -47,10 +47,10 @@ CPU_FEATURES = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512_vnni", "avx512_
 
 
 def cpu_features(cpuinfo: str | None = None) -> str | None:
-    """The CPU_FEATURES this CPU has, space-separated in that order (None: /proc/cpuinfo unreadable)."""
+    """The CPU_FEATURES this CPU has, space-separated in that order (None: no readable flags line)."""
     if cpuinfo is None:
         try:
-            with open("/proc/cpuinfo") as f:
+            with open("/proc/cpuinfo", errors="replace") as f:
                 cpuinfo = f.read(1 << 20)
         except OSError:
             return None
@@ -63,7 +63,7 @@ def cpu_features(cpuinfo: str | None = None) -> str | None:
 
 def _cpu_model() -> str:
     try:
-        with open("/proc/cpuinfo") as f:
+        with open("/proc/cpuinfo", errors="replace") as f:
             for line in f:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()

@@ -22,6 +22,7 @@ from engines.study.load import (
     stored_rate,
 )
 from engines.study.speculation import parse_spec
+from store.safe import shown
 
 
 class Timing(BaseModel):
@@ -153,7 +154,7 @@ class Workload(BaseModel):
     @classmethod
     def _known(cls, value: str) -> str:
         if value not in WORKLOADS:
-            raise ValueError(f"unknown workload '{value}' (known: synthetic, humaneval, jsonl:FILE, shared-prefix, "
+            raise ValueError(f"unknown workload '{shown(value, 60)}' (known: synthetic, humaneval, jsonl:FILE, shared-prefix, "
                              "fim, needle)")
         return value
 
@@ -343,13 +344,13 @@ class StudySpec(BaseModel):
     def _device(cls, value: str) -> str:
         if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isascii() and value[5:].isdigit()):
             return value
-        raise ValueError(f"unknown device '{value}' (use auto, cpu, cuda or cuda:N)")
+        raise ValueError(f"unknown device '{shown(value, 40)}' (use auto, cpu, cuda or cuda:N)")
 
     @field_validator("schedule")
     @classmethod
     def _schedule(cls, value: str) -> str:
         if value not in SCHEDULES:
-            raise ValueError(f"unknown schedule '{value}' (use {' or '.join(SCHEDULES)})")
+            raise ValueError(f"unknown schedule '{shown(value, 40)}' (use {' or '.join(SCHEDULES)})")
         return value
 
     @field_validator("worker_env")
@@ -395,6 +396,13 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):
+        raise ValueError(f"{text[:40]} is too large for a number")
+    return value
+
+
 def load_study(path: str | Path) -> StudySpec:
     p = Path(path)
     try:
@@ -407,7 +415,7 @@ def load_study(path: str | Path) -> StudySpec:
     if len(raw) > MAX_STUDY_BYTES:
         raise SpecError(f"study file {p} is over {MAX_STUDY_BYTES >> 20} MiB; a study file is a few kB of JSON")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
     except UnicodeDecodeError:
         raise SpecError(f"study file {p} is not UTF-8 text; give a JSON study file (--save-study writes one)") from None
     except RecursionError:

@@ -12,6 +12,7 @@ OPTIONS = ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_gpu_layers"
 KV_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 FLASH = {"auto": -1, "off": 0, "on": 1, False: 0, True: 1}
 SPLITS = ("layer", "row")
+MOST = 1 << 24  # past any thread count, batch or context llama.cpp can hold
 CHOICES = {"repack": ("auto", "on", "off", True, False), "threadpool": ("attached", "per-graph"),
            "decode_loop": ("auto", "c", "python")}  # fmt: skip
 
@@ -24,8 +25,11 @@ def check_options(options: dict[str, Any], device: str) -> None:
     o = options
     for key in ("n_threads", "n_threads_batch", "n_batch", "n_ubatch", "n_ctx", "n_gpu_layers"):
         low = 0 if key == "n_gpu_layers" else 1
-        if key in o and (not isinstance(o[key], int) or isinstance(o[key], bool) or o[key] < low):
-            raise SpecError(f"llama.cpp option {key} must be a positive integer, got {str(o[key])[:40]!r}")
+        if key in o and (not isinstance(o[key], int) or isinstance(o[key], bool) or not low <= o[key] <= MOST):
+            raise SpecError(f"llama.cpp option {key} must be a whole number from {low} to {MOST}, "
+                            f"got {str(o[key])[:40]!r}")  # fmt: skip
+    if not isinstance(o.get("kv_unified", False), bool):  # a string would reach a ctypes bool as True
+        raise SpecError(f"llama.cpp kv_unified must be true or false, got {str(o['kv_unified'])[:40]!r}")
     if o.get("n_gpu_layers", 0) > 0 and not device.startswith("cuda"):
         raise SpecError("llama.cpp n_gpu_layers > 0 needs --device cuda; leave it out on the CPU")
     flash = o.get("flash_attn", "auto")

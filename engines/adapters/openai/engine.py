@@ -75,15 +75,15 @@ def parse_options(options: dict[str, Any]) -> dict[str, Any]:
     o = dict(options)
     for key, default in (("timeout_s", 600.0), ("connect_timeout_s", 10.0)):
         value = o.setdefault(key, default)
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-            raise SpecError(f"openai option {key} must be a positive number of seconds, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
+            raise SpecError(f"openai option {key} must be a positive number of seconds, got {str(value)[:40]!r}")
     if o.setdefault("prompt_format", "auto") not in ("auto", "ids", "text"):
-        raise SpecError(f"openai option prompt_format must be auto, ids or text, got {o['prompt_format']!r}")
+        raise SpecError(f"openai option prompt_format must be auto, ids or text, got {str(o['prompt_format'])[:40]!r}")
     if o.setdefault("ignore_eos", "auto") not in ("auto", True, False):
-        raise SpecError(f"openai option ignore_eos must be true, false or auto, got {o['ignore_eos']!r}")
+        raise SpecError(f"openai option ignore_eos must be true, false or auto, got {str(o['ignore_eos'])[:40]!r}")
     rate = o.get("request_rate")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or rate <= 0):
-        raise SpecError(f"openai option request_rate must be a positive number (requests/s), got {rate!r}")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
+        raise SpecError(f"openai option request_rate must be a positive number (requests/s), got {str(rate)[:40]!r}")
     if not isinstance(o.setdefault("extra_body", {}), dict):
         raise SpecError("openai option extra_body must be a JSON object, e.g. --opt 'extra_body={\"top_k\": 1}'")
     return o
@@ -429,7 +429,7 @@ class OpenAIEngine(Engine):
         def past_end(at: float, now: float) -> bool:
             return bool(duration) and (at >= duration or now - t0 >= duration)
 
-        def claim() -> Outcome | None:  # the next request in order, or None once the pass is over
+        def claim() -> tuple[Outcome, float] | None:  # the next request and when it was asked; None: pass over
             with take:
                 i = len(outs)
                 at = next(next_due) if i < limit and not ended.is_set() else None
@@ -443,15 +443,17 @@ class OpenAIEngine(Engine):
                     ended.set()
                     return None
                 due.append(at)
-                outs.append(Outcome(i, start=now))  # asked at the instant the end was checked
-                return outs[-1]
+                outs.append(Outcome(i))
+                return outs[-1], now  # asked at the instant the end was checked
 
         def user() -> None:  # one simulated user: its next request at its arrival time or when free
             go.wait()
-            while (out := claim()) is not None:
-                if out.start < t0 + due[out.index]:  # claimed before its arrival (open loop): asked then
+            while (claimed := claim()) is not None:
+                out, asked = claimed
+                if asked < t0 + due[out.index]:  # claimed before its arrival (open loop): asked then
                     time.sleep(max(0.0, t0 + due[out.index] - time.perf_counter()))
-                    out.start = time.perf_counter()
+                    asked = time.perf_counter()
+                out.start = asked  # in flight from here (the reporter counts started, unfinished requests)
                 self.client.stream(pool[1][out.index], out, timeout)
                 out.finished = True
 

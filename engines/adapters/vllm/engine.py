@@ -71,7 +71,7 @@ def parse_options(options: dict[str, Any], device: str) -> dict[str, Any]:
     for key in ("max_model_len", "tensor_parallel_size", "max_num_seqs", "max_num_batched_tokens", "block_size"):
         if key in o and o[key] < 1:
             raise SpecError(f"vllm option {key} must be >= 1, got {o[key]}")
-    if "kv_cache_gib" in o and o["kv_cache_gib"] <= 0:
+    if "kv_cache_gib" in o and not 0 < o["kv_cache_gib"] < 1 << 30:  # NaN fails this too
         raise SpecError(f"vllm option kv_cache_gib must be > 0, got {o['kv_cache_gib']}")
     if "gpu_memory_utilization" in o and not 0 < o["gpu_memory_utilization"] <= 1:
         raise SpecError(f"vllm option gpu_memory_utilization must be in (0, 1], got {o['gpu_memory_utilization']}")
