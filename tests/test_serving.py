@@ -198,15 +198,24 @@ def test_server_args_cannot_point_a_server_at_a_precious_file(tmp_path):
 def test_an_open_loop_user_waiting_for_its_arrival_is_not_in_flight(tmp_path):
     """Users claim their next request at once and sleep until its arrival: only a sent request counts as in
     flight (Live once showed every waiting user as a request on the wire)."""
-    from engines.harness.runner import Runner
     from engines.study import events as ev
+
+    # a request takes about 30 ms; arrivals come about 1 s apart
+    seen = _run_events(tmp_path, batch=4, output_len=4, load={"requests": 4, "request_rate": [1.0]})
+    reqs = [e for e in seen if isinstance(e, ev.Requests)]
+    assert len(reqs) >= 3 and reqs[-1].done == 4, reqs
+    assert max(e.in_flight for e in reqs) <= 1, [e.in_flight for e in reqs]
+
+
+def _run_events(tmp_path, batch: int, output_len: int, load: dict) -> list:
+    """One serving cell against _QueueingServer through the real runner; every event the worker sent."""
+    from engines.harness.runner import Runner
     from store.db import open_db
 
-    srv = _QueueingServer()  # a request takes about 30 ms; arrivals come about 1 s apart
+    srv = _QueueingServer()
     spec = build_spec({"model": srv.url, "runs": [{"engine": "openai"}],
-                       "grid": {"batch": [4], "input_len": [8], "output_len": [4]},
-                       "timing": {"warmup": 0, "iters": 1, "repeats": 1},
-                       "load": {"requests": 4, "request_rate": [1.0]}})  # fmt: skip
+                       "grid": {"batch": [batch], "input_len": [8], "output_len": [output_len]},
+                       "timing": {"warmup": 0, "iters": 1, "repeats": 1}, "load": load})  # fmt: skip
     seen: list = []
     db = open_db(tmp_path / "runs.db", create=True)
     try:
@@ -214,9 +223,7 @@ def test_an_open_loop_user_waiting_for_its_arrival_is_not_in_flight(tmp_path):
     finally:
         db.close()
         srv.httpd.shutdown()
-    reqs = [e for e in seen if isinstance(e, ev.Requests)]
-    assert len(reqs) >= 3 and reqs[-1].done == 4, reqs
-    assert max(e.in_flight for e in reqs) <= 1, [e.in_flight for e in reqs]
+    return seen
 
 
 class _QueueingServer:
@@ -397,23 +404,11 @@ def test_setup_fields_give_the_clis_load_and_read_it_back():
 
 def test_live_shows_a_serving_cells_requests_and_its_latency_strip(tmp_path):
     """The worker's Requests events through the real runner, folded by Live's state and drawn as Live draws them."""
-    from engines.harness.runner import Runner
     from engines.study import events as ev
-    from store.db import open_db
     from tui.live_state import LiveState
     from tui.screens.live import requests_line
 
-    srv = _QueueingServer()
-    spec = build_spec({"model": srv.url, "runs": [{"engine": "openai"}],
-                       "grid": {"batch": [2], "input_len": [8], "output_len": [40]},
-                       "timing": {"warmup": 0, "iters": 1, "repeats": 1}, "load": {"requests": 12}})  # fmt: skip
-    seen: list = []
-    db = open_db(tmp_path / "runs.db", create=True)
-    try:
-        Runner(spec, db, subscribers=[seen.append]).run()
-    finally:
-        db.close()
-        srv.httpd.shutdown()
+    seen = _run_events(tmp_path, batch=2, output_len=40, load={"requests": 12})
     reqs = [e for e in seen if isinstance(e, ev.Requests)]
     assert len(reqs) >= 2, "a pass of 12 requests at 2 in flight lasts seconds: several reports"
     assert all(0 <= e.in_flight <= 2 and e.total == 12 for e in reqs)
@@ -428,6 +423,7 @@ def test_live_shows_a_serving_cells_requests_and_its_latency_strip(tmp_path):
     (done,) = state.results  # the finished cell's line: its requests and latency beside tok/s
     assert done.serving.startswith("12/12 ok · TTFT p99 ") and " ms" in done.serving
     # a replay rebuilds the strip from the stored requests: the same counts and every finished request's TTFT
+    from store.db import open_db
     from store.results import load_results
     from tui.feed import timeline
     from tui.replay_requests import request_events
