@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("llama_cpp")
 
+from store.annotate import flag_codes  # noqa: E402
 from tests.helpers import cell_statuses, cli  # noqa: E402
 
 LOAD = ["--warmup", "0", "--iters", "1", "--repeats", "2"]
@@ -48,7 +49,9 @@ def test_a_concurrency_by_rate_grid_through_llama_server(tmp_path):
         why = [f for rep in c["repeats"] for extra in rep["extra"] for f in extra["failed"]]
         assert s["requests"] == 24 and s["failed"] == 0 and s["passes"] == 2, why  # 12 requests x 2 repeats
         assert s["concurrency"] == c["batch"] and s["goodput"]["attainment"]["all"] == 1.0  # a generous SLO
-        assert 0 < s["ttft_s"]["p50"] <= s["ttft_s"]["p99"] and s["itl_s"]["p50"] > 0
+        assert 0 < s["ttft_s"]["p50"] <= s["ttft_s"]["p99"] and 0 <= s["itl_s"]["p50"] <= s["itl_s"]["p99"]
+        # a client the 2 cores starve reads several tokens' segments at once, stamped alike: then the cell says so
+        assert s["itl_s"]["p50"] > 0 or "merged" in flag_codes(c), (c["batch"], s["itl_s"], c.get("flags"))
         logs = [r for rep in c["repeats"] for extra in rep["extra"] for r in extra["requests_log"]]
         assert len(logs) == 24 and all(r["ok"] and r["tokens"] == 16 and len(r["itl"]) >= 1 for r in logs)
         # every request's send time is stored; a paced cell sends at its arrival times or later (a busy slot)

@@ -3,7 +3,9 @@
 A Python client timestamps a chunk when its thread gets to it: with 64 streams on 2 busy cores that is
 milliseconds after the bytes arrived, and TTFT and ITL grow with the client's own load. On Linux the socket
 option SO_TIMESTAMPNS makes the kernel stamp every received segment, and recvmsg() hands the stamp over with
-the data: a line's time is the arrival of the segment that completed it, whenever the thread reads it.
+the data: a line's time is the arrival of the segment that completed it, whenever the thread reads it. One read
+that takes several queued segments gets the last one's stamp, so their tokens look merged: store/flags.py flags
+a cell where that happened often ("merged").
 Elsewhere (or if the option is refused) the time is when the data was read, as before.
 """
 
