@@ -403,6 +403,11 @@ def _finite(text: str) -> float:
     return value
 
 
+def finite_json(text: str) -> Any:
+    """json.loads, refusing NaN, Infinity and overflowing numbers (ValueError): no setting means them."""
+    return json.loads(text, parse_constant=_no_constant, parse_float=_finite)
+
+
 def load_study(path: str | Path) -> StudySpec:
     p = Path(path)
     try:
@@ -415,7 +420,7 @@ def load_study(path: str | Path) -> StudySpec:
     if len(raw) > MAX_STUDY_BYTES:
         raise SpecError(f"study file {p} is over {MAX_STUDY_BYTES >> 20} MiB; a study file is a few kB of JSON")
     try:
-        data = json.loads(raw.decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+        data = finite_json(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise SpecError(f"study file {p} is not UTF-8 text; give a JSON study file (--save-study writes one)") from None
     except RecursionError:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import re
 import signal
 import sys
@@ -43,23 +42,14 @@ def _option(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
         raise argparse.ArgumentTypeError(f"'{text}' is not KEY=VALUE (e.g. --opt n_threads=2)")
+    from engines.study.schema import finite_json  # lazy, like the rest of this module's engine imports
+
     try:
-        return key.strip(), json.loads(value, parse_constant=_not_finite, parse_float=_finite)
+        return key.strip(), finite_json(value)
     except json.JSONDecodeError:
         return key.strip(), value
     except ValueError:  # NaN, Infinity, 1e999: no engine setting means them
         raise argparse.ArgumentTypeError(f"'{text[:60]}' holds a number that is not finite; give a plain number") from None
-
-
-def _not_finite(name: str) -> float:
-    raise ValueError(name)
-
-
-def _finite(text: str) -> float:
-    value = float(text)
-    if not math.isfinite(value):
-        raise ValueError(text)
-    return value
 
 
 def _env_var(text: str) -> tuple[str, str]:
