@@ -39,3 +39,28 @@ def private_db(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     path = tmp_path / "runs.db"
     monkeypatch.setenv("CODEBENCH_DB", str(path))
     return path
+
+
+@pytest.fixture
+def snap_compare(snap_compare, request: pytest.FixtureRequest):
+    """The plugin's compare, made fit for a busy host and a CI that keeps only its log.
+
+    The picture is taken once the screen has stopped changing (a layout pass that comes late on a loaded
+    machine otherwise shows in it), and a mismatch prints both screens as text, so the log says what differed.
+    """
+    from tests.snapshot_support import print_mismatch, until_steady
+
+    def compare(app, press=(), terminal_size=(80, 24), run_before=None) -> bool:
+        async def then_steady(pilot) -> None:
+            if run_before is not None:
+                result = run_before(pilot)
+                if hasattr(result, "__await__"):
+                    await result
+            await until_steady(pilot)
+
+        ok = snap_compare(app, press=press, terminal_size=terminal_size, run_before=then_steady)
+        if not ok:
+            print_mismatch(request.node)
+        return ok
+
+    return compare
