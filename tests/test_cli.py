@@ -35,8 +35,9 @@ BAD_RUNS = [
     (["--engine", "serve:vllm", "--opt", "kv_cache_gib=-1"], "kv_cache_gib must be > 0"),
     (["--engine", "serve:vllm", "--opt", "server_args=--x"], "server_args must be a list of strings"),
     (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--opt", "timeout_s=-1"], "timeout_s must be a positive"),
-    (["--engine", "serve:llama.cpp", "--opt", "timeout_s=-1"], "timeout_s must be a positive"),  # its client's options
-    (["--engine", "serve:vllm", "--opt", "prompt_format=\x1b[2Jx"], "prompt_format must be auto, ids or text"),
+    # a served engine's client options, named after the engine the user asked for
+    (["--engine", "serve:llama.cpp", "--opt", "timeout_s=-1"], "serve:llama.cpp option timeout_s must be a positive"),
+    (["--engine", "serve:vllm", "--opt", "prompt_format=\x1b[2Jx"], "serve:vllm option prompt_format must be auto"),
     # NaN and 1e999 pass every `<= 0` test; no engine setting means them
     (["--engine", "openai", "--model", "http://127.0.0.1:9/v1", "--opt", "timeout_s=NaN"], "not finite"),
     (["--engine", "vllm", "--opt", "kv_cache_gib=1e999"], "not finite"),

@@ -68,24 +68,25 @@ class Outcome:
     finished: bool = False  # set by its user thread once stream() returned: the reporter reads only then
 
 
-def parse_options(options: dict[str, Any]) -> dict[str, Any]:
+def parse_options(options: dict[str, Any], name: str = "openai") -> dict[str, Any]:
+    """The client's options checked; `name` is the engine the user asked for (serve:vllm runs this client)."""
     for key in options:
         if key not in OPTIONS:
-            raise SpecError(f"unknown openai option '{key}' (known: {', '.join(OPTIONS)})")
+            raise SpecError(f"unknown {name} option '{key}' (known: {', '.join(OPTIONS)})")
     o = dict(options)
     for key, default in (("timeout_s", 600.0), ("connect_timeout_s", 10.0)):
         value = o.setdefault(key, default)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < 1e9:
-            raise SpecError(f"openai option {key} must be a positive number of seconds, got {str(value)[:40]!r}")
+            raise SpecError(f"{name} option {key} must be a positive number of seconds, got {str(value)[:40]!r}")
     if o.setdefault("prompt_format", "auto") not in ("auto", "ids", "text"):
-        raise SpecError(f"openai option prompt_format must be auto, ids or text, got {str(o['prompt_format'])[:40]!r}")
+        raise SpecError(f"{name} option prompt_format must be auto, ids or text, got {str(o['prompt_format'])[:40]!r}")
     if o.setdefault("ignore_eos", "auto") not in ("auto", True, False):
-        raise SpecError(f"openai option ignore_eos must be true, false or auto, got {str(o['ignore_eos'])[:40]!r}")
+        raise SpecError(f"{name} option ignore_eos must be true, false or auto, got {str(o['ignore_eos'])[:40]!r}")
     rate = o.get("request_rate")
     if rate is not None and (isinstance(rate, bool) or not isinstance(rate, (int, float)) or not rate > 0):
-        raise SpecError(f"openai option request_rate must be a positive number (requests/s), got {str(rate)[:40]!r}")
+        raise SpecError(f"{name} option request_rate must be a positive number (requests/s), got {str(rate)[:40]!r}")
     if not isinstance(o.setdefault("extra_body", {}), dict):
-        raise SpecError("openai option extra_body must be a JSON object, e.g. --opt 'extra_body={\"top_k\": 1}'")
+        raise SpecError(f"{name} option extra_body must be a JSON object, e.g. --opt 'extra_body={{\"top_k\": 1}}'")
     return o
 
 

@@ -36,7 +36,7 @@ def _split(options: dict[str, Any], server_keys: dict[str, str], name: str,
     if unknown:
         known = ", ".join([*server_keys, *(k for k in CLIENT_OPTIONS if k != "server_pid")])
         raise SpecError(f"unknown {name} option {unknown[0][:40]!r} (known: {known})")
-    client_options(client)  # the client's values too, before a server is built or started
+    client_options(client, name)  # the client's values too, before a server is built or started
     check_count(server, "port", name, 1, 65535)
     args = server.get("server_args", [])
     if not isinstance(args, list) or not all(isinstance(a, str) and "\0" not in a and len(a) < 4096 for a in args):
