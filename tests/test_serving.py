@@ -227,10 +227,10 @@ def _run_events(tmp_path, batch: int, output_len: int, load: dict) -> list:
 
 
 class _QueueingServer:
-    """A test double: each request's first token comes 20 ms x (requests in flight when it arrived), then a token
-    every 2 ms, so TTFT rises with concurrency in a known way and concurrency 5 is the last under 110 ms."""
+    """A test double: each request's first token comes `unit` s x (requests in flight when it arrived), then a
+    token every 2 ms, so TTFT rises with concurrency in a known way."""
 
-    def __init__(self):
+    def __init__(self, unit: float = 0.02):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -261,7 +261,7 @@ class _QueueingServer:
                     self.send_header("Content-Type", "text/event-stream")
                     self.send_header("Connection", "close")
                     self.end_headers()
-                    time.sleep(0.02 * ahead)
+                    time.sleep(unit * ahead)
                     for _ in range(req.get("max_tokens", 4)):
                         chunk = {"choices": [{"text": " a", "index": 0, "finish_reason": None}]}
                         self.wfile.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
@@ -281,10 +281,10 @@ class _QueueingServer:
 
 
 def test_the_peak_goodput_search_bisects_to_the_known_peak(tmp_path):
-    srv = _QueueingServer()
+    srv = _QueueingServer(unit=0.06)  # TTFT >= 60 ms x concurrency: 5 is the last under 330 ms, by 30 ms of slack
     db = tmp_path / "runs.db"
     proc = cli("run", "--engine", "openai", "--model", srv.url, "--concurrency", "1:17", "--input-len", "8",
-               "--output-len", "4", "--slo", "ttft=110ms", "--attainment", "1", "--search", "peak-goodput",
+               "--output-len", "4", "--slo", "ttft=330ms", "--attainment", "1", "--search", "peak-goodput",
                "--warmup", "0", "--iters", "1", "--repeats", "1", "--quiet", db=db, timeout=300)  # fmt: skip
     srv.httpd.shutdown()
     assert proc.returncode == 0, proc.stderr[-2000:]
