@@ -29,7 +29,7 @@ OPTIONS: dict[str, tuple[type | tuple[type, ...], str]] = {
     "kv_cache_gib": ((int, float), f"KV cache size in GiB (CPU default {CPU_KV_CACHE_GIB:g})"),
     "gpu_memory_utilization": (float, "fraction of GPU (on the CPU: host) memory vLLM may take"),
     "enforce_eager": (bool, "no CUDA graphs / torch.compile (default: True on the CPU, False on a GPU)"),
-    "enable_prefix_caching": (bool, "automatic prefix caching (default False)"),
+    "enable_prefix_caching": (bool, "automatic prefix caching (default False, as `vllm bench latency` sets it)"),
     "prefix_cache_reuse": (bool, "keep the prefix cache between calls (default False: reset before each)"),
     "tensor_parallel_size": (int, "GPUs (CPU: NUMA-bound processes) per model"),
     "quantization": (str, "a vLLM quantization method, e.g. fp8, awq, gptq, bitsandbytes"),
