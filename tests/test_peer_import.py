@@ -289,7 +289,15 @@ def test_crosscheck_of_a_server_against_vllm_bench_serve(gguf, tmp_path):
     ratios = json.loads(out.read_text())
     assert {(r["figure"], r["cell"]) for r in ratios} == {(m, f"c={c} in=16 out=8") for c in (1, 2)
                                                           for m in ("TTFT p50", "TTFT p99", "ITL p50", "ITL p99")}  # fmt: skip
-    assert all(r["rounds"] == 2 and r["ratio"] > 0 and r["peer"] == "vllm bench serve" for r in ratios), ratios
+    # A client the 2 cores starve reads several tokens' segments at once, stamped alike: its median ITL is then 0,
+    # that round has no ratio (rounds == 1), and the cell says why with its "merged" flag.
+    merged = {b for b, flags in rows(tmp_path / "runs.db", "select c.batch, c.flags from cell c join run r on "
+                                    "c.run_id = r.id where json_extract(r.runtime, '$.source.tool') is null")
+              if any(f.get("code") == "merged" for f in json.loads(flags or "[]"))}  # fmt: skip
+    for r in ratios:
+        assert r["ratio"] > 0 and r["peer"] == "vllm bench serve", r
+        concurrency = int(r["cell"].split()[0].removeprefix("c="))
+        assert r["rounds"] == 2 or (r["figure"].startswith("ITL") and concurrency in merged), (r, merged)
     tools_seen = rows(tmp_path / "runs.db", "select json_extract(runtime, '$.source.tool') from run")
     assert sorted(t or "codebench" for (t,) in tools_seen) == ["codebench"] * 2 + ["vllm bench serve"] * 4
 
