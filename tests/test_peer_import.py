@@ -274,6 +274,7 @@ def test_crosscheck_of_a_server_against_vllm_bench_serve(gguf, tmp_path):
     pytest.importorskip("vllm")
     from engines.adapters.llamacpp import tools
     from engines.adapters.openai.server_process import ServerProcess
+    from store.annotate import flag_codes
 
     server = ServerProcess("llama-server", [str(tools.tool("llama-server")), "-m", str(gguf), "--host", "127.0.0.1",
                                             "--port", "{port}", "--no-webui"])  # fmt: skip
@@ -293,7 +294,7 @@ def test_crosscheck_of_a_server_against_vllm_bench_serve(gguf, tmp_path):
     # that round has no ratio (rounds == 1), and the cell says why with its "merged" flag.
     merged = {b for b, flags in rows(tmp_path / "runs.db", "select c.batch, c.flags from cell c join run r on "
                                     "c.run_id = r.id where json_extract(r.runtime, '$.source.tool') is null")
-              if any(f.get("code") == "merged" for f in json.loads(flags or "[]"))}  # fmt: skip
+              if "merged" in flag_codes({"flags": json.loads(flags or "[]")})}  # fmt: skip
     for r in ratios:
         assert r["ratio"] > 0 and r["peer"] == "vllm bench serve", r
         concurrency = int(r["cell"].split()[0].removeprefix("c="))
