@@ -113,6 +113,23 @@ def test_where_each_configuration_wins_over_the_whole_grid(study):
     assert "where each configuration wins: tok/s" in text and "wins at" in text
 
 
+def test_a_title_wider_than_its_table_stays_on_one_line():
+    """A grid whose winners have short names is narrower than its title; the title must not wrap to the table."""
+    import io
+
+    from rich.console import Console
+
+    from store.tables import Table
+    from tui.render import rich_table
+
+    t = Table("where each configuration wins: tok/s", ["shape", "batch 1", "batch 2"], [["in 16 out 8", "f32", "f32"]],
+              ["f32: wins at 2 of 2 point(s)"])  # fmt: skip
+    console = Console(file=io.StringIO(), width=200)
+    console.print(rich_table(t))
+    lines = console.file.getvalue().splitlines()
+    assert lines[0].rstrip() == t.title and any(line.strip() == t.notes[0] for line in lines)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
 def test_an_identical_copy_ties_and_the_line_says_why(study, tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from rich.cells import cell_len
 from rich.console import Console, Group
 from rich.panel import Panel
 from rich.table import Table as RichTable
@@ -15,9 +16,10 @@ from tui.status import STATUS_STYLE, TABLE_STYLE
 
 
 def rich_table(t: Table) -> RichTable:
-    # collapse_padding: a run's cell table (flags, ±95% CI) must fit 80 columns without cropping numbers
+    # collapse_padding: a run's cell table (flags, ±95% CI) must fit 80 columns without cropping numbers.
+    # min_width: a title wider than a narrow table would wrap to the table's width, not the terminal's
     table = RichTable(title=Text(t.title), title_justify="left", header_style="bold", pad_edge=False,
-                      collapse_padding=True)  # fmt: skip
+                      collapse_padding=True, min_width=cell_len(t.title))  # fmt: skip
     for i, h in enumerate(t.headers):
         table.add_column(Text(h), justify="right")
     for row_i, row in enumerate(t.rows):
