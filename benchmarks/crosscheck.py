@@ -77,8 +77,11 @@ def main() -> int:
         met += verdict == "within"
         why = f" ({r['why']})" if verdict == "outside" and r["why"] else ""
         text = {"within": "within 3 %", "outside": "outside 3 %", "noise": "not decided (interval reaches 3 %)"}
-        print(f"{r['figure']:<14} {r['cell']:<22} {r['peer']:<24} {r['median']:>7.3f} {r['spread'] * 100:>6.1f}%  "
-              f"{text.get(verdict, '-')}{why}")  # fmt: skip
+        left_out = f"; {r['dropped']} round(s) left out: a side had no figure" if r["dropped"] else ""
+        median = "-" if r["median"] is None else f"{r['median']:.3f}"
+        spread = "-" if r["spread"] is None else f"{r['spread'] * 100:.1f}%"
+        print(f"{r['figure']:<14} {r['cell']:<22} {r['peer']:<24} {median:>7} {spread:>7}  "
+              f"{text.get(verdict, '-')}{why}{left_out}")  # fmt: skip
     print(f"{met}/{len(rows)} ratios within 3 % (median over {args.rounds} interleaved rounds)")
     return 0
 

@@ -5,7 +5,8 @@ Each round holds one codebench run and the peer tool's runs (imported: store.pee
 interval on the log ratios, around their geometric mean. The median and spread (max - min over the median) of the
 ratios are shown as well. The verdict: `within` the target when the median is within it; `outside` when it is not
 and the interval (if any) lies wholly outside it too; `noise` when the median is outside but the interval reaches
-into the target band, so more rounds are needed to tell.
+into the target band, so more rounds are needed to tell. A round where either side has no figure (missing, or 0
+as a starved client's merged ITL) is left out of the ratio, and the table says how many and why.
 """
 
 from __future__ import annotations
@@ -28,16 +29,22 @@ class Pairing:
     ours: list[float] = field(default_factory=list)  # one per round
     theirs: list[float] = field(default_factory=list)
     why: str = ""  # a definition that differs, said next to the ratio
+    # Per round left out, which side had no figure (missing, 0 or not finite): a ratio needs both
+    dropped: list[str] = field(default_factory=list)
 
     def add(self, ours: Any, theirs: Any) -> None:
         if _positive(ours) and _positive(theirs):
             self.ours.append(float(ours))
             self.theirs.append(float(theirs))
+        else:
+            self.dropped.append("both" if not (_positive(ours) or _positive(theirs)) else
+                                "tool" if _positive(ours) else "codebench")  # fmt: skip
 
     def summary(self) -> dict[str, Any]:
         ratios = [a / b for a, b in zip(self.ours, self.theirs)]
         out: dict[str, Any] = {"figure": self.figure, "cell": self.cell, "peer": self.peer, "rounds": len(ratios),
-                               "codebench": _median(self.ours), "tool": _median(self.theirs), "why": self.why}  # fmt: skip
+                               "codebench": _median(self.ours), "tool": _median(self.theirs), "why": self.why,
+                               "dropped": len(self.dropped)}  # fmt: skip
         if not ratios:
             return {**out, "ratio": None, "low": None, "high": None, "median": None, "spread": None, "within": None,
                     "verdict": None}  # fmt: skip
@@ -97,9 +104,19 @@ def table_rows(pairings: list[Pairing], fmt: Callable[[float | None], str]) -> l
             f" ({s['low']:.3f}–{s['high']:.3f})" if s["low"] is not None else "")  # fmt: skip
         verdict = VERDICTS.get(s["verdict"], "-")
         why = f": {p.why}" if p.why and s["verdict"] == "outside" else ""  # a reason is only needed for a gap
+        left_out = _left_out(p.dropped)
+        rounds = f"{s['rounds']} of {s['rounds'] + s['dropped']}" if left_out else str(s["rounds"])
         rows.append([p.figure, p.cell, p.peer, fmt(s["codebench"]), fmt(s["tool"]), ratio,
-                     "-" if s["spread"] is None else f"{s['spread'] * 100:.1f}%", str(s["rounds"]), verdict + why])  # fmt: skip
+                     "-" if s["spread"] is None else f"{s['spread'] * 100:.1f}%", rounds,
+                     "; ".join(x for x in (verdict + why if s["verdict"] else "", left_out) if x) or "-"])  # fmt: skip
     return rows
+
+
+def _left_out(dropped: list[str]) -> str:
+    """Why rounds are missing from the ratio: e.g. a starved client's merged tokens give an ITL of 0."""
+    names = {"codebench": "codebench's figure", "tool": "the tool's figure", "both": "either figure"}
+    parts = [f"{dropped.count(side)} without {name} (0 or missing)" for side, name in names.items() if side in dropped]
+    return ("rounds left out: " + ", ".join(parts)) if parts else ""
 
 
 VERDICTS = {"within": "within ±3%", "outside": "outside ±3%",

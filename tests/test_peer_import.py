@@ -299,6 +299,7 @@ def test_crosscheck_of_a_server_against_vllm_bench_serve(gguf, tmp_path):
         assert r["ratio"] > 0 and r["peer"] == "vllm bench serve", r
         concurrency = int(r["cell"].split()[0].removeprefix("c="))
         assert r["rounds"] == 2 or (r["figure"].startswith("ITL") and concurrency in merged), (r, merged)
+        assert r["rounds"] + r["dropped"] == 2, r
     tools_seen = rows(tmp_path / "runs.db", "select json_extract(runtime, '$.source.tool') from run")
     assert sorted(t or "codebench" for (t,) in tools_seen) == ["codebench"] * 2 + ["vllm bench serve"] * 4
 
@@ -345,6 +346,22 @@ def test_a_crosscheck_ratio_that_noise_could_explain_is_not_called_a_gap(ours, t
     (row,) = table_rows([p], str)
     assert row[-1].startswith({"within": "within", "outside": "outside", "noise": "not decided"}[verdict])
     assert ("a definition differs" in row[-1]) == (verdict == "outside")  # a reason only stands next to a gap
+
+
+def test_a_round_without_a_figure_is_left_out_and_the_row_says_so():
+    from store.crosscheck import Pairing, table_rows
+
+    p = Pairing("ITL p50", "c=2", "tool")
+    for ours, theirs in ((0.0, 0.01), (0.015, 0.01), (0.01, None), (None, float("nan")), (0.015, 0.01)):
+        p.add(ours, theirs)
+    assert (p.summary()["rounds"], p.summary()["dropped"]) == (2, 3)
+    (row,) = table_rows([p], str)
+    assert row[-2] == "2 of 5" and row[-1].startswith("outside ±3%; rounds left out: 1 without codebench's figure "
+                                                      "(0 or missing), 1 without the tool's figure (0 or missing), "
+                                                      "1 without either figure (0 or missing)")  # fmt: skip
+    empty = Pairing("ITL p50", "c=2", "tool")
+    empty.add(0, 0.01)
+    assert table_rows([empty], str)[0][-2:] == ["0 of 1", "rounds left out: 1 without codebench's figure (0 or missing)"]
 
 
 FIXTURES = Path(__file__).parent / "fixtures" / "peers"
