@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+try:  # no per-example deadline: a stall of a shared 2-core host is no failure of the property under test
+    from hypothesis import settings
+
+    settings.register_profile("codebench", deadline=None)
+    settings.load_profile("codebench")
+except ImportError:  # an extra's own environment may lack hypothesis; its tests do not use it
+    pass
+
 
 @pytest.fixture(scope="session", autouse=True)
 def codebench_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

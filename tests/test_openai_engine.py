@@ -23,6 +23,8 @@ from engines.base import SpecError
 from engines.models.workloads import synthetic_prompts
 from engines.quality.agreement import format_line, summary
 from engines.study.load import arrivals
+from store.flags import MERGED_LIMIT
+from store.serving import serving_metrics
 from tests.helpers import FAST, cell_statuses, cli
 
 
@@ -102,16 +104,19 @@ def test_sweep_over_concurrency_1_2_4(llama_server, prompts):
         assert [len(t) for t in res.tokens] == [16] * b and x["completion_tokens"] == [16] * b
         assert x["requests_ok"] == b and x["failed"] == [] and x["finish_reasons"] == ["length"] * b
         assert x["chunks_per_request"] == [16] * b  # llama-cpp-python streams one token a chunk
+        # a client starved by 2 cores reads several tokens' segments at once, stamped alike: token gaps of 0 are
+        # allowed only where the cell would carry the "merged" flag (store/flags.py) that says ITL is shaky
+        merged = serving_metrics([x], None)["merged_gap_share"] > MERGED_LIMIT
         for metric in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
             p = x[metric]
-            assert 0 < p["p50"] <= p["p90"] <= p["p99"], (metric, p)
-        assert x["e2e_s"]["p50"] > x["ttft_s"]["p50"]
+            assert 0 <= p["p50"] <= p["p90"] <= p["p99"] and (p["p50"] > 0 or merged and metric != "e2e_s"), (metric, p)
+        assert x["e2e_s"]["p50"] > x["ttft_s"]["p50"] or merged and x["e2e_s"]["p50"] == x["ttft_s"]["p50"]
         assert x["output_tokens_per_s"] == pytest.approx(16 * b / x["wall_s"])
         assert x["request_throughput"] == pytest.approx(b / x["wall_s"])
         assert 0 < res.ttft_s <= x["wall_s"]
         assert x["server_peak_rss_bytes"] > 20 * 2**20  # python + llama.cpp + tiny's 21 MB of weights
         for ttft, e2e in zip(x["ttft_per_request_s"], x["e2e_per_request_s"]):
-            assert 0 < ttft < e2e <= x["wall_s"]
+            assert 0 < ttft <= e2e <= x["wall_s"] and (ttft < e2e or merged)
 
 
 def test_server_tokens_agree_with_hf_fp32(llama_server, prompts, tiny_model, capsys):
@@ -146,7 +151,7 @@ def test_server_stopped_mid_run(gguf, prompts):
     url = f"http://127.0.0.1:{port}/v1"
     try:
         eng = engine(url)
-        killer = threading.Timer(0.5, proc.kill)  # the first stream is running, three wait their turn
+        killer = threading.Timer(1.5, proc.kill)  # the first stream is running (about 4 s), three wait their turn
         killer.start()
         t = time.perf_counter()
         with pytest.raises(AllRequestsFailed) as info:
@@ -184,6 +189,8 @@ class FakeServer(ThreadingHTTPServer):
         self.bodies: list[dict] = []
         self.inflight = self.max_inflight = 0
         self.lock = threading.Lock()
+        self.all_in = threading.Condition(self.lock)
+        self.gather = 0  # a request waits (up to 5 s) until this many are in flight: concurrency without timing
         self.count = 0
         self.url = f"http://127.0.0.1:{self.server_address[1]}/v1"
 
@@ -214,6 +221,9 @@ class Handler(BaseHTTPRequestHandler):
             nth = srv.count
             srv.inflight += 1
             srv.max_inflight = max(srv.max_inflight, srv.inflight)
+            srv.all_in.notify_all()
+            if body.get("max_tokens") != 2:  # not a load-time probe
+                srv.all_in.wait_for(lambda: srv.inflight >= srv.gather, timeout=5)
         try:
             self._answer(srv, body, nth)
         except (BrokenPipeError, ConnectionResetError):
@@ -270,6 +280,7 @@ def test_vllm_like_server_gives_ids_usage_and_real_concurrency(fake):
     srv = fake("ok")
     eng = engine(srv.url)
     assert eng.features == {"ids": True, "usage": True, "ignore_eos": True, "token_ids": True, "no_penalty": True}
+    srv.gather = 4  # each request is held until four are in: only a client that sends them together gets 4
     res = eng.generate([[1, 2], [3, 4], [5, 6], [7, 8]], 8)
     assert res.tokens == [[100 + k for k in range(8)]] * 4
     assert res.extra["token_count_source"] == ["usage"] and res.extra["token_ids_source"] == ["server"]

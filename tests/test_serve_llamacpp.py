@@ -8,6 +8,7 @@ import json
 import signal
 import threading
 import time
+from pathlib import Path
 
 import psutil
 import pytest
@@ -15,7 +16,7 @@ import pytest
 pytest.importorskip("llama_cpp")
 
 from store.annotate import flag_codes  # noqa: E402
-from tests.helpers import cell_statuses, cli  # noqa: E402
+from tests.helpers import cell_statuses, cli, rows  # noqa: E402
 
 LOAD = ["--warmup", "0", "--iters", "1", "--repeats", "2"]
 
@@ -69,17 +70,27 @@ def test_a_concurrency_by_rate_grid_through_llama_server(tmp_path):
     assert len({r["prompt"] for r in paced}) == 12  # twelve different prompts
 
 
-def _kill_llama_server_when_busy(stop: threading.Event, killed: list[int]) -> None:
-    """SIGKILL the first llama-server of this test once it has been serving for a second."""
-    seen: dict[int, float] = {}
+def _kill_llama_server_when_busy(db: Path, stop: threading.Event, killed: list[int]) -> None:
+    """SIGKILL the first llama-server of this test once it has been serving for a second: counted from the moment
+    the run stores its load time (the server is up and probed), not from its start, which a slow host stretches."""
+    loaded_at = None
     while not stop.is_set() and not killed:
-        for p in psutil.process_iter(["name", "cmdline"]):
-            if p.info["name"] == "llama-server" and "--no-webui" in (p.info["cmdline"] or []):
-                first = seen.setdefault(p.pid, time.monotonic())
-                if time.monotonic() - first > 1.0:
+        loaded_at = loaded_at or (_loaded(db) and time.monotonic())
+        if loaded_at and time.monotonic() - loaded_at > 1.0:
+            for p in psutil.process_iter(["name", "cmdline"]):
+                if p.info["name"] == "llama-server" and "--no-webui" in (p.info["cmdline"] or []):
                     p.send_signal(signal.SIGKILL)
                     killed.append(p.pid)
         time.sleep(0.05)
+
+
+def _loaded(db: Path) -> bool:
+    import sqlite3
+
+    try:
+        return bool(rows(db, "select count(*) from run where json_extract(runtime, '$.load_s') is not null")[0][0])
+    except sqlite3.OperationalError:  # the study is writing, or has not made its tables yet
+        return False
 
 
 @pytest.mark.slow
@@ -87,7 +98,7 @@ def _kill_llama_server_when_busy(stop: threading.Event, killed: list[int]) -> No
 def test_a_server_killed_mid_cell_crashes_that_cell_and_the_next_restarts_it(tmp_path):
     db = tmp_path / "runs.db"
     stop, killed = threading.Event(), []
-    watcher = threading.Thread(target=_kill_llama_server_when_busy, args=(stop, killed), daemon=True)
+    watcher = threading.Thread(target=_kill_llama_server_when_busy, args=(db, stop, killed), daemon=True)
     watcher.start()
     try:
         # the first cell sends 400 requests one at a time: seconds of work, so the kill lands inside it

@@ -199,9 +199,12 @@ def test_an_open_loop_user_waiting_for_its_arrival_is_not_in_flight(tmp_path):
     """Users claim their next request at once and sleep until its arrival: only a sent request counts as in
     flight (Live once showed every waiting user as a request on the wire)."""
     from engines.study import events as ev
+    from engines.study.load import arrival_seed, arrivals
 
-    # a request takes about 30 ms; arrivals come about 1 s apart
-    seen = _run_events(tmp_path, batch=4, output_len=4, load={"requests": 4, "request_rate": [1.0]})
+    # a request takes about 30 ms; this cell's seeded arrivals come 0.85 s or more apart
+    due = arrivals(4, 1.0, 1.0, arrival_seed(0, 3, 8, 1.0))
+    assert min(b - a for a, b in zip(due, due[1:])) > 0.8, due
+    seen = _run_events(tmp_path, batch=3, output_len=4, load={"requests": 4, "request_rate": [1.0]})
     reqs = [e for e in seen if isinstance(e, ev.Requests)]
     assert len(reqs) >= 3 and reqs[-1].done == 4, reqs
     assert max(e.in_flight for e in reqs) <= 1, [e.in_flight for e in reqs]
@@ -228,13 +231,15 @@ def _run_events(tmp_path, batch: int, output_len: int, load: dict) -> list:
 
 class _QueueingServer:
     """A test double: each request's first token comes `unit` s x (requests in flight when it arrived), then a
-    token every 2 ms, so TTFT rises with concurrency in a known way."""
+    token every 2 ms, so TTFT rises with concurrency in a known way. With `by_arrival`, the count is the request's
+    place among those that came since the server was last idle: a pass's k-th request waits k units even if a
+    starved client connects it after earlier ones finished."""
 
-    def __init__(self, unit: float = 0.02):
+    def __init__(self, unit: float = 0.02, by_arrival: bool = False):
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-        lock, state = threading.Lock(), {"in_flight": 0}
+        lock, state = threading.Lock(), {"in_flight": 0, "since_idle": 0}
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -255,7 +260,8 @@ class _QueueingServer:
                 req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 with lock:
                     state["in_flight"] += 1
-                    ahead = state["in_flight"]
+                    state["since_idle"] += 1
+                    ahead = state["since_idle" if by_arrival else "in_flight"]
                 try:
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
@@ -274,6 +280,7 @@ class _QueueingServer:
                 finally:
                     with lock:
                         state["in_flight"] -= 1
+                        state["since_idle"] *= state["in_flight"] > 0
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
@@ -281,10 +288,11 @@ class _QueueingServer:
 
 
 def test_the_peak_goodput_search_bisects_to_the_known_peak(tmp_path):
-    srv = _QueueingServer(unit=0.06)  # TTFT >= 60 ms x concurrency: 5 is the last under 330 ms, by 30 ms of slack
+    # a pass's k-th request waits k x 100 ms: 5 is the last concurrency under 550 ms, with 50 ms of slack
+    srv = _QueueingServer(unit=0.1, by_arrival=True)
     db = tmp_path / "runs.db"
     proc = cli("run", "--engine", "openai", "--model", srv.url, "--concurrency", "1:17", "--input-len", "8",
-               "--output-len", "4", "--slo", "ttft=330ms", "--attainment", "1", "--search", "peak-goodput",
+               "--output-len", "4", "--slo", "ttft=550ms", "--attainment", "1", "--search", "peak-goodput",
                "--warmup", "0", "--iters", "1", "--repeats", "1", "--quiet", db=db, timeout=300)  # fmt: skip
     srv.httpd.shutdown()
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -330,8 +330,7 @@ async def test_replay_pause_and_seek(store):
         await pilot.pause(0.5)
         assert live.feed.position == pos  # paused: the clock stands still
         await pilot.press("space")
-        await pilot.pause(0.5)
-        assert live.feed.position > pos
+        await wait_for(pilot, lambda: live.feed.position > pos, 10, "the replay to play on")
 
 
 @aio
@@ -375,12 +374,7 @@ async def test_every_binding_is_in_the_command_palette(store):
         commands["Compare: metric peak MB"].callback()
         assert app.screen.metric == "peak_mem"
         # the palette itself opens and finds them
-        await pilot.press("ctrl+p")
-        await pilot.pause(0.2)
-        await pilot.press(*list("copy md"))
-        await pilot.pause(0.5)
-        await pilot.press("enter")
-        await pilot.pause(0.3)
+        await _palette(pilot, "copy md")
         assert app.clipboard.startswith("**peak MB by cell**")
 
 
@@ -415,10 +409,24 @@ async def test_tp_and_executor_fields_reach_the_spec_and_the_study_file(store, t
 
 
 async def _palette(pilot, text: str) -> None:
+    """Type into the command palette and press Enter once its search for the whole text has ended (the palette
+    gathers matches in a worker: Enter on a loaded host could pick a match for a shorter prefix)."""
+    from textual.command import CommandList, CommandPalette
+    from textual.widgets import Input
+    from textual.worker import WorkerState
+
     await pilot.press("ctrl+p")
-    await pilot.pause(0.2)
+    await wait_for(pilot, lambda: isinstance(pilot.app.screen, CommandPalette), 10, "the command palette")
+    palette = pilot.app.screen
     await pilot.press(*list(text))
-    await pilot.pause(0.5)
+
+    def settled() -> bool:
+        searching = any(w.group == palette._GATHER_COMMANDS_GROUP and w.state in (WorkerState.PENDING, WorkerState.RUNNING)
+                        for w in pilot.app.workers)  # fmt: skip
+        return palette.query_one(Input).value == text and not searching and \
+            palette.query_one(CommandList).highlighted is not None  # fmt: skip
+
+    await wait_for(pilot, settled, 10, f"the palette's matches for {text!r}")
     await pilot.press("enter")
     await pilot.pause(0.3)
 
